@@ -1,0 +1,271 @@
+"""What a run is: typed, validated dataclass configs and `key=value` overrides.
+
+A `RunConfig` holds everything that decides a training run. Each section validates itself
+when it is built, so a bad value fails at once with the field name and what is allowed.
+Overrides use dotted keys: `translator.num_tokens=32`, `source_model=gemma3-270m`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or out of range."""
+
+
+def _check_choice(section: str, name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{section}.{name}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _check_positive(section: str, name: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{section}.{name}={value!r} must be {bound}")
+
+
+def _check_literals(obj: Any, section: str) -> None:
+    """Every field typed `Literal[...]` must hold one of its values."""
+    for f in dataclasses.fields(obj):
+        hint = get_type_hints(type(obj))[f.name]
+        if get_origin(hint) is Literal:
+            _check_choice(section, f.name, getattr(obj, f.name), get_args(hint))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where questions come from and how prompts are built."""
+
+    source: Literal["synthetic", "gsm8k", "jsonl"] = "synthetic"
+    hub_id: str = "openai/gsm8k"
+    hub_config: str = "main"
+    train_file: str = ""  # for source=jsonl
+    test_file: str = ""  # for source=jsonl
+    num_shots: int = 8
+    fewshot_seed: int = 42
+    val_size: int = 200  # carved from train; model selection never sees test
+    split_seed: int = 0
+    synthetic_train_size: int = 2000
+    synthetic_test_size: int = 500
+    synthetic_seed: int = 7
+    source_reads: Literal["fewshot_prompt", "question"] = "fewshot_prompt"
+
+    def __post_init__(self) -> None:
+        _check_literals(self, "data")
+        _check_positive("data", "num_shots", self.num_shots, allow_zero=True)
+        _check_positive("data", "val_size", self.val_size)
+        if self.source == "jsonl" and not (self.train_file and self.test_file):
+            raise ConfigError("data.source=jsonl needs data.train_file and data.test_file")
+
+
+@dataclass(frozen=True)
+class TranslatorConfig:
+    """The translator that turns source hidden states into K soft tokens."""
+
+    kind: Literal["cross_attention", "dit", "passthrough"] = "cross_attention"
+    num_tokens: int = 64  # K
+    width: int = 1024  # bottleneck width d
+    depth: int = 8
+    heads: int = 16
+    dropout: float = 0.1
+    source_layer: int = -1  # -1 last hidden layer, 0 embeddings
+    injection: Literal["prepend", "adapter"] = "prepend"
+    adapter_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_literals(self, "translator")
+        for name in ("num_tokens", "width", "depth", "heads"):
+            _check_positive("translator", name, getattr(self, name))
+        if self.width % self.heads:
+            raise ConfigError(
+                f"translator.width={self.width} must be divisible by translator.heads={self.heads}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"translator.dropout={self.dropout} must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the loss terms; 0 turns a term off."""
+
+    lm_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_positive("loss", f.name, getattr(self, f.name), allow_zero=True)
+        if self.lm_weight == 0:
+            raise ConfigError("loss.lm_weight=0 leaves no loss to train on")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup then linear decay."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-8
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    gate_lr_multiplier: float = 3.0
+
+    def __post_init__(self) -> None:
+        _check_positive("optim", "lr", self.lr)
+        _check_positive("optim", "weight_decay", self.weight_decay, allow_zero=True)
+        _check_positive("optim", "warmup_steps", self.warmup_steps, allow_zero=True)
+        _check_positive("optim", "grad_clip", self.grad_clip)
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"optim.{name}={getattr(self, name)} must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop."""
+
+    steps: int = 2000
+    batch_size: int = 2
+    eval_every: int = 250
+    checkpoint_every: int = 250
+    max_answer_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_positive("train", f.name, getattr(self, f.name))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation: which questions, how many tokens, how the target is prompted."""
+
+    num_questions: int = 200
+    split: Literal["validation", "test"] = "validation"  # model selection uses validation
+    batch_size: int = 16
+    max_new_tokens: int = 256
+    prompt_mode: Literal["soft_only", "soft_plus_text"] = "soft_only"
+    baselines: bool = True
+
+    def __post_init__(self) -> None:
+        _check_literals(self, "eval")
+        for name in ("num_questions", "batch_size", "max_new_tokens"):
+            _check_positive("eval", name, getattr(self, name))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides one training run."""
+
+    name: str = "run"
+    suite: str = ""
+    source_model: str = "smollm2-135m"
+    target_model: str = "gemma3-270m"
+    seed: int = 1234
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    translator: TranslatorConfig = field(default_factory=TranslatorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _check_literals(self, "run")
+        if not self.source_model or not self.target_model:
+            raise ConfigError("source_model and target_model must be set")
+
+    # ------------------------------------------------------------------ conversion
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys to values, e.g. {'translator.num_tokens': 64}: MLflow params."""
+        return flatten(self.to_dict())
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        return apply_overrides(cls(), flatten(values))
+
+    def override(self, *assignments: str) -> "RunConfig":
+        """Apply `key=value` strings, e.g. cfg.override('translator.num_tokens=32')."""
+        return apply_overrides(self, parse_assignments(assignments))
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def parse_assignments(assignments: typing.Iterable[str]) -> dict[str, str]:
+    parsed: dict[str, str] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+def _coerce(hint: Any, raw: Any, key: str) -> Any:
+    """Turn an override value (often a string) into the field's declared type."""
+    if not isinstance(raw, str):
+        if hint is float and isinstance(raw, int) and not isinstance(raw, bool):
+            return float(raw)
+        return raw
+    if get_origin(hint) is Literal:
+        return raw
+    try:
+        if hint is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if hint in (int, float):
+            return hint(raw)
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is not a valid {hint.__name__}") from None
+    return raw
+
+
+def apply_overrides(config: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
+    """Return a copy of a (nested) dataclass config with dotted overrides applied.
+
+    Every section is rebuilt through its constructor, so validation runs again.
+    """
+    hints = get_type_hints(type(config))
+    names = {f.name for f in dataclasses.fields(config)}
+    own: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if head not in names:
+            raise ConfigError(f"unknown config key {prefix + key!r}; known keys: {sorted(names)}")
+        if rest:
+            if not dataclasses.is_dataclass(hints[head]):
+                raise ConfigError(f"{prefix + head!r} has no sub-keys (got {prefix + key!r})")
+            nested.setdefault(head, {})[rest] = value
+        elif dataclasses.is_dataclass(hints[head]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key!r} is a section; set its fields as {key}.<field>=value")
+            nested.setdefault(head, {}).update(flatten(value))
+        else:
+            own[head] = _coerce(hints[head], value, prefix + key)
+    for head, sub in nested.items():
+        own[head] = apply_overrides(getattr(config, head), sub, f"{prefix}{head}.")
+    return dataclasses.replace(config, **own)

@@ -1,0 +1,70 @@
+"""Load the train/validation/test splits a `DataConfig` names."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+from latentbridge.config import DataConfig
+from latentbridge.data.examples import Example, Splits
+from latentbridge.data.synthetic import synthetic_examples
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A data file is missing or malformed."""
+
+
+def read_jsonl(path: str | Path) -> list[Example]:
+    """Read GSM8K-style JSONL: one {"question": ..., "answer": "... #### n"} a line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    examples = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                examples.append(Example(question=record["question"], answer=record["answer"]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+                raise DataError(f"{path}:{number}: malformed GSM8K record ({error})") from None
+    if not examples:
+        raise DataError(f"data file has no records: {path}")
+    return examples
+
+
+def _from_hub(config: DataConfig) -> tuple[list[Example], list[Example]]:
+    import datasets
+
+    loaded = datasets.load_dataset(config.hub_id, config.hub_config)
+    return tuple(  # type: ignore[return-value]
+        [Example(question=r["question"], answer=r["answer"]) for r in loaded[split]]
+        for split in ("train", "test")
+    )
+
+
+def load_splits(config: DataConfig) -> Splits:
+    """Train and test from the configured source; validation carved from train."""
+    if config.source == "synthetic":
+        train = synthetic_examples(config.synthetic_train_size, config.synthetic_seed)
+        test = synthetic_examples(config.synthetic_test_size, config.synthetic_seed + 1)
+    elif config.source == "jsonl":
+        train, test = read_jsonl(config.train_file), read_jsonl(config.test_file)
+    else:
+        train, test = _from_hub(config)
+    if config.val_size + config.num_shots >= len(train):
+        raise DataError(
+            f"train split has {len(train)} examples: too few for data.val_size={config.val_size}"
+            f" plus {config.num_shots} exemplars"
+        )
+    order = list(range(len(train)))
+    random.Random(config.split_seed).shuffle(order)
+    validation = [train[i] for i in order[: config.val_size]]
+    remaining = [train[i] for i in order[config.val_size :]]
+    log.info("data: %d train, %d validation, %d test", len(remaining), len(validation), len(test))
+    return Splits(train=remaining, validation=validation, test=test)

@@ -1,0 +1,109 @@
+"""Evaluation: source-alone, target-alone and bridged answers on the same questions.
+
+The text baselines are computed once per run; the bridge at every evaluation. Questions
+are sharded across ranks and gathered on rank 0, which writes one JSONL record a question
+and returns accuracy and invalid counts for each system.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from latentbridge import distributed
+from latentbridge.bridge import Bridge, text_inputs
+from latentbridge.config import EvalConfig
+from latentbridge.data import Example
+from latentbridge.generation import generate
+from latentbridge.models import FrozenLM
+from latentbridge.scoring import INVALID, extract_answer, is_correct
+
+log = logging.getLogger(__name__)
+
+SYSTEMS = ("source", "target", "bridged")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, float]
+    records: list[dict]
+
+
+def _answer(
+    questions: Sequence[str], make_inputs: Callable, lm: FrozenLM, config: EvalConfig, label: str
+) -> dict[int, str]:
+    """This rank's share of `questions` answered in batches: {question index: output}."""
+    mine = distributed.shard(list(questions))
+    outputs: dict[int, str] = {}
+    batches = range(0, len(mine), config.batch_size)
+    for start in tqdm(batches, desc=label, disable=not distributed.is_main(), leave=False):
+        indices = mine[start : start + config.batch_size]
+        texts = generate(lm, make_inputs([questions[i] for i in indices]), config.max_new_tokens)
+        outputs.update(zip(indices, texts))
+    return outputs
+
+
+def _gathered(outputs: dict[int, str]) -> list[str] | None:
+    """The outputs of every rank merged in question order, on rank 0."""
+    parts = distributed.gather_to_main(outputs)
+    if parts is None:
+        return None
+    merged = {k: v for part in parts for k, v in part.items()}
+    return [merged[i] for i in range(len(merged))]
+
+
+def text_baselines(bridge: Bridge, examples: Sequence[Example], config: EvalConfig) -> dict[str, list[str]] | None:
+    """Source-alone and target-alone answers with the full few-shot text prompt."""
+    questions = [ex.question for ex in examples]
+    out = {}
+    for name, lm in (("source", bridge.source), ("target", bridge.target)):
+        prompts = lambda qs, lm=lm: text_inputs(lm, [bridge.prompt(q) for q in qs])  # noqa: E731
+        out[name] = _gathered(_answer(questions, prompts, lm, config, f"{name}-alone"))
+    return out if distributed.is_main() else None
+
+
+def bridged_answers(bridge: Bridge, examples: Sequence[Example], config: EvalConfig) -> list[str] | None:
+    questions = [ex.question for ex in examples]
+    was_training = bridge.translator.training
+    bridge.translator.eval()
+    try:
+        return _gathered(_answer(questions, bridge.bridged_inputs, bridge.target, config, "bridged"))
+    finally:
+        bridge.translator.train(was_training)
+
+
+def score(
+    examples: Sequence[Example], outputs: dict[str, list[str]], step: int
+) -> Evaluation:
+    """One record a question and the accuracy and invalid count of each system."""
+    records = []
+    totals = {name: {"correct": 0, "invalid": 0} for name in outputs}
+    for index, ex in enumerate(examples):
+        record = {"step": step, "index": index, "question": ex.question, "gold_solution": ex.answer, "gold": ex.gold}
+        for name, texts in outputs.items():
+            answer = extract_answer(texts[index])
+            correct = is_correct(answer, ex.gold)
+            record[name] = {"output": texts[index], "answer": answer, "correct": correct}
+            totals[name]["correct"] += correct
+            totals[name]["invalid"] += answer == INVALID
+        records.append(record)
+    metrics = {}
+    for name, total in totals.items():
+        metrics[f"{name}_accuracy"] = total["correct"] / max(len(examples), 1)
+        metrics[f"{name}_invalid"] = float(total["invalid"])
+    return Evaluation(metrics=metrics, records=records)
+
+
+def write_jsonl(records: Sequence[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+    tmp.replace(path)
+    return path

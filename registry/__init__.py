@@ -1,0 +1,1 @@
+"""registry: every run's record in MLflow, preservation in the model registry, analysis."""

@@ -1,0 +1,58 @@
+import json
+
+import pytest
+
+from latentbridge.config import DataConfig
+from latentbridge.data import load_splits
+from latentbridge.data.loading import DataError, read_jsonl
+from latentbridge.data.synthetic import synthetic_examples
+from latentbridge.scoring import INVALID
+
+
+def test_synthetic_task_is_deterministic_and_well_formed():
+    first, again = synthetic_examples(50, seed=3), synthetic_examples(50, seed=3)
+    assert first == again
+    assert first != synthetic_examples(50, seed=4)
+    for ex in first:
+        assert ex.gold != INVALID
+        # the worked steps really compute the answer: the last step's result is the gold
+        last_step = ex.answer.split("\n")[0].rstrip(".").split("= ")[-1]
+        assert last_step == ex.gold
+
+
+def test_validation_is_carved_from_train_never_test():
+    splits = load_splits(DataConfig(val_size=40, synthetic_train_size=300, synthetic_test_size=50))
+    assert len(splits.validation) == 40 and len(splits.train) == 260 and len(splits.test) == 50
+    train_questions = {ex.question for ex in splits.train}
+    assert not any(ex.question in train_questions for ex in splits.validation)
+    original = synthetic_examples(300, DataConfig().synthetic_seed)
+    assert set(splits.validation) | set(splits.train) == set(original)
+
+
+def _write(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_jsonl_files_load(tmp_path):
+    rows = [json.dumps({"question": f"q{i}?", "answer": f"step\n#### {i}"}) for i in range(30)]
+    train = _write(tmp_path / "train.jsonl", rows)
+    test = _write(tmp_path / "test.jsonl", rows[:5])
+    splits = load_splits(DataConfig(source="jsonl", train_file=str(train), test_file=str(test), val_size=10))
+    assert len(splits.test) == 5 and splits.test[3].gold == "3"
+
+
+def test_missing_file_and_malformed_line_are_named(tmp_path):
+    with pytest.raises(DataError, match="data file not found: .*nope.jsonl"):
+        read_jsonl(tmp_path / "nope.jsonl")
+    bad = _write(tmp_path / "bad.jsonl", [json.dumps({"question": "q?", "answer": "#### 1"}), "{not json"])
+    with pytest.raises(DataError, match=r"bad.jsonl:2: malformed"):
+        read_jsonl(bad)
+    no_answer = _write(tmp_path / "noanswer.jsonl", [json.dumps({"question": "q?", "answer": "no number line"})])
+    with pytest.raises(DataError, match=r"noanswer.jsonl:1: malformed"):
+        read_jsonl(no_answer)
+
+
+def test_too_small_train_split_is_refused():
+    with pytest.raises(DataError, match="too few"):
+        load_splits(DataConfig(val_size=20, synthetic_train_size=25))
