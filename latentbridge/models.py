@@ -293,9 +293,12 @@ def _converted_gguf_dir(label: str, sha256: str, materialize: Callable[[Path], P
     target = cache_root() / "models" / f"{label}-{sha256[:12]}"
     if _is_complete(target):
         return target
-    if target.exists():
+    # Checked in this order: a directory that exists came either from a complete rename (marker
+    # inside) or from something that crashed or copied non-atomically, which is safe to discard.
+    if target.exists() and not _is_complete(target):
         _discard(target, "it has no completion marker")
     target.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale_staging(target.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         gguf_path = materialize(staging)
@@ -347,6 +350,16 @@ def _discard(directory: Path, reason: str) -> None:
     except FileNotFoundError:
         pass  # another process moved it first
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def _sweep_stale_staging(models_dir: Path, max_age_s: float = 24 * 3600) -> None:
+    """Delete staging directories left by killed conversions (a live one is minutes old)."""
+    for stale in models_dir.glob(".*.tmp-*"):
+        try:
+            if time.time() - stale.stat().st_mtime > max_age_s:
+                shutil.rmtree(stale, ignore_errors=True)
+        except FileNotFoundError:
+            pass
 
 
 def _sha256_file(path: Path) -> str:

@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny heterogeneous model pair, a tiny run config, a private MLflow store."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import make_tiny_lm  # noqa: E402
+
+from latentbridge.config import RunConfig  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory) -> tuple[str, str]:
+    """A char-level 32-wide source and a BPE 48-wide target: different tokenizers and widths."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    source = make_tiny_lm(root / "source", arch="llama", tokenizer="char", hidden=32, layers=2, seed=0)
+    target = make_tiny_lm(root / "target", arch="llama", tokenizer="bpe", hidden=48, layers=2, seed=1)
+    return str(source), str(target)
+
+
+TINY_RUN = (
+    "translator.num_tokens=4",
+    "translator.width=32",
+    "translator.depth=1",
+    "translator.heads=4",
+    "translator.dropout=0.0",
+    "train.steps=6",
+    "train.eval_every=3",
+    "train.checkpoint_every=3",
+    "train.batch_size=2",
+    "data.val_size=10",
+    "data.synthetic_train_size=60",
+    "data.synthetic_test_size=10",
+    "data.num_shots=2",
+    "eval.num_questions=6",
+    "eval.batch_size=4",
+    "eval.max_new_tokens=8",
+    "optim.warmup_steps=2",
+)
+
+
+@pytest.fixture
+def tiny_config(tiny_pair) -> RunConfig:
+    source, target = tiny_pair
+    return RunConfig().override(f"source_model={source}", f"target_model={target}", *TINY_RUN)
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> str:
+    """A private SQLite MLflow store for one test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("LATENTBRIDGE_ARTIFACT_ROOT", (tmp_path / "artifacts").as_uri())
+    return uri

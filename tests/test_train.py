@@ -1,0 +1,45 @@
+import json
+
+import torch
+
+from latentbridge.checkpoint import load_translator
+from latentbridge.reporting import MemoryReporter
+from latentbridge.train import Trainer, train
+
+
+def test_tiny_run_trains_evaluates_and_saves(tiny_config, tmp_path):
+    reporter = MemoryReporter()
+    result = train(tiny_config, tmp_path / "run", reporter)
+    assert result.status == "FINISHED" and result.step == 6
+    # evaluations at step 0, every 3 steps and at the end, each with its JSONL
+    assert [s for s, _ in reporter.metrics["bridged_accuracy"]] == [0, 3, 6]
+    evals = sorted((tmp_path / "run" / "evals").glob("*.jsonl"))
+    assert [p.name for p in evals] == ["eval_step_000000.jsonl", "eval_step_000003.jsonl", "eval_step_000006.jsonl"]
+    records = [json.loads(line) for line in evals[-1].read_text().splitlines()]
+    assert [r["index"] for r in records] == list(range(6))
+    for r in records:
+        for system in ("source", "target", "bridged"):
+            assert set(r[system]) == {"output", "answer", "correct"}
+    # baselines are computed once and reused: identical outputs at every evaluation
+    first = [json.loads(line) for line in evals[0].read_text().splitlines()]
+    assert [r["target"]["output"] for r in first] == [r["target"]["output"] for r in records]
+    assert len(reporter.metrics["loss"]) == 6
+    assert reporter.params["translator.num_tokens"] == 4
+    # the saved translator reloads to the same weights
+    translator, meta = load_translator(tmp_path / "run" / "translator")
+    assert meta.config == tiny_config
+    assert meta.target_dim == 48 and meta.source_dim == 32
+
+
+def test_only_the_translator_trains(tiny_config, tmp_path):
+    trainer = Trainer(tiny_config, tmp_path / "run")
+    before = {k: v.clone() for k, v in trainer.bridge.target.model.state_dict().items()}
+    params_before = [p.detach().clone() for p in trainer.translator.parameters()]
+    for _ in range(3):
+        trainer.train_step()
+    after = trainer.bridge.target.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(a, b) for a, b in zip(params_before, trainer.translator.parameters()))
+    groups = trainer.optimizer.param_groups
+    assert groups[2]["lr"] == groups[0]["lr"] * tiny_config.optim.gate_lr_multiplier
+    assert all(p.dtype == torch.float32 for p in trainer.translator.parameters())
