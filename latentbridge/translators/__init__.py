@@ -6,17 +6,31 @@ from torch import nn
 
 from latentbridge.config import TranslatorConfig
 from latentbridge.translators.cross_attention import CrossAttentionTranslator
+from latentbridge.translators.dit import DiTBridgeTranslator, teacher_batch
+from latentbridge.translators.passthrough import PassthroughTranslator
+
+KINDS = {
+    "cross_attention": CrossAttentionTranslator,
+    "dit": DiTBridgeTranslator,
+    "passthrough": PassthroughTranslator,
+}
 
 
 def build_translator(
     config: TranslatorConfig, *, source_dim: int, target_dim: int, target_rms: float
 ) -> nn.Module:
     """The translator a config names, sized for a source and target pair."""
-    if config.kind == "cross_attention":
-        return CrossAttentionTranslator(
-            config, source_dim=source_dim, target_dim=target_dim, target_rms=target_rms
-        )
-    raise NotImplementedError(f"translator.kind={config.kind!r} is not built yet")
+    if config.kind not in KINDS:
+        raise NotImplementedError(f"translator.kind={config.kind!r} is not built yet")
+    return KINDS[config.kind](
+        config, source_dim=source_dim, target_dim=target_dim, target_rms=target_rms
+    )
 
 
-__all__ = ["build_translator", "CrossAttentionTranslator"]
+__all__ = [
+    "build_translator",
+    "CrossAttentionTranslator",
+    "DiTBridgeTranslator",
+    "PassthroughTranslator",
+    "teacher_batch",
+]
