@@ -1,9 +1,11 @@
 """The bridge: source LLM -> translator -> soft tokens -> target LLM.
 
-Both LLMs are frozen; only the translator trains. The target reads
-`[BOS] [K soft tokens] [text]`, where the text is the answer cue (mode `soft_only`) or the
-full few-shot prompt (mode `soft_plus_text`); in training the gold solution follows and is
-the only part with labels, so training and evaluation give the target the same input.
+Both LLMs are frozen; only the translator trains. With `prepend` injection the target reads
+`[BOS] [K soft tokens] [text]`; with `adapter` injection the soft tokens are added (times a
+scale) to the first K text embeddings instead. The text is the answer cue (mode
+`soft_only`) or the full few-shot prompt (mode `soft_plus_text`). In training the gold
+solution follows and is the only part with labels, so training and evaluation give the
+target the same input.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ from torch import nn
 from latentbridge.config import RunConfig
 from latentbridge.data import Example
 from latentbridge.models import FrozenLM
-from latentbridge.prompts import ANSWER_CUE, answer_target, fewshot_prompt
+from latentbridge.prompts import ANSWER_CUE, answer_target, fewshot_prompt, question_block
 from latentbridge.translators import build_translator
+from latentbridge.translators.dit import teacher_batch
 
 IGNORE_INDEX = -100
 
 
 @dataclass
 class TargetInputs:
-    """A padded batch for the target: embeddings, mask and (for training) labels."""
+    """A padded batch for an LLM: embeddings, mask and (for training) labels."""
 
     inputs_embeds: torch.Tensor
     attention_mask: torch.Tensor
@@ -41,10 +44,9 @@ def _pad(rows: list[torch.Tensor], length: int, value: float, left: bool) -> tor
     return torch.stack(padded)
 
 
-def tokenize(lm: FrozenLM, texts: Sequence[str], max_tokens: int | None = None) -> list[list[int]]:
-    """Token ids of each text with no special tokens (optionally cut to the last max_tokens)."""
-    ids = lm.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    return [row[-max_tokens:] if max_tokens else row for row in ids]
+def tokenize(lm: FrozenLM, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text with no special tokens."""
+    return lm.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
 
 def bos_ids(lm: FrozenLM) -> list[int]:
@@ -52,43 +54,73 @@ def bos_ids(lm: FrozenLM) -> list[int]:
     return lm.tokenizer("", add_special_tokens=True)["input_ids"]
 
 
-def text_inputs(lm: FrozenLM, prompts: Sequence[str]) -> TargetInputs:
-    """A left-padded batch of plain text prompts, as embeddings (one path for every system)."""
+def text_ids(lm: FrozenLM, prompts: Sequence[str]) -> TargetInputs:
+    """A left-padded batch of token ids (no embeddings): what the source reads."""
     rows = [torch.tensor(bos_ids(lm) + ids, device=lm.device) for ids in tokenize(lm, prompts)]
     length = max(r.shape[0] for r in rows)
     ids = _pad(rows, length, lm.tokenizer.pad_token_id, left=True)
     mask = _pad([torch.ones_like(r) for r in rows], length, 0, left=True)
-    return TargetInputs(inputs_embeds=lm.embed(ids), attention_mask=mask, input_ids=ids)
+    return TargetInputs(inputs_embeds=torch.empty(0), attention_mask=mask, input_ids=ids)
 
 
-def soft_inputs(
+def build_inputs(
     lm: FrozenLM,
-    soft: torch.Tensor,
     texts: Sequence[str],
+    *,
     answers: Sequence[str] | None = None,
+    soft: torch.Tensor | None = None,
+    injection: str = "prepend",
+    adapter_scale: float = 1.0,
     max_answer_tokens: int | None = None,
 ) -> TargetInputs:
-    """`[BOS] soft text [answer]` for each row; left-padded for generation, right for training."""
+    """`[BOS] [soft] text [answer]` per row as embeddings.
+
+    Left-padded for generation (no answers), right-padded with labels on the answer for
+    training. Every system (text baselines, bridge, KL teacher) is built here.
+    """
     bos = bos_ids(lm)
-    text_ids = tokenize(lm, texts)
-    answer_ids = [[] for _ in texts]
+    text = tokenize(lm, texts)
+    answer = [[] for _ in texts]
     if answers is not None:
-        answer_ids = [ids[:max_answer_tokens] for ids in tokenize(lm, answers)]
+        answer = [ids[:max_answer_tokens] for ids in tokenize(lm, answers)]
     embeds, labels = [], []
-    for i, (t_ids, a_ids) in enumerate(zip(text_ids, answer_ids)):
+    for i, (t_ids, a_ids) in enumerate(zip(text, answer)):
         prefix = lm.embed(torch.tensor(bos, device=lm.device, dtype=torch.long))
         rest = lm.embed(torch.tensor(t_ids + a_ids, device=lm.device, dtype=torch.long))
-        embeds.append(torch.cat([prefix, soft[i].to(rest.dtype), rest]))
-        ignored = len(bos) + soft.shape[1] + len(t_ids)
-        labels.append(torch.tensor([IGNORE_INDEX] * ignored + a_ids, device=lm.device))
+        parts = [prefix]
+        if soft is not None and injection == "prepend":
+            parts.append(soft[i].to(rest.dtype))
+        elif soft is not None:  # adapter: add to the first K text embeddings
+            k = min(soft.shape[1], len(t_ids))
+            rest = torch.cat([rest[:k] + adapter_scale * soft[i, :k].to(rest.dtype), rest[k:]])
+        parts.append(rest)
+        row = torch.cat(parts)
+        embeds.append(row)
+        ignored = row.shape[0] - len(a_ids)
+        labels.append(torch.tensor([IGNORE_INDEX] * ignored + a_ids, device=lm.device, dtype=torch.long))
     length = max(e.shape[0] for e in embeds)
     left = answers is None
-    mask = _pad([torch.ones(e.shape[0], device=lm.device, dtype=torch.long) for e in embeds], length, 0, left)
+    ones = [torch.ones(e.shape[0], device=lm.device, dtype=torch.long) for e in embeds]
     return TargetInputs(
         inputs_embeds=_pad(embeds, length, 0.0, left),
-        attention_mask=mask,
+        attention_mask=_pad(ones, length, 0, left),
         labels=None if left else _pad(labels, length, IGNORE_INDEX, left),
     )
+
+
+class TranslatorStep(nn.Module):
+    """The translator and (for the DiT bridge) its flow loss in one forward, for DDP."""
+
+    def __init__(self, translator: nn.Module) -> None:
+        super().__init__()
+        self.translator = translator
+
+    def forward(self, states, mask, teacher=None, teacher_mask=None):
+        soft = self.translator(states, mask)
+        flow = None
+        if teacher is not None and hasattr(self.translator, "flow_loss"):
+            flow = self.translator.flow_loss(states, mask, teacher, teacher_mask)
+        return soft, flow
 
 
 class Bridge(nn.Module):
@@ -121,39 +153,41 @@ class Bridge(nn.Module):
         """The text after the soft tokens: the cue alone, or the full prompt."""
         return ANSWER_CUE if self.config.eval.prompt_mode == "soft_only" else self.prompt(question)
 
-    # --------------------------------------------------------------- forward
-    def soft_tokens(self, questions: Sequence[str], translator: nn.Module | None = None) -> torch.Tensor:
-        """K soft tokens per question from the source's hidden states (B, K, target width)."""
-        inputs = text_inputs(self.source, [self.source_text(q) for q in questions])
-        with torch.no_grad():
-            states = self.source.hidden_states(
-                inputs.input_ids,
-                inputs.attention_mask,
-                layer=self.config.translator.source_layer,
-            )
-        return (translator or self.translator)(states, inputs.attention_mask)
+    # --------------------------------------------------------------- pieces
+    @torch.no_grad()
+    def encode_source(self, questions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The source's hidden states at `translator.source_layer` and their mask."""
+        batch = text_ids(self.source, [self.source_text(q) for q in questions])
+        states = self.source.hidden_states(
+            batch.input_ids, batch.attention_mask, layer=self.config.translator.source_layer
+        )
+        return states, batch.attention_mask
 
-    def lm_loss(self, examples: Sequence[Example], translator: nn.Module | None = None) -> torch.Tensor:
-        """Teacher-forced next-token loss on the gold solutions given the soft tokens."""
-        questions = [ex.question for ex in examples]
-        soft = self.soft_tokens(questions, translator)
-        inputs = soft_inputs(
+    @torch.no_grad()
+    def target_token_embeddings(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target's input embeddings of each text, zero-padded/truncated to K, and a mask."""
+        rows = [self.target.embed(torch.tensor(ids, device=self.target.device)) for ids in tokenize(self.target, texts)]
+        return teacher_batch([r.float() for r in rows], self.config.translator.num_tokens)
+
+    def bridge_teacher(self, examples: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the DiT bridge learns to emit: the target's embeddings of the answer or question."""
+        if self.config.translator.dit_teacher == "answer":
+            return self.target_token_embeddings([answer_target(ex) for ex in examples])
+        return self.target_token_embeddings([question_block(ex.question) for ex in examples])
+
+    def target_inputs(self, questions: Sequence[str], soft: torch.Tensor, answers: Sequence[str] | None = None) -> TargetInputs:
+        cfg = self.config
+        return build_inputs(
             self.target,
-            soft,
             [self.target_text(q) for q in questions],
-            [answer_target(ex) for ex in examples],
-            max_answer_tokens=self.config.train.max_answer_tokens,
-        )
-        out = self.target.model(
-            inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask
-        )
-        logits = out.logits[:, :-1].float()
-        labels = inputs.labels[:, 1:]
-        return nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX
+            answers=answers,
+            soft=soft,
+            injection=cfg.translator.injection,
+            adapter_scale=cfg.translator.adapter_scale,
+            max_answer_tokens=cfg.train.max_answer_tokens,
         )
 
+    @torch.no_grad()
     def bridged_inputs(self, questions: Sequence[str]) -> TargetInputs:
-        with torch.no_grad():
-            soft = self.soft_tokens(questions)
-        return soft_inputs(self.target, soft, [self.target_text(q) for q in questions])
+        states, mask = self.encode_source(questions)
+        return self.target_inputs(questions, self.translator(states, mask))

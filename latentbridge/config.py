@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -106,15 +109,24 @@ class TranslatorConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Weights of the loss terms; 0 turns a term off."""
+    """Weights of the loss terms (0 turns a term off) and their schedules."""
 
-    lm_weight: float = 1.0
+    lm_weight: float = 1.0  # next-token loss on the gold solution
+    kl_weight: float = 0.03  # KL to the target reading the full text prompt
+    kl_tokens: int = 32  # on the first N answer positions
+    info_nce_weight: float = 0.05  # pooled soft tokens vs the target's embedding of the question
+    info_nce_temperature: float = 0.07
+    prompt_alignment_weight: float = 0.0  # MSE of soft tokens to the question's target embeddings
+    token_alignment_weight: float = 0.0  # MSE of soft tokens to the bridge teacher
+    flow_weight: float = 0.0  # rectified-flow loss of the DiT bridge
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check_positive("loss", f.name, getattr(self, f.name), allow_zero=True)
-        if self.lm_weight == 0:
-            raise ConfigError("loss.lm_weight=0 leaves no loss to train on")
+        _check_positive("loss", "kl_tokens", self.kl_tokens)
+        _check_positive("loss", "info_nce_temperature", self.info_nce_temperature)
+        if not any(getattr(self, f.name) for f in dataclasses.fields(self) if f.name.endswith("_weight")):
+            raise ConfigError("every loss.*_weight is 0: there is nothing to train on")
 
 
 @dataclass(frozen=True)
@@ -149,17 +161,20 @@ class TrainConfig:
     eval_every: int = 250
     checkpoint_every: int = 250
     max_answer_tokens: int = 256
+    early_stop_patience: int = 5  # evaluations without a new best before stopping; 0 = never
+    collapse_invalid_jump: float = 0.5  # flag when the bridged invalid rate rises this much
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            _check_positive("train", f.name, getattr(self, f.name))
+            allow_zero = f.name in ("early_stop_patience", "collapse_invalid_jump")
+            _check_positive("train", f.name, getattr(self, f.name), allow_zero=allow_zero)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """Evaluation: which questions, how many tokens, how the target is prompted."""
 
-    num_questions: int = 200
+    num_questions: int = 500
     split: Literal["validation", "test"] = "validation"  # model selection uses validation
     batch_size: int = 16
     max_new_tokens: int = 256
@@ -194,6 +209,15 @@ class RunConfig:
         _check_literals(self, "run")
         if not self.source_model or not self.target_model:
             raise ConfigError("source_model and target_model must be set")
+        kind = self.translator.kind
+        if self.loss.info_nce_weight and self.train.batch_size < 2:
+            raise ConfigError("loss.info_nce_weight > 0 needs train.batch_size >= 2 (in-batch negatives)")
+        if self.loss.flow_weight and kind != "dit":
+            raise ConfigError(f"loss.flow_weight > 0 needs translator.kind=dit (got {kind!r})")
+        if kind == "dit" and self.translator.dit_teacher == "prompt" and self.eval.prompt_mode != "soft_only":
+            # the prompt teacher makes the soft tokens stand in for the prompt: never show both
+            log.info("translator.dit_teacher=prompt: switching eval.prompt_mode to soft_only")
+            object.__setattr__(self, "eval", dataclasses.replace(self.eval, prompt_mode="soft_only"))
 
     # ------------------------------------------------------------------ conversion
     def to_dict(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 from tqdm.auto import tqdm
 
 from latentbridge import distributed
-from latentbridge.bridge import Bridge, text_inputs
+from latentbridge.bridge import Bridge, build_inputs
 from latentbridge.config import EvalConfig
 from latentbridge.data import Example
 from latentbridge.generation import generate
@@ -62,7 +62,7 @@ def text_baselines(bridge: Bridge, examples: Sequence[Example], config: EvalConf
     questions = [ex.question for ex in examples]
     out = {}
     for name, lm in (("source", bridge.source), ("target", bridge.target)):
-        prompts = lambda qs, lm=lm: text_inputs(lm, [bridge.prompt(q) for q in qs])  # noqa: E731
+        prompts = lambda qs, lm=lm: build_inputs(lm, [bridge.prompt(q) for q in qs])  # noqa: E731
         out[name] = _gathered(_answer(questions, prompts, lm, config, f"{name}-alone"))
     return out if distributed.is_main() else None
 

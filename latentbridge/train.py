@@ -9,11 +9,11 @@ stopped. Everything is reported through the `Reporter` the caller hands in.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
-import math
 import random
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from latentbridge import distributed
-from latentbridge.bridge import Bridge
+from latentbridge.bridge import Bridge, TranslatorStep, bos_ids, tokenize
 from latentbridge.checkpoint import (
     TranslatorMeta,
     load_training_state,
@@ -35,6 +35,7 @@ from latentbridge.checkpoint import (
 from latentbridge.config import OptimConfig, RunConfig
 from latentbridge.data import Splits, load_splits
 from latentbridge.evaluate import bridged_answers, score, text_baselines, write_jsonl
+from latentbridge.losses import compute_losses
 from latentbridge.models import FrozenLM, load_frozen_lm
 from latentbridge.prompts import select_exemplars
 from latentbridge.reporting import NullReporter, Reporter
@@ -44,14 +45,22 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or infinite: the run stops with this as its status."""
+
+
 @dataclass
 class TrainResult:
-    status: str  # FINISHED or FAILED
+    status: str  # FINISHED, EARLY_STOPPED, INTERRUPTED or NAN_LOSS
     step: int
     best_step: int
     best_accuracy: float
     final_metrics: dict[str, float] = field(default_factory=dict)
     run_dir: Path | None = None
+    collapse_flags: list[str] = field(default_factory=list)
 
 
 def param_groups(module: nn.Module, config: OptimConfig) -> list[dict]:
@@ -116,14 +125,16 @@ class Trainer:
         exemplars = select_exemplars(self.splits.train, config.data.num_shots, config.data.fewshot_seed)
         self.bridge = Bridge(config, source, target, exemplars)
         self.translator = self.bridge.translator.float()  # float32 master weights
-        self.model: nn.Module = self.translator
-        if distributed.is_distributed():
-            self.model = DistributedDataParallel(self.translator)
+        self.trainable = any(p.requires_grad for p in self.translator.parameters())
+        self.model: nn.Module = TranslatorStep(self.translator)
+        if distributed.is_distributed() and self.trainable:
+            self.model = DistributedDataParallel(self.model)
+        on_cuda = next(iter(self.translator.buffers())).is_cuda
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.translator, config.optim),
+            [g for g in param_groups(self.translator, config.optim) if g["params"]] or [{"params": [torch.zeros(1, requires_grad=True)]}],
             betas=(config.optim.beta1, config.optim.beta2),
             eps=config.optim.eps,
-            fused=self.translator.queries.is_cuda,
+            fused=on_cuda,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_then_linear_decay(config.optim.warmup_steps, config.train.steps)
@@ -133,7 +144,11 @@ class Trainer:
         self.step = 0
         self.best_step, self.best_accuracy = -1, -1.0
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.evals_since_best = 0
+        self.collapse_flags: list[str] = []
+        self.last_invalid_rate: float | None = None
         self.baselines: dict[str, list[str]] | None = None
+        self.stop_signal: int | None = None
 
     # ------------------------------------------------------------ state
     @property
@@ -155,7 +170,11 @@ class Trainer:
                 "best_step": self.best_step,
                 "best_accuracy": self.best_accuracy,
                 "best_state": self.best_state,
+                "evals_since_best": self.evals_since_best,
+                "collapse_flags": self.collapse_flags,
+                "last_invalid_rate": self.last_invalid_rate,
                 "baselines": self.baselines,
+                "mlflow_run_id": getattr(self.reporter, "run_id", None),
                 "config": self.config.to_dict(),
             },
         )
@@ -174,11 +193,13 @@ class Trainer:
         self.step = state["step"]
         self.best_step, self.best_accuracy = state["best_step"], state["best_accuracy"]
         self.best_state, self.baselines = state["best_state"], state["baselines"]
+        self.evals_since_best = state["evals_since_best"]
+        self.collapse_flags, self.last_invalid_rate = state["collapse_flags"], state["last_invalid_rate"]
         log.info("resumed from %s at step %d", self.state_path, self.step)
         return True
 
     # ------------------------------------------------------------ evaluation
-    def evaluate(self) -> dict[str, float] | None:
+    def evaluate(self) -> dict[str, float]:
         """Bridged answers now (baselines once); rank 0 writes the JSONL and reports."""
         cfg = self.config.eval
         if cfg.baselines and self.baselines is None:
@@ -192,63 +213,129 @@ class Trainer:
             self.reporter.log_artifact(path, "evals")
             self.reporter.log_metrics(evaluation.metrics, self.step)
             metrics = evaluation.metrics
-            if metrics["bridged_accuracy"] > self.best_accuracy:
-                self.best_step, self.best_accuracy = self.step, metrics["bridged_accuracy"]
-                self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.translator.state_dict().items()})
+            self.check_collapse(bridged, metrics["bridged_invalid"] / len(self.eval_examples))
             log.info("step %d: %s", self.step, json.dumps(metrics))
-        return distributed.broadcast_from_main(metrics)
+        metrics = distributed.broadcast_from_main(metrics)
+        if metrics["bridged_accuracy"] > self.best_accuracy:  # every rank keeps the same best
+            self.best_step, self.best_accuracy = self.step, metrics["bridged_accuracy"]
+            # a real copy: later steps must not change the best weights
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.translator.state_dict().items()}
+            self.evals_since_best = 0
+        else:
+            self.evals_since_best += 1
+        return metrics
+
+    def prompt_lengths(self) -> dict[str, float]:
+        """Mean tokens of the text prompt the target would read, and the compression ratio to K."""
+        prompts = [self.bridge.prompt(ex.question) for ex in self.eval_examples]
+        lengths = [len(ids) + len(bos_ids(self.bridge.target)) for ids in tokenize(self.bridge.target, prompts)]
+        mean = sum(lengths) / len(lengths)
+        return {"prompt_tokens_mean": mean, "compression_ratio": mean / self.config.translator.num_tokens}
+
+    def check_collapse(self, outputs: list[str], invalid_rate: float) -> None:
+        """Flag constant outputs and jumps in the invalid rate (the verdict reads the flags)."""
+        flags = []
+        if self.step > 0 and len(outputs) > 1 and len(set(outputs)) == 1:
+            flags.append(f"constant_outputs@{self.step}")
+        jump = self.config.train.collapse_invalid_jump
+        if jump and self.last_invalid_rate is not None and invalid_rate - self.last_invalid_rate >= jump:
+            flags.append(f"invalid_jump@{self.step}")
+        self.last_invalid_rate = invalid_rate
+        if flags:
+            self.collapse_flags.extend(flags)
+            log.warning("collapse flags at step %d: %s", self.step, flags)
+            self.reporter.set_tags({"collapse_flags": ",".join(self.collapse_flags)})
+
+    def should_stop_early(self) -> bool:
+        patience = self.config.train.early_stop_patience
+        return bool(patience) and self.evals_since_best >= patience
 
     # ------------------------------------------------------------ training
-    def train_step(self) -> tuple[float, float]:
+    def train_step(self) -> dict[str, float]:
+        """One optimisation step; returns the loss terms and the gradient norm."""
         batch = [self.sampler.choice(self.splits.train) for _ in range(self.config.train.batch_size)]
         self.model.train()
-        loss = self.bridge.lm_loss(batch, translator=self.model)
+        terms = compute_losses(self.bridge, batch, self.step, self.model)
+        loss = terms["total"]
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
+            raise NonFiniteLoss(f"loss is {loss.item()} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.translator.parameters(), self.config.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return loss.item(), float(grad_norm)
+        return {**{f"loss/{k}" if k != "total" else "loss": v.item() for k, v in terms.items()}, "grad_norm": float(grad_norm)}
+
+    def _on_signal(self, signum, frame) -> None:
+        log.warning("got signal %d: checkpointing after this step", signum)
+        self.stop_signal = signum
 
     def run(self) -> TrainResult:
+        """Train to the end (or an early stop, a signal, a NaN loss) and save everything."""
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS} if in_main_thread else {}
+        try:
+            status = self._loop()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        if status == "INTERRUPTED" and self.stop_signal in previous and callable(previous[self.stop_signal]):
+            previous[self.stop_signal](self.stop_signal, None)  # e.g. submitit's requeue on USR2
+        return TrainResult(
+            status=status,
+            step=self.step,
+            best_step=self.best_step,
+            best_accuracy=self.best_accuracy,
+            final_metrics=self.final_metrics,
+            run_dir=self.run_dir,
+            collapse_flags=list(self.collapse_flags),
+        )
+
+    def _loop(self) -> str:
         cfg = self.config.train
         resumed = self.try_resume()
         if not resumed:
             self.reporter.log_params(self.config.flat())
-        if not resumed or self.step == 0:
-            metrics = self.evaluate()
-        progress = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not distributed.is_main())
-        metrics = {}
-        while self.step < cfg.steps:
-            loss, grad_norm = self.train_step()
+            self.reporter.log_metrics(self.prompt_lengths(), 0)
+            self.evaluate()
+        self.final_metrics: dict[str, float] = {}
+        steps = cfg.steps if self.trainable else 0
+        progress = tqdm(total=steps, initial=min(self.step, steps), desc="train", disable=not distributed.is_main())
+        status = "FINISHED"
+        while self.step < steps:
+            try:
+                logged = self.train_step()
+            except NonFiniteLoss as error:
+                log.error("stopping: %s", error)
+                self.reporter.set_tags({"stop_reason": str(error)})
+                return "NAN_LOSS"
             self.step += 1
             progress.update(1)
-            progress.set_postfix(loss=f"{loss:.3f}")
-            self.reporter.log_metrics(
-                {"loss": loss, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}, self.step
-            )
-            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                metrics = self.evaluate() or {}
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+            progress.set_postfix(loss=f"{logged['loss']:.3f}")
+            self.reporter.log_metrics({**logged, "lr": self.scheduler.get_last_lr()[0]}, self.step)
+            last = self.step == steps
+            if self.step % cfg.eval_every == 0 or last:
+                self.final_metrics = self.evaluate()
+                if not last and self.should_stop_early():
+                    log.info("early stop at step %d: no new best in %d evaluations", self.step, cfg.early_stop_patience)
+                    status = "EARLY_STOPPED"
+                    self.save_state()
+                    break
+            if self.step % cfg.checkpoint_every == 0 or last:
                 self.save_state()
+            if distributed.broadcast_from_main(self.stop_signal is not None):
+                self.save_state()
+                return "INTERRUPTED"
         progress.close()
-        if not metrics:  # resumed after the last step: evaluate the final weights again
-            metrics = self.evaluate() or {}
+        if not self.final_metrics:  # resumed at the end, or nothing to train: evaluate now
+            self.final_metrics = self.evaluate()
         self.finish()
-        return TrainResult(
-            status="FINISHED",
-            step=self.step,
-            best_step=self.best_step,
-            best_accuracy=self.best_accuracy,
-            final_metrics=metrics,
-            run_dir=self.run_dir,
-        )
+        return status
 
     def finish(self) -> None:
         """Save the final and best translators and hand them to the reporter."""
         if not distributed.is_main():
+            self.translator.load_state_dict(self.best_state)
             return
         meta = TranslatorMeta(
             config=self.config,
@@ -258,10 +345,9 @@ class Trainer:
         )
         final = save_translator(self.run_dir / "translator", self.translator, meta)
         self.reporter.log_artifact(final, "translator")
-        if self.best_state is not None:
-            best = copy.deepcopy(self.translator)
-            best.load_state_dict(self.best_state)
-            self.reporter.log_artifact(save_translator(self.run_dir / "best_translator", best, meta), "best_translator")
+        self.translator.load_state_dict(self.best_state)  # restore the best weights, keep them too
+        best = save_translator(self.run_dir / "best_translator", self.translator, meta)
+        self.reporter.log_artifact(best, "best_translator")
         self.reporter.log_metrics(
             {"best_bridged_accuracy": self.best_accuracy, "best_step": float(self.best_step)}, self.step
         )

@@ -1,8 +1,18 @@
 """Preserve finished runs as versions of registered models, with a verdict and a note.
 
-A preserved version is an `archive/` folder logged to the run: the translator (weights and
-config), the eval JSONLs, `metrics.json` and `manifest.json` (the sha256 of every file).
-Preserving the same run twice returns the version it already has.
+One registered model per source->target pair and translator kind. A version's files are an
+`archive/` folder logged to its run:
+
+    translator/        final translator (translator.safetensors + translator.json)
+    best_translator/   the translator at the peak evaluation (when the run saved one)
+    config.json        the run config
+    evals/             every eval JSONL (one record per question)
+    metrics.json       the metrics summary: baselines, peak, final, history, verdict, rules
+    NOTE.md            the preservation note (also the version's description)
+    manifest.json      sha256 of every file above
+
+The version's tags hold the key facts and `manifest_sha256`, so a changed manifest is caught
+too. Preserving a run that already has a version returns that version and changes nothing.
 """
 
 from __future__ import annotations
@@ -19,30 +29,39 @@ from pathlib import Path
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from registry.errors import PreserveError, TamperedArchiveError
+from registry.facts import RunFacts, download_eval, get_run, is_training_run, run_facts
+from registry.prompt_length import try_mean_prompt_tokens
 from registry.store import client, with_retries
-from registry.verdict import VerdictRules, Verdict, judge
+from registry.verdict import (
+    Verdict,
+    VerdictRules,
+    accuracy_interval,
+    collapse_flags,
+    judge,
+)
 
 log = logging.getLogger(__name__)
 
 ARCHIVE = "archive"
 MANIFEST = "manifest.json"
-
-
-class PreserveError(RuntimeError):
-    """A run cannot be preserved (not finished, missing artifacts, unknown id)."""
+DESCRIPTION_LIMIT = 5000  # MLflow's limit on a model version description
 
 
 @dataclass(frozen=True)
 class Preserved:
     model: str
     version: str
-    verdict: Verdict
+    verdict: str
+    rule: str
     created: bool
+    run_id: str = ""
 
 
+# --------------------------------------------------------------------------- manifest
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with Path(path).open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -50,135 +69,249 @@ def sha256_file(path: Path) -> str:
 
 def write_manifest(folder: Path) -> dict[str, str]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    manifest = {str(p.relative_to(folder)): sha256_file(p) for p in files}
+    manifest = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest
 
 
-def verify_manifest(folder: Path) -> None:
-    """Raise if any file differs from the manifest (or the manifest is missing)."""
-    path = folder / MANIFEST
+def verify_manifest(folder: Path, manifest_sha256: str | None = None) -> dict[str, str]:
+    """Raise TamperedArchiveError unless every file matches the manifest (and the manifest its tag)."""
+    path = Path(folder) / MANIFEST
     if not path.is_file():
-        raise PreserveError(f"{folder} has no {MANIFEST}: not a preserved archive")
-    for name, expected in json.loads(path.read_text()).items():
-        file = folder / name
+        raise TamperedArchiveError(f"{folder} has no {MANIFEST}: not a preserved archive")
+    if manifest_sha256 and sha256_file(path) != manifest_sha256:
+        raise TamperedArchiveError(
+            f"{MANIFEST} of {folder} fails its sha256 check against the model version's tag: the archive was changed after preservation"
+        )
+    manifest = json.loads(path.read_text())
+    for name, expected in manifest.items():
+        file = Path(folder) / name
         if not file.is_file():
-            raise PreserveError(f"archived file {name} is missing from {folder}")
+            raise TamperedArchiveError(f"archived file {name} is missing from {folder}")
         if sha256_file(file) != expected:
-            raise PreserveError(f"archived file {name} fails its sha256 check: it was changed after preservation")
+            raise TamperedArchiveError(
+                f"archived file {name} fails its sha256 check (expected {expected[:12]}..., found "
+                f"{sha256_file(file)[:12]}...): it was changed after preservation; refusing to use it"
+            )
+    extra = sorted(
+        p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file() and p.name != MANIFEST
+    )
+    unlisted = [name for name in extra if name not in manifest]
+    if unlisted:
+        raise TamperedArchiveError(f"files not in the manifest were added to {folder}: {unlisted}")
+    return manifest
+
+
+# --------------------------------------------------------------------------- naming
+def _clean(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text.rstrip("/").split("/")[-1]).strip("-") or "model"
 
 
 def model_name(params: dict[str, str]) -> str:
     """One registered model per source->target pair and translator kind."""
-    clean = lambda s: re.sub(r"[^A-Za-z0-9._-]+", "-", s.split("/")[-1]).strip("-")  # noqa: E731
-    return f"{clean(params['source_model'])}__to__{clean(params['target_model'])}__{params['translator.kind']}"
+    return f"{_clean(params['source_model'])}__to__{_clean(params['target_model'])}__{params['translator.kind']}"
 
 
-def _existing_version(name: str, run_id: str) -> ModelVersion | None:
+def existing_version(run_id: str) -> ModelVersion | None:
+    """The registered version already made from `run_id` (the oldest if a race made two)."""
+    versions = client().search_model_versions(f"run_id='{run_id}'")
+    return min(versions, key=lambda v: int(v.version)) if versions else None
+
+
+# --------------------------------------------------------------------------- the note
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def note(facts: RunFacts, verdict: Verdict, rules: VerdictRules, interval: tuple[float, float] | None) -> str:
+    """The preservation note: why the run exists, how to reproduce it, key metrics, verdict."""
+    diff = facts.config_diff
+    diff_lines = [f"- `{k} = {v}`" for k, v in sorted(diff.items())[:40]]
+    if len(diff) > 40:
+        diff_lines.append(f"- ... and {len(diff) - 40} more (the full config is `config.json`)")
+    if not diff_lines:
+        diff_lines = ["- none: this is the suite's base configuration"]
+    ci = f" (95% bootstrap interval [{interval[0]:.3f}, {interval[1]:.3f}])" if interval else ""
+    ratio = facts.compression_ratio
+    if not ratio:
+        compression = "unknown (the prompt length could not be counted; log metric prompt_tokens_mean)"
+    elif facts.prompt_mode == "soft_plus_text":
+        compression = f"{ratio:.2f}x: none (soft_plus_text: the target reads all {facts.prompt_tokens_mean:.0f} prompt tokens after K={facts.K})"
+    else:
+        compression = f"{ratio:.1f}x ({facts.prompt_tokens_mean:.0f} prompt tokens / K={facts.K})"
+    slurm = f", Slurm job {facts.slurm_job}" if facts.slurm_job else ""
+    headline = "yes." if verdict.verdict == "headline" else f"no ({verdict.verdict})."
+    lines = [
+        f"# {facts.suite or '(no suite)'}/{facts.name}: {facts.source_model} -> {facts.target_model}",
+        "",
+        "## Why it exists",
+        (
+            f"Member `{facts.name}` of suite `{facts.suite or '(none)'}`: a {facts.kind} translator, K={facts.K},"
+            f" {facts.steps} steps, seed {facts.seed}. Config diff against the suite's base ({facts.diff_basis}):"
+        ),
+        *diff_lines,
+        "",
+        "## Reproduce",
+        (
+            f"`{facts.command}` at {facts.code_state}{slurm}. MLflow run {facts.run_id}; the full"
+            " config is `config.json` in this version's files."
+        ),
+        "",
+        f"## Key metrics ({verdict.n} {facts.params.get('eval.split', '')} questions, final step {facts.final_step})",
+        f"- source-alone: {_fmt(verdict.source)}",
+        f"- target-alone: {_fmt(verdict.target)}",
+        f"- bridged final: {_fmt(verdict.bridged)}{ci}",
+        f"- bridged peak: {_fmt(facts.peak)} at step {facts.peak_step} (degradation {_fmt(facts.degradation)})",
+        f"- bridged invalid rate: {_fmt(facts.invalid_rate)}",
+        f"- compression ratio: {compression}",
+        "",
+        f"## Verdict: **{verdict.verdict}**",
+        f"Decided by rule `{verdict.decided_by}`: {verdict.rule}.",
+        f"Thresholds: {json.dumps(rules.to_dict(), sort_keys=True)}.",
+        f"Publishable as a headline result: {headline}",
+    ]
+    return "\n".join(lines)
+
+
+def _description(text: str) -> str:
+    if len(text) <= DESCRIPTION_LIMIT:
+        return text
+    tail = "\n\n(truncated: the full note is NOTE.md in this version's files)"
+    return text[: DESCRIPTION_LIMIT - len(tail)] + tail
+
+
+# --------------------------------------------------------------------------- preserve
+def _download(mlflow_client, run_id: str, path: str, dst: Path, required: bool) -> Path | None:
     try:
-        versions = client().search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    except MlflowException:
+        return Path(mlflow_client.download_artifacts(run_id, path, str(dst)))
+    except (MlflowException, OSError) as error:
+        if required:
+            raise PreserveError(f"run {run_id} is missing its {path}/ artifacts: {error}") from None
         return None
-    return versions[0] if versions else None
-
-
-def _final_records(evals: Path) -> list[dict]:
-    files = sorted(evals.glob("eval_step_*.jsonl"))
-    if not files:
-        raise PreserveError("the run logged no evaluation JSONL: nothing to judge")
-    return [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
-
-
-def _note(run, name: str, verdict: Verdict, metrics: dict[str, float]) -> str:
-    p = run.data.params
-    t = run.data.tags
-    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-    overrides = t.get("overrides", "")
-    command = t.get("command") or f"python launch submit --suite {p.get('suite') or 'demo'} --only {p.get('name', '')} {overrides}".strip()
-    return "\n".join(
-        [
-            f"# {p.get('suite', '')}/{p.get('name', '')}: {p['source_model']} -> {p['target_model']}",
-            "",
-            f"Why it exists: member `{p.get('name', '')}` of suite `{p.get('suite', '')}`"
-            f" ({p['translator.kind']} translator, K={p['translator.num_tokens']}, {p['train.steps']} steps, seed {p['seed']}).",
-            f"Reproduce: `{command}` at git commit {t.get('git_commit', 'unknown')}.",
-            "",
-            f"Key metrics on {verdict.n} {p.get('eval.split', '')} questions: bridged final {fmt(verdict.bridged)}"
-            f" (peak {fmt(metrics.get('best_bridged_accuracy'))}), target-alone {fmt(verdict.target)},"
-            f" source-alone {fmt(verdict.source)}.",
-            "",
-            f"Verdict: **{verdict.verdict}**: {verdict.rule}.",
-            "Publishable as a headline result: " + ("yes." if verdict.verdict == "headline" else f"no ({verdict.verdict})."),
-        ]
-    )
 
 
 def preserve(run_id: str, rules: VerdictRules | None = None) -> Preserved:
     """Archive a finished run as a registered model version (idempotent)."""
     mlflow_client = client()
-    try:
-        run = mlflow_client.get_run(run_id)
-    except MlflowException:
-        raise PreserveError(f"no MLflow run with id {run_id!r} in {mlflow_client.tracking_uri}") from None
+    run = get_run(mlflow_client, run_id)
     if run.info.status != "FINISHED":
         raise PreserveError(
             f"run {run_id} is {run.info.status}, not FINISHED: only finished runs can be preserved"
+            " (wait for the job, or close it with registry.runs.close_run)"
         )
-    params = run.data.params
-    name = model_name(params)
-    existing = _existing_version(name, run_id)
+    if not is_training_run(run):
+        raise PreserveError(f"run {run_id} is not a training run (no translator config in its params)")
+    existing = existing_version(run_id)
+    if existing is not None:
+        return Preserved(
+            existing.name, str(existing.version), existing.tags.get("verdict", "?"),
+            existing.tags.get("verdict_rule", "?"), created=False, run_id=run_id,
+        )
     rules = rules or VerdictRules.load()
+    facts = run_facts(mlflow_client, run)
+    if not facts.evals:
+        raise PreserveError(f"run {run_id} logged no evaluation JSONL (evals/): nothing to judge")
+    name = model_name(facts.params)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp)
+        evals = _download(mlflow_client, run_id, "evals", local / "dl", required=True)
+        translator = _download(mlflow_client, run_id, "translator", local / "dl", required=True)
+        best = _download(mlflow_client, run_id, "best_translator", local / "dl", required=False)
+        records = download_eval(mlflow_client, run_id, facts.final_eval, local / "final")
+        facts.n_final = len(records)
+        config_record = json.loads((translator / "translator.json").read_text())["config"]
+        if facts.prompt_tokens_mean is None:
+            from latentbridge.config import RunConfig
+
+            facts.prompt_tokens_mean = try_mean_prompt_tokens(
+                RunConfig.from_dict(config_record), [r["question"] for r in records]
+            )
+        flags = collapse_flags(records, rules, facts.raised_flags)
         try:
-            evals = Path(mlflow_client.download_artifacts(run_id, "evals", str(local)))
-            translator = Path(mlflow_client.download_artifacts(run_id, "translator", str(local)))
-        except (MlflowException, OSError) as error:
-            raise PreserveError(f"run {run_id} is missing its artifacts (evals/, translator/): {error}") from None
-        metrics = dict(run.data.metrics)
-        verdict = judge(
-            _final_records(evals),
-            peak_bridged=metrics.get("best_bridged_accuracy", metrics.get("bridged_accuracy", 0.0)),
-            rules=rules,
-        )
-        if existing is not None:
-            return Preserved(name, existing.version, verdict, created=False)
+            verdict = judge(records, peak_bridged=facts.peak or 0.0, collapse_flags=flags, rules=rules)
+        except ValueError as error:
+            raise PreserveError(f"run {run_id}: {error}") from None
+        bridged = [bool(r["bridged"]["correct"]) for r in records]
+        interval = accuracy_interval(bridged, rules.bootstrap_samples, rules.confidence, rules.seed)
+        text = note(facts, verdict, rules, interval)
+
         archive = local / ARCHIVE
         shutil.copytree(translator, archive / "translator")
+        if best is not None:
+            shutil.copytree(best, archive / "best_translator")
         shutil.copytree(evals, archive / "evals")
-        summary = {"metrics": metrics, "verdict": verdict.to_dict(), "rules": rules.__dict__}
-        (archive / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+        (archive / "config.json").write_text(json.dumps(config_record, indent=2, sort_keys=True))
+        summary = {
+            "run": {k: v for k, v in facts.summary().items()},
+            "final": {
+                "step": facts.final_step,
+                "eval_file": facts.final_eval,
+                "bridged_accuracy": verdict.bridged,
+                "bridged_interval": list(interval),
+                "bridged_invalid": facts.metrics.get("bridged_invalid"),
+                "source_accuracy": verdict.source,
+                "target_accuracy": verdict.target,
+                "translator": "translator",
+            },
+            "peak": {
+                "step": facts.peak_step,
+                "eval_file": facts.eval_at(facts.peak_step),
+                "bridged_accuracy": facts.peak,
+                "translator": "best_translator" if best is not None else None,
+            },
+            "history": {k: [list(p) for p in v] for k, v in facts.history.items()},
+            "metrics": facts.metrics,
+            "verdict": verdict.to_dict(),
+            "rules": rules.to_dict(),
+        }  # no timestamp: two racing preserves of one run write identical bytes (and manifest)
+        (archive / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        (archive / "NOTE.md").write_text(text + "\n")
         write_manifest(archive)
+        manifest_sha = sha256_file(archive / MANIFEST)
         with_retries(lambda: mlflow_client.log_artifacts(run_id, str(archive), ARCHIVE), "log archive")
+
     try:
         with_retries(lambda: mlflow_client.create_registered_model(name), "create registered model")
     except MlflowException as error:
         if "already exists" not in str(error).lower() and "RESOURCE_ALREADY_EXISTS" not in str(error):
             raise
+    opt = lambda x, digits=4: "unknown" if x is None else f"{x:.{digits}f}"
     tags = {
-        "source": params["source_model"],
-        "target": params["target_model"],
-        "K": params["translator.num_tokens"],
-        "steps": params["train.steps"],
-        "seed": params["seed"],
-        "git_commit": run.data.tags.get("git_commit", "unknown"),
+        "run_id": run_id,
+        "run_name": facts.name,
+        "suite": facts.suite,
+        "source": facts.source_model,
+        "target": facts.target_model,
+        "K": str(facts.K),
+        "compression_ratio": opt(facts.compression_ratio, 2),
+        "prompt_tokens_mean": opt(facts.prompt_tokens_mean, 1),
+        "steps": str(facts.steps),
+        "seed": facts.seed,
+        "git_commit": facts.git_commit,
+        "slurm_job": facts.slurm_job or "none",
+        "source_alone": opt(verdict.source),
+        "target_alone": opt(verdict.target),
+        "bridged_peak": opt(facts.peak),
+        "bridged_final": opt(verdict.bridged),
+        "invalid_rate": opt(facts.invalid_rate),
+        "n_questions": str(verdict.n),
         "verdict": verdict.verdict,
-        "bridged_final": f"{verdict.bridged:.4f}",
-        "bridged_peak": f"{metrics.get('best_bridged_accuracy', verdict.bridged):.4f}",
+        "verdict_rule": verdict.decided_by,
+        "manifest_sha256": manifest_sha,
     }
-    if verdict.target is not None:
-        tags["target_alone"] = f"{verdict.target:.4f}"
-    if verdict.source is not None:
-        tags["source_alone"] = f"{verdict.source:.4f}"
     version = with_retries(
         lambda: mlflow_client.create_model_version(
             name,
             source=f"{run.info.artifact_uri}/{ARCHIVE}",
             run_id=run_id,
-            tags=tags,
-            description=_note(run, name, verdict, metrics),
+            tags={k: v for k, v in tags.items() if v != ""},  # MLflow refuses empty tag values
+            description=_description(text),
         ),
         "create model version",
     )
+    first = existing_version(run_id)
+    if first is not None and str(first.version) != str(version.version):  # a concurrent preserve won
+        with_retries(lambda: mlflow_client.delete_model_version(name, version.version), "delete duplicate version")
+        return Preserved(name, str(first.version), first.tags.get("verdict", "?"), first.tags.get("verdict_rule", "?"), False, run_id)
     log.info("preserved run %s as %s version %s (%s)", run_id, name, version.version, verdict.verdict)
-    return Preserved(name, version.version, verdict, created=True)
+    return Preserved(name, str(version.version), verdict.verdict, verdict.decided_by, created=True, run_id=run_id)

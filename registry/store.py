@@ -1,17 +1,32 @@
 """Where the MLflow store is, and opening it safely from many processes.
 
 Default: the SQLite file `mlflow.db` at the repo root, artifacts in `mlartifacts/` beside
-it. `MLFLOW_TRACKING_URI` overrides (a tracking server for a cluster: SQLite's file locks
-are unreliable on NFS/Lustre). The store's schema and each experiment are created once,
-before jobs fan out: many processes migrating an empty SQLite file at once corrupt it.
+it. `MLFLOW_TRACKING_URI` overrides it (e.g. `http://host:5000`, a tracking server).
+
+Many jobs log into one SQLite store at once, safely, because:
+- the schema is created exactly once, under an exclusive file lock (`<db>.lock`): many
+  processes migrating an empty SQLite file at the same moment leave it unusable;
+- the database runs in WAL mode (readers never block the one writer) and MLflow gives every
+  session a 20 s busy timeout, so a writer waits for the lock instead of failing;
+- every write goes through `with_retries`, which retries "database is locked" and dropped
+  connections with exponential backoff and jitter, and each write is one `log_batch`
+  transaction (all of it lands or none of it; a retried batch is idempotent).
+
+SQLite must sit on a local disk: its locks (and WAL's shared-memory index, which requires
+every process to be on the same host) do not work on NFS/Lustre/GPFS, where concurrent
+writers can corrupt the file. `check_local_disk` refuses such a path; there, run an
+`mlflow server` on one host and point `MLFLOW_TRACKING_URI` at it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import random
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -24,6 +39,19 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EXPERIMENT = "latentbridge"
 T = TypeVar("T")
+
+# Filesystems on which SQLite's locking is unreliable (network or cluster filesystems).
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "smbfs", "ceph", "cephfs",
+     "glusterfs", "fuse.glusterfs", "fuse.sshfs", "fuse.s3fs", "9p", "afs", "panfs", "wekafs"}
+)
+ALLOW_NETWORK_FS_ENV = "LATENTBRIDGE_SQLITE_ON_NETWORK_FS"  # "1": skip the check (at your own risk)
+_TRANSIENT = ("locked", "busy", "connection", "timed out", "timeout", "temporarily", "503", "502", "429")
+_READY: set[str] = set()  # sqlite URIs this process has already prepared
+
+
+class StoreError(RuntimeError):
+    """The MLflow store cannot be used safely as configured."""
 
 
 def tracking_uri() -> str:
@@ -38,30 +66,105 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
+def filesystem_type(path: Path) -> str:
+    """The type (from /proc/mounts) of the filesystem holding `path`; "" if unknown."""
+    target = Path(path).resolve()
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    best, fstype = "", ""
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount = parts[1].replace("\\040", " ")
+        inside = str(target) == mount or str(target).startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, fstype = mount, parts[2]
+    return fstype
+
+
+def check_local_disk(uri: str | None = None) -> None:
+    """Raise StoreError if the SQLite store of `uri` sits on a network/cluster filesystem."""
+    path = sqlite_path(uri or tracking_uri())
+    if path is None or os.environ.get(ALLOW_NETWORK_FS_ENV) == "1":
+        return
+    fstype = filesystem_type(path.parent)
+    if fstype in NETWORK_FILESYSTEMS:
+        raise StoreError(
+            f"the MLflow SQLite store {path} is on a {fstype} filesystem, where SQLite's file locks "
+            "are unreliable and concurrent jobs can corrupt it. Start a tracking server on one host "
+            "(`mlflow server --backend-store-uri sqlite:////local/disk/mlflow.db --host 0.0.0.0`) and "
+            f"set MLFLOW_TRACKING_URI=http://<host>:5000 (or tracking_uri in the launch config); "
+            f"{ALLOW_NETWORK_FS_ENV}=1 skips this check."
+        )
+
+
+def _store_ready(path: Path) -> bool:
+    """The schema exists and the file is in WAL mode."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as conn:
+            rows = conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='alembic_version'")
+            has_schema = rows.fetchone() is not None
+            return has_schema and conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+    except sqlite3.Error:
+        return False
+
+
+def ensure_store(uri: str | None = None) -> str:
+    """Create the store's schema once (under a file lock) and switch SQLite to WAL. Idempotent."""
+    uri = uri or tracking_uri()
+    path = sqlite_path(uri)
+    if path is None or uri in _READY:
+        return uri
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not _store_ready(path):
+        with open(path.with_name(path.name + ".lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one process migrates; the others wait, then see it done
+            try:
+                if not _store_ready(path):
+                    log.info("preparing the MLflow store %s (schema, WAL)", path)
+                    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # runs the migrations
+                    with closing(sqlite3.connect(path, timeout=30)) as conn:
+                        conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    _READY.add(uri)
+    return uri
+
+
 def client() -> MlflowClient:
     """A client on the project's store (schema created and WAL set on first use)."""
-    uri = tracking_uri()
+    uri = ensure_store(tracking_uri())
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    made = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    path = sqlite_path(uri)
-    if path is not None:
-        with sqlite3.connect(path, timeout=30) as conn:  # WAL: readers never block the writer
-            conn.execute("PRAGMA journal_mode=WAL")
-    return made
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def with_retries(action: Callable[[], T], what: str, attempts: int = 8) -> T:
-    """Retry a store call that failed on a locked database or a dropped connection."""
+def is_transient(error: BaseException) -> bool:
+    text = str(error).lower()
+    return any(word in text for word in _TRANSIENT)
+
+
+def with_retries(action: Callable[[], T], what: str, attempts: int = 10) -> T:
+    """Retry a store call that failed on a locked database or a dropped connection.
+
+    Backoff 0.5 s, 1 s, 2 s ... capped at 15 s, with jitter so that jobs that collided do
+    not collide again; about two minutes in all before the error is raised.
+    """
     for attempt in range(1, attempts + 1):
         try:
             return action()
-        except (MlflowException, OSError) as error:
-            transient = "locked" in str(error).lower() or "connection" in str(error).lower()
-            if not transient or attempt == attempts:
+        except (MlflowException, OSError, sqlite3.Error) as error:
+            if not is_transient(error) or attempt == attempts:
                 raise
-            delay = min(0.25 * 2**attempt, 10.0)
-            log.warning("%s failed (%s); retry %d in %.1fs", what, error, attempt, delay)
+            delay = min(0.25 * 2**attempt, 15.0) * random.uniform(0.5, 1.5)
+            log.warning("%s failed (%s); retry %d/%d in %.1fs", what, error, attempt, attempts - 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -69,10 +172,10 @@ def with_retries(action: Callable[[], T], what: str, attempts: int = 8) -> T:
 def experiment_id(name: str = DEFAULT_EXPERIMENT) -> str:
     """The id of experiment `name`, created (with the project's artifact root) if missing."""
     mlflow_client = client()
-    found = mlflow_client.get_experiment_by_name(name)
+    found = with_retries(lambda: mlflow_client.get_experiment_by_name(name), "find experiment")
     if found is not None:
         return found.experiment_id
     try:
         return mlflow_client.create_experiment(name, artifact_location=f"{artifact_root()}/{name}")
     except MlflowException:  # another process created it first
-        return mlflow_client.get_experiment_by_name(name).experiment_id
+        return with_retries(lambda: mlflow_client.get_experiment_by_name(name), "find experiment").experiment_id

@@ -1,102 +1,264 @@
 """Is a run publishable? Verdict rules over the final evaluation's per-question answers.
 
-Rules, checked in this order (the first that holds decides):
-  unstable  final bridged accuracy fell more than `unstable_margin` below its peak, or the
-            run raised collapse flags;
-  headline  bridged beats target-alone with statistical support: a paired bootstrap
-            interval of (bridged - target) over the same questions lies above 0, on at
-            least `min_questions` questions;
-  negative  bridged is below source-alone;
-  control   bridged beats source-alone but trails target-alone;
-  ablation  anything else (a suite member that is neither).
+Rules, checked in this order (the first that holds decides; `Verdict.decided_by` names it):
+  collapse          unstable: the run raised collapse flags (from the trainer, or the bridged
+                    answers collapsed onto a few identical outputs);
+  degradation       unstable: final bridged accuracy fell more than `unstable_margin` below
+                    its peak;
+  below_source      negative: bridged is below source-alone;
+  beats_target      headline: bridged beats target-alone with statistical support on the same
+                    questions (paired bootstrap interval of bridged - target above 0, or an exact
+                    McNemar test, `test`), on at least `min_questions` questions;
+  unsupported_gain  ablation: bridged beats target-alone without that support;
+  between           control: bridged beats source-alone but trails target-alone;
+  neither           ablation: anything else (a suite member that is neither).
+
+Thresholds and the alias policy (which verdicts may carry which alias) live in
+`verdict_defaults.json`; every threshold can be overridden (`VerdictRules.load(path, **kw)`,
+`--rules FILE`, `--set key=value` on the command line).
 """
 
 from __future__ import annotations
 
 import json
-import random
-from dataclasses import asdict, dataclass
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
+
+import numpy as np
 
 VERDICTS = ("headline", "control", "ablation", "negative", "unstable")
+TESTS = ("bootstrap", "mcnemar")
 DEFAULTS_FILE = Path(__file__).with_name("verdict_defaults.json")
+
+
+def _read(path: Path | None) -> dict:
+    path = Path(path or DEFAULTS_FILE)
+    if not path.is_file():
+        raise ValueError(f"verdict rules file not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"verdict rules file {path} is not valid JSON: {error}") from None
 
 
 @dataclass(frozen=True)
 class VerdictRules:
-    min_questions: int = 200
-    confidence: float = 0.95
+    min_questions: int = 200  # a headline needs at least this many questions
+    confidence: float = 0.95  # of the bootstrap interval / 1 - the McNemar p-value threshold
+    test: str = "bootstrap"  # "bootstrap" (paired interval) or "mcnemar" (exact paired test)
     bootstrap_samples: int = 2000
-    unstable_margin: float = 0.05
+    seed: int = 0  # of the bootstrap resampling: the same answers always give the same verdict
+    unstable_margin: float = 0.05  # peak - final above this (accuracy points / 100) is unstable
+    collapse_min_distinct: float = 0.05  # distinct bridged outputs / questions below this: collapse
+    collapse_min_questions: int = 20  # the distinct-output check needs at least this many questions
+
+    def __post_init__(self) -> None:
+        if self.test not in TESTS:
+            raise ValueError(f"verdict rule test={self.test!r}; choose one of {list(TESTS)}")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"verdict rule confidence={self.confidence} must be in (0, 1)")
+        if self.bootstrap_samples < 100:
+            raise ValueError(f"verdict rule bootstrap_samples={self.bootstrap_samples} must be >= 100")
+        if self.unstable_margin < 0 or self.min_questions < 1:
+            raise ValueError("verdict rules unstable_margin must be >= 0 and min_questions >= 1")
 
     @classmethod
-    def load(cls, path: Path | None = None, **overrides: float) -> "VerdictRules":
-        values = json.loads((path or DEFAULTS_FILE).read_text())
+    def load(cls, path: Path | None = None, **overrides) -> VerdictRules:
+        """The rules in `path` (default: verdict_defaults.json), then `overrides` on top."""
+        data = _read(path)
+        values = dict(data.get("rules", data if "aliases" not in data else {}))
         values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(values) - set(cls.__dataclass_fields__)
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(values) - set(known)
         if unknown:
-            raise ValueError(f"unknown verdict thresholds: {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**values)
+            raise ValueError(f"unknown verdict thresholds: {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{k: _coerce(known[k].type, v, k) for k, v in values.items()})
 
-
-@dataclass(frozen=True)
-class Verdict:
-    verdict: str
-    rule: str  # why: which rule decided, in words
-    n: int
-    bridged: float
-    target: float | None
-    source: float | None
-    diff_vs_target: tuple[float, float] | None  # bootstrap interval of bridged - target
+    @staticmethod
+    def parse_assignments(assignments: Iterable[str]) -> dict[str, str]:
+        """`['unstable_margin=0.1', ...]` -> {'unstable_margin': '0.1'} (typed by `load`)."""
+        out = {}
+        for item in assignments:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"verdict override {item!r} is not of the form key=value")
+            out[key.strip()] = value.strip()
+        return out
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def paired_bootstrap(a: Sequence[bool], b: Sequence[bool], samples: int, confidence: float, seed: int = 0) -> tuple[float, float]:
-    """Interval of mean(a) - mean(b), resampling questions (pairs) with replacement."""
-    if len(a) != len(b) or not a:
+def _coerce(type_name, value, key: str):
+    kind = {"int": int, "float": float, "str": str}.get(type_name if isinstance(type_name, str) else type_name.__name__)
+    try:
+        if kind is int and isinstance(value, str):
+            return int(value)
+        return kind(value) if kind else value
+    except (TypeError, ValueError):
+        raise ValueError(f"verdict rule {key}={value!r} is not a valid {type_name}") from None
+
+
+@dataclass(frozen=True)
+class AliasPolicy:
+    """Which verdicts may carry an alias; aliases not named fall under '*'."""
+
+    allowed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> AliasPolicy:
+        data = _read(path).get("aliases", {})
+        for alias, verdicts in data.items():
+            bad = set(verdicts) - set(VERDICTS)
+            if bad:
+                raise ValueError(f"alias policy for {alias!r} names unknown verdicts {sorted(bad)}; known: {list(VERDICTS)}")
+        return cls({alias: tuple(verdicts) for alias, verdicts in data.items()})
+
+    def verdicts_for(self, alias: str) -> tuple[str, ...]:
+        return tuple(self.allowed.get(alias, self.allowed.get("*", VERDICTS)))
+
+    def allows(self, alias: str, verdict: str) -> bool:
+        return verdict in self.verdicts_for(alias)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str
+    decided_by: str  # the rule that decided (see the module docstring)
+    rule: str  # why, in words, with the numbers
+    n: int
+    bridged: float
+    target: float | None
+    source: float | None
+    peak: float
+    diff_vs_target: tuple[float, float] | None  # paired bootstrap interval of bridged - target
+    p_value: float | None  # exact McNemar p-value of bridged vs target
+    collapse_flags: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> Verdict:
+        values = dict(values)
+        if values.get("diff_vs_target") is not None:
+            values["diff_vs_target"] = tuple(values["diff_vs_target"])
+        values["collapse_flags"] = tuple(values.get("collapse_flags", ()))
+        return cls(**{f.name: values.get(f.name) for f in fields(cls)})
+
+
+def paired_bootstrap(
+    a: Sequence[bool], b: Sequence[bool], samples: int, confidence: float, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile interval of mean(a) - mean(b), resampling questions (pairs) with replacement."""
+    if len(a) != len(b) or not len(a):
         raise ValueError("paired bootstrap needs two equal, non-empty answer lists")
-    diffs = [int(x) - int(y) for x, y in zip(a, b)]
-    rng = random.Random(seed)
-    n = len(diffs)
-    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
+    diffs = np.asarray(a, dtype=np.int8) - np.asarray(b, dtype=np.int8)
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples)
+    chunk = max(1, 2_000_000 // len(diffs))  # bound memory for large evaluations
+    for start in range(0, samples, chunk):
+        rows = min(chunk, samples - start)
+        means[start : start + rows] = diffs[rng.integers(0, len(diffs), size=(rows, len(diffs)))].mean(axis=1)
     tail = (1 - confidence) / 2
-    return means[int(tail * (samples - 1))], means[int((1 - tail) * (samples - 1))]
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
 
 
 def accuracy_interval(correct: Sequence[bool], samples: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Bootstrap interval of an accuracy."""
+    """Bootstrap percentile interval of an accuracy."""
     return paired_bootstrap(correct, [False] * len(correct), samples, confidence, seed)
 
 
+def mcnemar_p(a: Sequence[bool], b: Sequence[bool]) -> float:
+    """Exact two-sided McNemar p-value (binomial test on the discordant pairs)."""
+    only_a = sum(1 for x, y in zip(a, b) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b) if y and not x)
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def collapse_flags(records: Sequence[dict], rules: VerdictRules, raised: Iterable[str] = ()) -> tuple[str, ...]:
+    """Flags the trainer raised, plus `identical_outputs` when bridged answers collapsed."""
+    flags = [f for f in raised if f]
+    outputs = [str((r.get("bridged") or {}).get("output", "")) for r in records]
+    if len(outputs) >= rules.collapse_min_questions:
+        distinct = len(set(outputs)) / len(outputs)
+        if distinct < rules.collapse_min_distinct:
+            flags.append(f"identical_outputs({len(set(outputs))} distinct in {len(outputs)})")
+    return tuple(flags)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def judge(
-    records: Sequence[dict], *, peak_bridged: float, collapse_flags: Sequence[str] = (), rules: VerdictRules
+    records: Sequence[dict],
+    *,
+    peak_bridged: float,
+    collapse_flags: Sequence[str] = (),
+    rules: VerdictRules,
 ) -> Verdict:
     """The verdict for a run whose final evaluation wrote `records` (one per question)."""
     n = len(records)
     if n == 0:
         raise ValueError("the final evaluation has no records")
-    column = lambda name: [bool(r[name]["correct"]) for r in records] if name in records[0] else None  # noqa: E731
+
+    def column(name: str) -> list[bool] | None:
+        if not all(isinstance(r.get(name), dict) and "correct" in r[name] for r in records):
+            return None
+        return [bool(r[name]["correct"]) for r in records]
+
     bridged, target, source = column("bridged"), column("target"), column("source")
     if bridged is None:
         raise ValueError("the final evaluation has no bridged answers")
-    acc = lambda xs: sum(xs) / len(xs) if xs is not None else None  # noqa: E731
+    acc = lambda xs: sum(xs) / len(xs) if xs is not None else None
     b, t, s = acc(bridged), acc(target), acc(source)
-    interval = paired_bootstrap(bridged, target, rules.bootstrap_samples, rules.confidence) if target else None
-    make = lambda verdict, rule: Verdict(verdict, rule, n, b, t, s, interval)  # noqa: E731
-    if collapse_flags:
-        return make("unstable", f"collapse flags raised: {', '.join(collapse_flags)}")
-    if peak_bridged - b > rules.unstable_margin:
-        return make("unstable", f"final bridged {b:.3f} is {peak_bridged - b:.3f} below its peak {peak_bridged:.3f} (margin {rules.unstable_margin})")
-    if t is not None and b > t:
-        if n >= rules.min_questions and interval[0] > 0:
-            return make("headline", f"bridged {b:.3f} beats target-alone {t:.3f}; {rules.confidence:.0%} paired bootstrap interval of the gain [{interval[0]:.3f}, {interval[1]:.3f}] excludes 0 on {n} questions")
-        reason = f"only {n} questions (< {rules.min_questions})" if n < rules.min_questions else f"interval [{interval[0]:.3f}, {interval[1]:.3f}] includes 0"
-        return make("ablation", f"bridged {b:.3f} beats target-alone {t:.3f} without statistical support ({reason})")
+    peak = max(float(peak_bridged), b)
+    interval = p_value = None
+    if target is not None:
+        interval = paired_bootstrap(bridged, target, rules.bootstrap_samples, rules.confidence, rules.seed)
+        p_value = mcnemar_p(bridged, target)
+    flags = tuple(collapse_flags)
+
+    def make(verdict: str, decided_by: str, rule: str) -> Verdict:
+        return Verdict(verdict, decided_by, rule, n, b, t, s, peak, interval, p_value, flags)
+
+    if flags:
+        return make("unstable", "collapse", f"collapse flags raised: {', '.join(flags)}")
+    if peak - b > rules.unstable_margin:
+        return make(
+            "unstable",
+            "degradation",
+            f"final bridged {b:.3f} is {peak - b:.3f} below its peak {peak:.3f} (margin {rules.unstable_margin})",
+        )
     if s is not None and b < s:
-        return make("negative", f"bridged {b:.3f} is below source-alone {s:.3f}")
-    if s is not None and t is not None and s < b <= t:
-        return make("control", f"bridged {b:.3f} beats source-alone {s:.3f} but trails target-alone {t:.3f}")
-    return make("ablation", "neither above target-alone nor strictly between the baselines" if t is not None else "no baselines to compare with")
+        return make("negative", "below_source", f"bridged {b:.3f} is below source-alone {s:.3f}")
+    if t is not None and b > t:
+        if rules.test == "bootstrap":
+            supported = interval[0] > 0
+            evidence = f"{rules.confidence:.0%} paired bootstrap interval of the gain [{interval[0]:.3f}, {interval[1]:.3f}]"
+            evidence += " excludes 0" if supported else " includes 0"
+        else:
+            supported = p_value < 1 - rules.confidence
+            evidence = f"exact McNemar p={p_value:.4f} ({'<' if supported else '>='} {1 - rules.confidence:.3g})"
+        if supported and n >= rules.min_questions:
+            return make("headline", "beats_target", f"bridged {b:.3f} beats target-alone {t:.3f}; {evidence} on {n} questions")
+        why = evidence if not supported else f"only {n} questions (< {rules.min_questions})"
+        return make("ablation", "unsupported_gain", f"bridged {b:.3f} beats target-alone {t:.3f} without statistical support ({why})")
+    if s is not None and t is not None and s < b < t:
+        return make("control", "between", f"bridged {b:.3f} beats source-alone {s:.3f} but trails target-alone {t:.3f}")
+    if t is None:
+        return make("ablation", "neither", "no target-alone baseline to compare with")
+    return make(
+        "ablation",
+        "neither",
+        f"bridged {b:.3f} is neither above target-alone {_fmt(t)} nor strictly between source-alone {_fmt(s)} and target-alone",
+    )

@@ -1,0 +1,121 @@
+"""The training objective: a weighted sum of loss terms, each able to pass a gradient.
+
+  lm               next-token loss on the gold solution given the soft tokens;
+  kl               KL(target reading the full text prompt || target reading the soft tokens)
+                   on the first `kl_tokens` answer positions, float32, from the end of warmup
+                   (the teacher sees the question: it reads the whole few-shot prompt);
+  info_nce         pooled soft tokens vs the target's embedding of the SAME question, with
+                   in-batch negatives, float32, from half of warmup;
+  prompt_alignment MSE of the soft tokens to the target's embeddings of the question;
+  token_alignment  MSE of the soft tokens to the bridge teacher (answer or question);
+  flow             the DiT bridge's rectified-flow loss.
+Logits are computed only where they are used (answer positions): for a 262k vocabulary
+the LM head is most of a step's cost.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentbridge.bridge import IGNORE_INDEX, Bridge, TargetInputs, build_inputs
+from latentbridge.data import Example
+from latentbridge.models import FrozenLM
+from latentbridge.prompts import answer_target, question_block
+
+
+def answer_logits(
+    lm: FrozenLM, inputs: TargetInputs, first_n: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float32 logits (N, V) predicting each labelled token, those labels (N,) and each
+    one's 1-based position within its row's answer (N,), in row-major order.
+
+    With `first_n`, only the first n labelled positions of each row are computed.
+    """
+    hidden = lm.model.base_model(
+        inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, use_cache=False
+    ).last_hidden_state
+    labels = inputs.labels[:, 1:]
+    keep = labels != IGNORE_INDEX
+    order = keep.long().cumsum(dim=1)
+    if first_n is not None:
+        keep = keep & (order <= first_n)
+    logits = lm.model.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    cap = getattr(lm.model.config.get_text_config(), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits, labels[keep], order[keep]
+
+
+def info_nce(soft: torch.Tensor, positives: torch.Tensor, positive_mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Row i's mean soft token should match row i's mean question embedding, not row j's."""
+    pooled = F.normalize(soft.float().mean(dim=1), dim=-1)
+    weights = positive_mask.unsqueeze(-1).float()
+    target = (positives.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    logits = pooled @ F.normalize(target, dim=-1).T / temperature
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+
+def masked_mse(soft: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    k = min(soft.shape[1], reference.shape[1])
+    err = (soft[:, :k].float() - reference[:, :k].float()).pow(2).mean(-1) * mask[:, :k].float()
+    return err.sum() / mask[:, :k].float().sum().clamp(min=1.0)
+
+
+def compute_losses(
+    bridge: Bridge, examples: Sequence[Example], step: int, translator_step: nn.Module
+) -> dict[str, torch.Tensor]:
+    """Every active loss term and `total`, for one batch at one step."""
+    cfg, weights = bridge.config, bridge.config.loss
+    warmup = bridge.config.optim.warmup_steps
+    questions = [ex.question for ex in examples]
+    answers = [answer_target(ex) for ex in examples]
+    states, mask = bridge.encode_source(questions)
+    teacher = teacher_mask = None
+    if weights.flow_weight or weights.token_alignment_weight:
+        teacher, teacher_mask = bridge.bridge_teacher(examples)
+    soft, flow = translator_step(states, mask, teacher if weights.flow_weight else None, teacher_mask)
+    student = bridge.target_inputs(questions, soft, answers)
+    terms: dict[str, torch.Tensor] = {}
+    logits = labels = order = None
+    if weights.lm_weight or weights.kl_weight:
+        logits, labels, order = answer_logits(bridge.target, student)
+    if weights.lm_weight:
+        terms["lm"] = F.cross_entropy(logits, labels)
+    if weights.kl_weight and step >= warmup:
+        with torch.no_grad():
+            full_text = build_inputs(
+                bridge.target,
+                [bridge.prompt(q) for q in questions],
+                answers=answers,
+                max_answer_tokens=cfg.train.max_answer_tokens,
+            )
+            teacher_logits, _, _ = answer_logits(bridge.target, full_text, first_n=weights.kl_tokens)
+        student_logits = logits[order <= weights.kl_tokens]
+        terms["kl"] = F.kl_div(
+            F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits, -1), log_target=True, reduction="batchmean"
+        )
+    use_info_nce = bool(weights.info_nce_weight) and step >= warmup // 2
+    if use_info_nce or weights.prompt_alignment_weight:
+        question_emb, question_mask = bridge.target_token_embeddings([question_block(q) for q in questions])
+        if use_info_nce:
+            terms["info_nce"] = info_nce(soft, question_emb, question_mask, weights.info_nce_temperature)
+        if weights.prompt_alignment_weight:
+            terms["prompt_alignment"] = masked_mse(soft, question_emb, question_mask)
+    if weights.token_alignment_weight:
+        terms["token_alignment"] = masked_mse(soft, teacher, teacher_mask)
+    if flow is not None:
+        terms["flow"] = flow
+    scale = {
+        "lm": weights.lm_weight,
+        "kl": weights.kl_weight,
+        "info_nce": weights.info_nce_weight,
+        "prompt_alignment": weights.prompt_alignment_weight,
+        "token_alignment": weights.token_alignment_weight,
+        "flow": weights.flow_weight,
+    }
+    terms["total"] = sum(scale[name] * value for name, value in terms.items())
+    return terms

@@ -1,0 +1,109 @@
+"""Collect a suite's finished training runs from MLflow, with their verdicts and final answers."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from registry.errors import RegistryError
+from registry.facts import (
+    RunFacts,
+    config_from_params,
+    download_eval,
+    run_facts,
+    suite_runs,
+)
+from registry.prompt_length import try_mean_prompt_tokens
+from registry.store import client
+from registry.verdict import VerdictRules, accuracy_interval, collapse_flags, judge
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SuiteRun:
+    facts: RunFacts
+    label: str  # unique display name within the suite
+    verdict: str | None = None
+    verdict_rule: str = ""
+    verdict_source: str = "computed"  # or "preserved as MODEL vN"
+    final_interval: tuple[float, float] | None = None
+    preserved: str | None = None  # "MODEL/VERSION" when the run has a registered version
+
+
+@dataclass
+class SuiteData:
+    suite: str
+    runs: list[SuiteRun]
+    skipped: list[dict] = field(default_factory=list)  # unfinished runs: id, name, status
+    experiment_ids: list[str] = field(default_factory=list)
+
+
+def _labels(runs: list[RunFacts]) -> list[str]:
+    counts = Counter(r.name for r in runs)
+    return [r.name if counts[r.name] == 1 else f"{r.name}#{r.run_id[:6]}" for r in runs]
+
+
+def collect(suite: str, *, rules: VerdictRules | None = None, count_prompt_tokens: bool = True) -> SuiteData:
+    """Every FINISHED training run of `suite` (oldest first), judged with `rules`."""
+    mlflow_client = client()
+    rules = rules or VerdictRules.load()
+    experiment_ids = [e.experiment_id for e in mlflow_client.search_experiments()]
+    runs = suite_runs(mlflow_client, experiment_ids, suite) if experiment_ids else []
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    skipped = [
+        {"run_id": r.info.run_id, "name": r.data.params.get("name", r.info.run_name), "status": r.info.status}
+        for r in runs
+        if r.info.status != "FINISHED"
+    ]
+    if not finished:
+        known = sorted({r.data.params.get("suite") or r.data.tags.get("suite", "") for r in suite_runs(mlflow_client, experiment_ids)} - {""}) if experiment_ids else []
+        raise RegistryError(
+            f"suite {suite!r} has no finished runs in {mlflow_client.tracking_uri}"
+            + (f" ({len(skipped)} unfinished)" if skipped else "")
+            + f"; suites with runs: {known or 'none'}"
+        )
+    siblings = [dict(r.data.params) for r in runs]
+    facts = [run_facts(mlflow_client, r, siblings=siblings) for r in finished]
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for fact, label in zip(facts, _labels(facts)):
+            item = SuiteRun(fact, label)
+            versions = mlflow_client.search_model_versions(f"run_id='{fact.run_id}'")
+            if versions:
+                version = min(versions, key=lambda v: int(v.version))
+                item.preserved = f"{version.name}/{version.version}"
+            if fact.final_eval is None:
+                log.warning("run %s (%s) logged no eval JSONL: no verdict", label, fact.run_id)
+                out.append(item)
+                continue
+            records = download_eval(mlflow_client, fact.run_id, fact.final_eval, Path(tmp) / fact.run_id)
+            fact.n_final = len(records)
+            if fact.prompt_tokens_mean is None and count_prompt_tokens:
+                fact.prompt_tokens_mean = try_mean_prompt_tokens(
+                    config_from_params(fact.params), [r["question"] for r in records]
+                )
+            try:
+                verdict = judge(
+                    records, peak_bridged=fact.peak or 0.0, collapse_flags=collapse_flags(records, rules, fact.raised_flags), rules=rules
+                )
+                item.verdict, item.verdict_rule = verdict.verdict, verdict.rule
+                bridged = [bool(r["bridged"]["correct"]) for r in records]
+                item.final_interval = accuracy_interval(bridged, rules.bootstrap_samples, rules.confidence, rules.seed)
+            except (ValueError, KeyError, TypeError) as error:
+                log.warning("run %s: cannot judge its final evaluation: %s", label, error)
+            if versions:
+                preserved_verdict = version.tags.get("verdict")
+                if preserved_verdict and preserved_verdict != item.verdict:
+                    log.warning(
+                        "run %s: preserved verdict %s differs from %s under the current rules; reporting the preserved one",
+                        label, preserved_verdict, item.verdict,
+                    )
+                if preserved_verdict:
+                    item.verdict = preserved_verdict
+                    item.verdict_source = f"preserved as {version.name} v{version.version}"
+            out.append(item)
+    return SuiteData(suite, out, skipped, experiment_ids=sorted({r.info.experiment_id for r in finished}))

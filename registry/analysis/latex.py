@@ -1,0 +1,191 @@
+"""LaTeX tables (main_results, ablations, compression) and a `paper.tex` skeleton.
+
+Each table file holds a bare `tabular` (booktabs), so the paper sets the float and caption.
+Everything needs only Debian's texlive-latex-base and texlive-latex-recommended.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from registry.analysis.collect import SuiteData
+from registry.analysis.figures import FIGURES
+
+_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}
+
+
+def tex(text: object) -> str:
+    return re.sub(r"[\\&%$#_{}~^]", lambda m: _SPECIAL[m.group()], str(text))
+
+
+def _model(name: str) -> str:
+    return tex(name.rstrip("/").split("/")[-1])
+
+
+def _pct(x: float | None) -> str:
+    return "--" if x is None else f"{100 * x:.1f}"
+
+
+def _ratio(x: float | None) -> str:
+    return "--" if x is None else f"{x:.1f}$\\times$"
+
+
+def _tabular(columns: str, header: Sequence[str], rows: Sequence[Sequence[str]], empty: str) -> str:
+    lines = [f"\\begin{{tabular}}{{{columns}}}", "\\toprule", " & ".join(header) + " \\\\", "\\midrule"]
+    if rows:
+        lines += [" & ".join(r) + " \\\\" for r in rows]
+    else:
+        lines.append(f"\\multicolumn{{{len(header)}}}{{l}}{{\\emph{{{tex(empty)}}}}} \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def main_results(data: SuiteData) -> str:
+    header = ["Method", "$K$", "Compression", "Peak", "Final [95\\% CI]", "Verdict"]
+    rows, seen = [], set()
+    for run in data.runs:  # the text baselines, once per model pair
+        f = run.facts
+        if (f.source_model, f.target_model) in seen:
+            continue
+        seen.add((f.source_model, f.target_model))
+        rows.append([f"Source alone ({_model(f.source_model)})", "--", "--", "--", _pct(f.source_alone), "baseline"])
+        rows.append([f"Target alone ({_model(f.target_model)})", "--", "1.0$\\times$", "--", _pct(f.target_alone), "baseline"])
+    chosen = [r for r in data.runs if r.verdict in ("headline", "control")]
+    if not chosen and data.runs:  # no publishable row: show the best run, marked by its verdict
+        chosen = [max(data.runs, key=lambda r: r.facts.final if r.facts.final is not None else -1)]
+    for run in chosen:
+        f = run.facts
+        ci = f" [{_pct(run.final_interval[0])}, {_pct(run.final_interval[1])}]" if run.final_interval else ""
+        rows.append([f"Bridge: {tex(run.label)}", str(f.K), _ratio(f.compression_ratio), _pct(f.peak), _pct(f.final) + ci, tex(run.verdict or "--")])
+    return _tabular("lrrrrl", header, rows, "no finished runs")
+
+
+def ablations(data: SuiteData) -> str:
+    header = ["Run", "Changes", "Peak", "Final", "$\\Delta$", "Invalid", "Verdict"]
+    rows = []
+    for run in data.runs:
+        f = run.facts
+        changes = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(f.config_diff.items())) or "base"
+        if len(changes) > 60:
+            changes = changes[:57] + "..."
+        rows.append([tex(run.label), f"\\small {tex(changes)}", _pct(f.peak), _pct(f.final), _pct(f.degradation), _pct(f.invalid_rate), tex(run.verdict or "--")])
+    return _tabular("llrrrrl", header, rows, "no finished runs")
+
+
+def compression(data: SuiteData) -> str:
+    header = ["Run", "$K$", "Prompt tokens", "Compression", "Peak", "Final"]
+    ordered = sorted(data.runs, key=lambda r: (r.facts.compression_ratio is None, r.facts.compression_ratio or 0, r.facts.K))
+    rows = [
+        [tex(r.label), str(r.facts.K), "--" if r.facts.prompt_tokens_mean is None else f"{r.facts.prompt_tokens_mean:.0f}",
+         _ratio(r.facts.compression_ratio), _pct(r.facts.peak), _pct(r.facts.final)]
+        for r in ordered
+    ]
+    return _tabular("lrrrrr", header, rows, "no finished runs")
+
+
+FIGURE_CAPTIONS = {
+    "training_curves": "Bridged accuracy (left) and training loss (right) over training steps.",
+    "stability": "Peak versus final bridged accuracy of each run; the number above each pair is the drop in points.",
+    "sequence_length": "Accuracy against the number of soft tokens $K$ for runs that differ only in $K$.",
+    "compression_quality": "Final accuracy against the compression ratio (prompt tokens the target would read as text, divided by $K$).",
+}
+
+
+def paper(data: SuiteData) -> str:
+    first = data.runs[0].facts if data.runs else None
+    pair = f"{_model(first.source_model)} $\\rightarrow$ {_model(first.target_model)}" if first else ""
+    split = tex(first.params.get("eval.split", "")) if first else ""
+    n = first.n_questions if first else 0
+    figures = "\n".join(
+        f"\\begin{{figure}}[t]\n  \\centering\n  \\includegraphics[width=\\linewidth]{{figures/{name}.pdf}}\n"
+        f"  \\caption{{{FIGURE_CAPTIONS[name]}}}\n  \\label{{fig:{name}}}\n\\end{{figure}}\n"
+        for name in FIGURES
+    )
+    return rf"""\documentclass[11pt]{{article}}
+\usepackage[margin=1in]{{geometry}}
+\usepackage{{booktabs}}
+\usepackage{{graphicx}}
+\usepackage{{float}}
+
+\title{{Latent bridges between language models: suite \texttt{{{tex(data.suite)}}}}}
+\author{{}}
+\date{{}}
+
+\begin{{document}}
+\maketitle
+
+\begin{{abstract}}
+A trained translator turns the hidden states of a frozen source model into $K$ soft tokens
+that a frozen target model reads in place of its text prompt. This draft reports the
+{len(data.runs)} finished runs of suite \texttt{{{tex(data.suite)}}} ({pair}), evaluated on {n}
+{split} questions. A result is a headline only when the bridged target beats the target alone
+with statistical support on the same questions.
+\end{{abstract}}
+
+\section{{Main results}}
+\begin{{table}}[H]
+  \centering
+  \caption{{Accuracy (\%) of the text baselines and the bridge. Final accuracy with a 95\%
+  bootstrap interval; compression is prompt tokens divided by $K$.}}
+  \label{{tab:main}}
+  \input{{tables/main_results}}
+\end{{table}}
+
+\section{{Training and stability}}
+See Figures~\ref{{fig:training_curves}} and~\ref{{fig:stability}}.
+
+\section{{Ablations}}
+\begin{{table}}[H]
+  \centering
+  \caption{{Every run of the suite: changes against the suite's base, peak and final bridged
+  accuracy (\%), their difference $\Delta$, invalid answers (\%) and the verdict.}}
+  \label{{tab:ablations}}
+  \resizebox{{\linewidth}}{{!}}{{\input{{tables/ablations}}}}
+\end{{table}}
+
+\section{{Sequence length and compression}}
+\begin{{table}}[H]
+  \centering
+  \caption{{Compression and quality.}}
+  \label{{tab:compression}}
+  \input{{tables/compression}}
+\end{{table}}
+
+{figures}
+\end{{document}}
+"""
+
+
+def write_latex(data: SuiteData, out: Path) -> list[Path]:
+    tables = out / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, make in (("main_results", main_results), ("ablations", ablations), ("compression", compression)):
+        path = tables / f"{name}.tex"
+        path.write_text(make(data))
+        written.append(path)
+    path = out / "paper.tex"
+    path.write_text(paper(data))
+    return written + [path]
+
+
+def compile_pdf(folder: Path, timeout: float = 120) -> Path:
+    """pdflatex paper.tex twice (for references) in `folder`; the PDF, or RuntimeError with the log's errors."""
+    if shutil.which("pdflatex") is None:
+        raise RuntimeError("pdflatex is not installed (apt-get install texlive-latex-base texlive-latex-recommended)")
+    for _ in range(2):
+        done = subprocess.run(
+            ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"],
+            cwd=folder, capture_output=True, text=True, timeout=timeout, check=False,
+        )
+        if done.returncode != 0:
+            errors = [line for line in done.stdout.splitlines() if line.startswith("!")] or done.stdout.splitlines()[-20:]
+            raise RuntimeError("pdflatex failed on paper.tex:\n" + "\n".join(errors))
+    return folder / "paper.pdf"

@@ -1,0 +1,157 @@
+"""`python -m registry preserve|promote|list|reproduce|analyze|summarize`: the archive's command line.
+
+  preserve RUN_ID...                     archive finished runs as registered model versions
+  promote MODEL VERSION --alias NAME     set an alias; --force --reason "..." against the verdict
+  list [--model NAME]                    the archive as a table
+  reproduce models:/NAME@ALIAS           reload a version and re-answer its archived questions
+  analyze --suite NAME --out DIR         tables, figures, LaTeX of a suite, logged to MLflow
+  summarize PATH...                      valid / invalid / correct answers per eval JSONL
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from registry.errors import RegistryError
+
+
+def _rules(args):
+    from registry.verdict import VerdictRules
+
+    overrides = VerdictRules.parse_assignments(args.set or [])
+    return VerdictRules.load(Path(args.rules) if args.rules else None, **overrides)
+
+
+def _add_rules(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rules", help="verdict rules JSON (default: registry/verdict_defaults.json)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one verdict threshold (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m registry", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("preserve", help="archive finished runs as registered model versions")
+    p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    _add_rules(p)
+
+    p = commands.add_parser("promote", help="point an alias at a preserved version")
+    p.add_argument("model")
+    p.add_argument("version")
+    p.add_argument("--alias", required=True, help="e.g. publishable, champion, control")
+    p.add_argument("--force", action="store_true", help="promote although the verdict does not allow the alias")
+    p.add_argument("--reason", help="why the verdict is overridden (required with --force; kept on the version)")
+    p.add_argument("--policy", help="alias policy JSON (default: registry/verdict_defaults.json)")
+
+    p = commands.add_parser("list", help="the archive as a table")
+    p.add_argument("--model", help="only this registered model")
+    p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+
+    p = commands.add_parser("reproduce", help="reload a preserved version and re-answer its archived questions")
+    p.add_argument("uri", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.add_argument("--which", choices=["final", "best"], default="final")
+    p.add_argument("--device", default="cpu")
+
+    p = commands.add_parser("analyze", help="a suite's tables, figures and LaTeX, logged to MLflow")
+    p.add_argument("--suite", required=True)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the files as an MLflow analysis run")
+    p.add_argument("--no-prompt-count", action="store_true", help="do not load tokenizers to count prompt tokens")
+    p.add_argument("--pdf", action="store_true", help="also compile paper.pdf with pdflatex")
+    _add_rules(p)
+
+    p = commands.add_parser("summarize", help="valid, invalid and correct answers per eval JSONL")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="eval JSONL files or folders")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def _preserve(args) -> int:
+    from registry.preserve import preserve
+
+    rules = _rules(args)
+    failures = 0
+    for run_id in args.run_ids:
+        try:
+            done = preserve(run_id, rules)
+        except RegistryError as error:
+            failures += 1
+            print(f"error: {error}", file=sys.stderr)
+            continue
+        state = "preserved as" if done.created else "already preserved as"
+        change = "" if done.created else " (nothing changed)"
+        print(f"{run_id}: {state} {done.model} version {done.version}; verdict {done.verdict} (rule {done.rule}){change}")
+    return 1 if failures else 0
+
+
+def _promote(args) -> int:
+    from registry.promote import promote
+
+    done = promote(args.model, args.version, args.alias, force=args.force, reason=args.reason, policy_file=Path(args.policy) if args.policy else None)
+    print(done.message)
+    return 0
+
+
+def _list(args) -> int:
+    from registry.listing import archive_rows, format_table
+
+    rows = archive_rows(args.model)
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
+def _reproduce(args) -> int:
+    from registry.loading import reproduce
+
+    done = reproduce(args.uri, which=args.which, device=args.device)
+    print(f"{done.uri} ({done.which}): {done.matching}/{done.total} archived bridged answers reproduced"
+          + (f"; differing question indexes: {done.mismatches}" if done.mismatches else ""))
+    return 0 if done.ok else 1
+
+
+def _analyze(args) -> int:
+    from registry.analysis import analyze
+    from registry.analysis.latex import compile_pdf
+
+    done = analyze(args.suite, Path(args.out), rules=_rules(args), log_to_mlflow=not args.no_mlflow,
+                   count_prompt_tokens=not args.no_prompt_count)
+    for path in done.files:
+        print(path)
+    if args.pdf:
+        print(compile_pdf(Path(args.out)))
+    print(f"suite {args.suite}: {len(done.data.runs)} runs analysed"
+          + (f"; files logged to MLflow run {done.run_id}" if done.run_id else ""))
+    return 0
+
+
+def _summarize(args) -> int:
+    from registry.summarize import format_summaries, summarize
+
+    summaries = summarize(args.paths)
+    print(json.dumps([s.to_dict() for s in summaries], indent=2) if args.json else format_summaries(summaries))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        for noisy in ("mlflow", "alembic", "httpx", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    handler = {
+        "preserve": _preserve, "promote": _promote, "list": _list, "reproduce": _reproduce,
+        "analyze": _analyze, "summarize": _summarize,
+    }[args.command]
+    try:
+        return handler(args)
+    except (RegistryError, ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

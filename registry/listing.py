@@ -1,0 +1,65 @@
+"""`python -m registry list`: the archive as a table (model, version, aliases, verdict, metrics)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from registry.store import client
+
+COLUMNS = (
+    ("model", "model"),
+    ("version", "v"),
+    ("aliases", "aliases"),
+    ("verdict", "verdict"),
+    ("run_name", "run"),
+    ("K", "K"),
+    ("compression_ratio", "ratio"),
+    ("source_alone", "source"),
+    ("target_alone", "target"),
+    ("bridged_peak", "peak"),
+    ("bridged_final", "final"),
+    ("invalid_rate", "invalid"),
+)
+
+
+def archive_rows(model: str | None = None) -> list[dict[str, str]]:
+    """One row per preserved version, newest model versions last; aliases read from the model."""
+    mlflow_client = client()
+    rows = []
+    for registered in sorted(mlflow_client.search_registered_models(), key=lambda m: m.name):
+        if model and registered.name != model:
+            continue
+        by_version: dict[str, list[str]] = {}
+        for alias, version in (mlflow_client.get_registered_model(registered.name).aliases or {}).items():
+            by_version.setdefault(str(version), []).append(alias)
+        versions = mlflow_client.search_model_versions(f"name='{registered.name}'")
+        for version in sorted(versions, key=lambda v: int(v.version)):
+            tags = version.tags
+            row = {"model": registered.name, "version": str(version.version)}
+            row["aliases"] = ",".join(sorted(by_version.get(str(version.version), [])))
+            for key, _ in COLUMNS[3:]:
+                row[key] = tags.get(key, "")
+            row["run_id"] = version.run_id or ""
+            rows.append(row)
+    return rows
+
+
+def _short(key: str, value: str) -> str:
+    try:
+        if key in {"source_alone", "target_alone", "bridged_peak", "bridged_final", "invalid_rate"}:
+            return f"{float(value):.3f}"
+        if key == "compression_ratio":
+            return f"{float(value):.1f}x"
+    except ValueError:
+        pass
+    return value
+
+
+def format_table(rows: Sequence[dict[str, str]]) -> str:
+    if not rows:
+        return "the archive is empty: preserve a finished run with `python -m registry preserve RUN_ID`"
+    header = [title for _, title in COLUMNS]
+    body = [[_short(key, row.get(key, "")) or "-" for key, _ in COLUMNS] for row in rows]
+    widths = [max(len(x) for x in column) for column in zip(header, *body)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in body)])

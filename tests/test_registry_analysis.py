@@ -1,0 +1,179 @@
+"""`python -m registry analyze`: a suite's runs in MLflow -> JSON, tables, figures, LaTeX.
+
+The suite's runs are written straight into a private store (params, metric histories, eval
+JSONLs on 200 questions) with designed accuracies, so each verdict is known in advance.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import TINY_RUN
+
+from latentbridge.config import RunConfig
+from latentbridge.data.synthetic import synthetic_examples
+
+SUITE = "paper"
+N = 200
+TARGET, SOURCE = 120, 90  # correct answers of target-alone and source-alone out of N
+# name: (K, curve of bridged correct answers at steps 0, 100, 200, 300, extra overrides, fixes tag)
+RUNS = {
+    "k64": (64, [30, 100, 130, 140], ["optim.lr=0.0003"], "on"),  # final 0.70 > 0.60: headline
+    "k48": (48, [30, 90, 105, 110], ["optim.lr=0.0003"], "on"),  # 0.55: control
+    "k32": (32, [30, 60, 75, 80], ["optim.lr=0.0003"], "on"),  # 0.40 < 0.45: negative
+    "no-fixes": (64, [30, 130, 120, 100], ["optim.lr=0.001"], "off"),  # 0.65 -> 0.50: unstable
+}
+
+
+def _records(step: int, bridged: int) -> list[dict]:
+    examples = synthetic_examples(N, 99)
+    out = []
+    for i, ex in enumerate(examples):
+        rec = {"step": step, "index": i, "question": ex.question, "gold_solution": ex.answer, "gold": ex.gold}
+        for name, k in (("source", SOURCE), ("target", TARGET), ("bridged", bridged)):
+            answer = ex.gold if i < k else ("[invalid]" if i % 3 == 0 else "-1")
+            rec[name] = {"output": f"step {step} {name} #### {answer}", "answer": answer, "correct": i < k}
+        out.append(rec)
+    return out
+
+
+def _fake_run(root: Path, config: RunConfig, curve: list[int], tags: dict[str, str], status: str = "FINISHED") -> str:
+    from latentbridge.evaluate import write_jsonl
+    from registry.reporter import MlflowReporter
+    from registry.runs import close_run, open_run
+
+    run_dir = root / config.name
+    run_id = open_run(run_dir, config.name, SUITE, tags={"suite": SUITE, **tags})
+    reporter = MlflowReporter(run_id)
+    reporter.log_params(config.flat())
+    for step in range(1, 301, 10):
+        reporter.log_metrics({"loss": 3.0 * math.exp(-step / 150) + 32 / config.translator.num_tokens}, step)
+    for step, correct in zip((0, 100, 200, 300), curve):
+        records = _records(step, correct)
+        invalid = sum(r["bridged"]["answer"] == "[invalid]" for r in records)
+        reporter.log_metrics(
+            {"bridged_accuracy": correct / N, "bridged_invalid": invalid, "target_accuracy": TARGET / N, "source_accuracy": SOURCE / N},
+            step,
+        )
+        reporter.log_artifact(write_jsonl(records, run_dir / "evals" / f"eval_step_{step:06d}.jsonl"), "evals")
+    if status != "RUNNING":
+        close_run(run_id, status)
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def suite_store(tmp_path_factory, tiny_pair):
+    root = tmp_path_factory.mktemp("registry_analysis")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        patch.setenv("LATENTBRIDGE_ARTIFACT_ROOT", (root / "artifacts").as_uri())
+        patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        source, target = tiny_pair
+        base = RunConfig().override(f"source_model={source}", f"target_model={target}", *TINY_RUN, f"suite={SUITE}",
+                                    f"eval.num_questions={N}", "train.steps=300", "translator.num_tokens=64")
+        ids = {}
+        for name, (k, curve, extra, fixes) in RUNS.items():
+            config = base.override(f"name={name}", f"translator.num_tokens={k}", *extra)
+            ids[name] = _fake_run(root / "runs", config, curve, {"fixes": fixes, "slurm_job_id": f"job-{name}"})
+        _fake_run(root / "runs", base.override("name=crashed"), [30, 40, 40, 40], {}, status="FAILED")
+        _fake_run(root / "runs", base.override("name=other", "suite=elsewhere"), [30, 40, 40, 40], {"suite": "elsewhere"})
+        yield {"root": root, "ids": ids}
+
+
+@pytest.fixture(scope="module")
+def analysis(suite_store):
+    from registry.analysis import analyze
+
+    return analyze(SUITE, suite_store["root"] / "out")
+
+
+def test_analysis_writes_every_asset(analysis):
+    out = analysis.out
+    expected = ["ablation_results.json", "summary.md", "summary.csv", "paper.tex"]
+    expected += [f"tables/{t}.tex" for t in ("main_results", "ablations", "compression")]
+    expected += [f"figures/{f}.{ext}" for f in ("training_curves", "stability", "sequence_length", "compression_quality") for ext in ("pdf", "png")]
+    for name in expected:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert sorted(p.relative_to(out).as_posix() for p in analysis.files) == sorted(expected)
+    for pdf in out.glob("figures/*.pdf"):
+        assert pdf.read_bytes().startswith(b"%PDF")
+
+
+def test_ablation_results_hold_the_suite_and_the_verdicts(analysis):
+    results = json.loads((analysis.out / "ablation_results.json").read_text())
+    assert results["suite"] == SUITE
+    runs = {r["run"]: r for r in results["runs"]}
+    assert sorted(runs) == sorted(RUNS)  # the failed run and the other suite's run are left out
+    assert [s["name"] for s in results["skipped_unfinished"]] == ["crashed"]
+    assert {name: r["verdict"] for name, r in runs.items()} == {
+        "k64": "headline", "k48": "control", "k32": "negative", "no-fixes": "unstable",
+    }
+    unstable = runs["no-fixes"]
+    assert (unstable["peak"], unstable["peak_step"], unstable["final"]) == (0.65, 100, 0.5)
+    assert unstable["degradation"] == pytest.approx(0.15)
+    assert unstable["target_alone"] == 0.6 and unstable["source_alone"] == 0.45
+    assert unstable["config_diff"] == {"optim.lr": "0.001"}  # against the majority of the suite
+    assert runs["k32"]["config_diff"] == {"translator.num_tokens": "32"}
+    assert runs["k64"]["invalid_rate"] == pytest.approx(20 / 200)  # every third wrong answer is invalid
+    assert runs["k64"]["slurm_job"] == "job-k64" and runs["k64"]["history"]["bridged_accuracy"][-1] == [300, 0.7]
+    ratios = {name: r["compression_ratio"] for name, r in runs.items()}
+    assert ratios["k32"] == pytest.approx(2 * ratios["k64"]) and ratios["k64"] > 1
+
+
+def test_summary_table_markdown_and_csv(analysis):
+    rows = list(csv.DictReader((analysis.out / "summary.csv").open()))
+    assert [r["run"] for r in rows] == list(RUNS)
+    assert {"peak", "final", "degradation", "source_alone", "target_alone", "invalid_rate", "K", "compression_ratio"} <= set(rows[0])
+    assert rows[0]["K"] == "64" and float(rows[0]["final"]) == 0.7
+    md = (analysis.out / "summary.md").read_text()
+    assert "| k64 | 64 |" in md and "headline" in md
+
+
+def test_latex_tables(analysis):
+    main = (analysis.out / "tables" / "main_results.tex").read_text()
+    assert "\\toprule" in main and "Bridge: k64" in main and "Bridge: k48" in main and "Bridge: k32" not in main
+    ablations = (analysis.out / "tables" / "ablations.tex").read_text()
+    assert "no-fixes" in ablations and "num\\_tokens=32" in ablations
+    paper = (analysis.out / "paper.tex").read_text()
+    for name in ("main_results", "ablations", "compression"):
+        assert f"\\input{{tables/{name}}}" in paper
+    assert "\\includegraphics[width=\\linewidth]{figures/compression_quality.pdf}" in paper
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (apt-get install texlive-latex-base texlive-latex-recommended)")
+def test_paper_compiles_with_pdflatex(analysis, tmp_path):
+    from registry.analysis.latex import compile_pdf
+
+    copy = tmp_path / "paper"
+    shutil.copytree(analysis.out, copy)
+    pdf = compile_pdf(copy)
+    assert pdf.read_bytes().startswith(b"%PDF")
+    log = (copy / "paper.log").read_text(errors="replace")
+    assert "LaTeX Warning: Reference" not in log and "LaTeX Warning: There were undefined references" not in log
+
+
+def test_files_are_logged_to_an_analysis_run_and_not_reanalysed(analysis, suite_store):
+    from registry.analysis import analyze
+    from registry.store import client
+
+    run = client().get_run(analysis.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["latentbridge.run_kind"] == "analysis"
+    logged = {a.path for a in client().list_artifacts(analysis.run_id)}
+    assert {"ablation_results.json", "summary.md", "summary.csv", "paper.tex", "figures", "tables"} <= logged
+    figures = {a.path for a in client().list_artifacts(analysis.run_id, "figures")}
+    assert "figures/training_curves.png" in figures and "figures/stability.pdf" in figures
+    again = analyze(SUITE, suite_store["root"] / "out2", log_to_mlflow=False, count_prompt_tokens=False)
+    assert [r.label for r in again.data.runs] == list(RUNS) and again.run_id is None
+
+
+def test_unknown_suite_is_a_clear_error(suite_store, capsys):
+    from registry.cli import main
+
+    assert main(["analyze", "--suite", "nosuch", "--out", str(suite_store["root"] / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "suite 'nosuch' has no finished runs" in err and "'paper'" in err and "'elsewhere'" in err

@@ -1,0 +1,153 @@
+"""Verdict rules, the alias policy and eval JSONL summaries: no MLflow, no models."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from registry.verdict import (
+    AliasPolicy,
+    VerdictRules,
+    judge,
+    mcnemar_p,
+    paired_bootstrap,
+)
+
+
+def records(n: int, bridged: int, target: int, source: int, *, same_output: bool = False) -> list[dict]:
+    """n questions; the first `bridged` (`target`, `source`) answered correctly by each system."""
+    out = []
+    for i in range(n):
+        rec = {"index": i, "question": f"q{i}", "gold": str(i)}
+        for name, k in (("bridged", bridged), ("target", target), ("source", source)):
+            answer = str(i) if i < k else "[invalid]"
+            rec[name] = {"output": "same" if same_output else f"#### {answer}", "answer": answer, "correct": i < k}
+        out.append(rec)
+    return out
+
+
+RULES = VerdictRules.load()
+
+
+@pytest.mark.parametrize(
+    "n, b, t, s, peak, verdict, decided_by",
+    [
+        (200, 140, 120, 90, 0.70, "headline", "beats_target"),  # +10 points, every discordant pair for the bridge
+        (100, 70, 60, 45, 0.70, "ablation", "unsupported_gain"),  # same gain, too few questions
+        (200, 122, 120, 90, 0.61, "ablation", "unsupported_gain"),  # +1 point: interval includes 0
+        (200, 110, 120, 90, 0.55, "control", "between"),
+        (200, 80, 120, 90, 0.40, "negative", "below_source"),
+        (200, 140, 120, 90, 0.80, "unstable", "degradation"),  # 0.80 peak -> 0.70 final
+        (200, 120, 120, 90, 0.60, "ablation", "neither"),  # ties target-alone
+    ],
+)
+def test_each_rule(n, b, t, s, peak, verdict, decided_by):
+    result = judge(records(n, b, t, s), peak_bridged=peak, rules=RULES)
+    assert (result.verdict, result.decided_by) == (verdict, decided_by), result.rule
+    assert result.n == n and result.bridged == pytest.approx(b / n)
+
+
+def test_headline_rule_explains_its_evidence():
+    result = judge(records(200, 140, 120, 90), peak_bridged=0.7, rules=RULES)
+    assert "paired bootstrap interval of the gain" in result.rule and "excludes 0 on 200 questions" in result.rule
+    low, high = result.diff_vs_target
+    assert 0 < low < 0.1 < high
+    assert result.p_value < 0.001
+
+
+def test_thresholds_are_overridable():
+    few = records(100, 70, 60, 45)
+    assert judge(few, peak_bridged=0.7, rules=VerdictRules.load(min_questions=50)).verdict == "headline"
+    unstable = records(200, 140, 120, 90)
+    assert judge(unstable, peak_bridged=0.8, rules=VerdictRules.load(unstable_margin=0.15)).verdict == "headline"
+    mcnemar = VerdictRules.load(**VerdictRules.parse_assignments(["test=mcnemar", "confidence=0.99"]))
+    assert mcnemar.test == "mcnemar" and mcnemar.confidence == 0.99
+    result = judge(unstable, peak_bridged=0.7, rules=mcnemar)
+    assert result.verdict == "headline" and "exact McNemar" in result.rule
+
+
+def test_rules_file_and_bad_overrides(tmp_path):
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps({"rules": {"min_questions": 500}}))
+    assert VerdictRules.load(path).min_questions == 500
+    assert VerdictRules.load(path, min_questions="20").min_questions == 20
+    with pytest.raises(ValueError, match="unknown verdict thresholds: \\['margin'\\]"):
+        VerdictRules.load(margin=0.1)
+    with pytest.raises(ValueError, match="test='ttest'"):
+        VerdictRules.load(test="ttest")
+    with pytest.raises(ValueError, match="not of the form key=value"):
+        VerdictRules.parse_assignments(["min_questions"])
+    with pytest.raises(ValueError, match="not a valid int"):
+        VerdictRules.load(min_questions="many")
+
+
+def test_collapse_flags_make_a_run_unstable():
+    from registry.verdict import collapse_flags
+
+    good = records(200, 140, 120, 90)
+    assert collapse_flags(good, RULES) == ()
+    collapsed = records(200, 140, 120, 90, same_output=True)
+    flags = collapse_flags(collapsed, RULES)
+    assert flags == ("identical_outputs(1 distinct in 200)",)
+    result = judge(collapsed, peak_bridged=0.7, collapse_flags=flags, rules=RULES)
+    assert (result.verdict, result.decided_by) == ("unstable", "collapse")
+    raised = collapse_flags(good, RULES, raised=["grad_norm_exploded"])
+    assert judge(good, peak_bridged=0.7, collapse_flags=raised, rules=RULES).rule == "collapse flags raised: grad_norm_exploded"
+
+
+def test_statistics():
+    a, b = [True] * 30 + [False] * 70, [False] * 100
+    low, high = paired_bootstrap(a, b, 2000, 0.95, seed=0)
+    assert low < 0.3 < high and (low, high) == paired_bootstrap(a, b, 2000, 0.95, seed=0)
+    assert mcnemar_p([True, False], [True, False]) == 1.0
+    assert mcnemar_p([True] * 10, [False] * 10) == pytest.approx(2 / 2**10)
+
+
+def test_alias_policy():
+    policy = AliasPolicy.load()
+    assert policy.allows("publishable", "headline") and not policy.allows("publishable", "control")
+    assert policy.allows("control", "control") and not policy.allows("champion", "ablation")
+    assert policy.allows("anything-else", "negative")
+
+
+# --------------------------------------------------------------------------- summarize
+def test_summarize_both_formats_and_warns_on_malformed_lines(tmp_path, caplog, capsys):
+    from registry.cli import main
+    from registry.summarize import summarize
+
+    ours = tmp_path / "evals" / "eval_step_000010.jsonl"
+    ours.parent.mkdir()
+    lines = [json.dumps(r) for r in records(5, 3, 4, 1)]
+    lines.insert(2, "{not json")
+    lines.insert(4, json.dumps({"unrelated": 1}))
+    ours.write_text("\n".join(lines) + "\n")
+    reference = tmp_path / "eval_samples_step_200.jsonl"
+    reference.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"gold_extracted": "18", "bridged_extracted": "18", "target_extracted": "18", "source_extracted": "[invalid]"},
+                {"gold_extracted": "1,200", "bridged_extracted": "1200", "target_extracted": "", "source_extracted": "3"},
+                {"gold_extracted": "7", "bridged_extracted": "[invalid]", "target_extracted": "7", "source_extracted": "7"},
+            ]
+        )
+    )
+    with caplog.at_level(logging.WARNING, logger="registry.summarize"):
+        first, second = summarize([tmp_path / "evals", reference])
+    assert f"{ours}:3: skipped malformed line" in caplog.text
+    assert f"{ours}:5: skipped line with no answers" in caplog.text
+    assert first.records == 5 and first.skipped == 2
+    bridged = first.systems["bridged"]
+    assert (bridged.total, bridged.valid, bridged.invalid, bridged.correct) == (5, 3, 2, 3)
+    ref = second.systems
+    assert (ref["bridged"].valid, ref["bridged"].invalid, ref["bridged"].correct) == (2, 1, 2)
+    assert (ref["target"].valid, ref["target"].invalid, ref["target"].correct) == (2, 1, 2)
+    assert (ref["source"].valid, ref["source"].correct) == (2, 1)
+
+    assert main(["summarize", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "eval_step_000010.jsonl  bridged" in out and "eval_samples_step_200.jsonl" in out
+    assert main(["summarize", str(tmp_path / "missing")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
