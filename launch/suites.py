@@ -7,6 +7,50 @@ from dataclasses import dataclass, field
 from latentbridge.config import RunConfig
 
 EMBEDDED_PAIR = {"source_model": "smollm2-135m", "target_model": "gemma3-270m"}
+REFERENCE_PAIR = {
+    "source_model": "mistralai/Mistral-7B-Instruct-v0.3",
+    "target_model": "meta-llama/Llama-3.1-8B-Instruct",
+}
+SWAPPED_PAIR = {"source_model": REFERENCE_PAIR["target_model"], "target_model": REFERENCE_PAIR["source_model"]}
+
+# The reference study's settings (reference-study.md), without its defects.
+REFERENCE = {
+    **REFERENCE_PAIR,
+    "dtype": "bfloat16",
+    "seed": 1234,
+    "data.source": "gsm8k",
+    "data.num_shots": 8,
+    "eval.num_questions": 500,
+    "eval.split": "validation",
+    "eval.max_new_tokens": 256,
+    "eval.batch_size": 50,
+    "train.steps": 2000,
+    "train.batch_size": 2,
+    "train.eval_every": 250,
+    "train.checkpoint_every": 250,
+    "optim.lr": 1e-4,
+    "optim.weight_decay": 0.01,
+    "optim.warmup_steps": 200,
+    "translator.num_tokens": 64,
+    "translator.width": 1024,
+    "translator.depth": 8,
+    "translator.heads": 16,
+}
+# "Stability fixes": the KL and InfoNCE terms, early stopping, warmup, a lower learning rate.
+FIXES_ON = {
+    "loss.kl_weight": 0.03,
+    "loss.info_nce_weight": 0.05,
+    "train.early_stop_patience": 5,
+    "optim.warmup_steps": 200,
+    "optim.lr": 1e-4,
+}
+FIXES_OFF = {
+    "loss.kl_weight": 0.0,
+    "loss.info_nce_weight": 0.0,
+    "train.early_stop_patience": 0,
+    "optim.warmup_steps": 0,
+    "optim.lr": 3e-4,
+}
 
 
 @dataclass(frozen=True)
@@ -16,6 +60,12 @@ class Suite:
     base: dict[str, object]
     runs: dict[str, dict[str, object]] = field(default_factory=lambda: {"main": {}})
     tasks: int | None = None  # processes per run; None = one per GPU
+    run_tags: dict[str, dict[str, str]] = field(default_factory=dict)  # e.g. {"1a": {"fixes": "on"}}
+    sequential: bool = False  # run the members one after another in one job
+    preserve_each: bool = False  # preserve each finished run in the registry as it goes
+
+    def tags(self, run_name: str) -> dict[str, str]:
+        return {"suite": self.name, "suite_member": run_name, **self.run_tags.get(run_name, {})}
 
     def configs(self, overrides: dict[str, str] | None = None) -> dict[str, RunConfig]:
         """Each run's resolved config: base, then the run's changes, then the user's overrides."""
@@ -65,6 +115,73 @@ register(
             "eval.max_new_tokens": 48,
         },
         tasks=1,
+    )
+)
+
+
+register(
+    Suite(
+        name="ablations",
+        description="Phase 1: stability fixes on/off at K=64, and shorter soft prompts (K=32, 48).",
+        base=REFERENCE,
+        runs={
+            "1a": {**FIXES_ON},
+            "1b": {**FIXES_OFF},
+            "2a": {**FIXES_ON, "translator.num_tokens": 32, "translator.width": 768, "translator.depth": 4},
+            "2b": {**FIXES_ON, "translator.num_tokens": 48, "translator.depth": 6},
+        },
+        run_tags={"1a": {"fixes": "on"}, "1b": {"fixes": "off"}, "2a": {"fixes": "on"}, "2b": {"fixes": "on"}},
+    )
+)
+
+register(
+    Suite(
+        name="ablation-b",
+        description="KL only: the KL term to the full-prompt teacher, no InfoNCE or alignment.",
+        base={**REFERENCE, **FIXES_ON},
+        runs={"kl-only": {"loss.info_nce_weight": 0.0, "loss.prompt_alignment_weight": 0.0}},
+    )
+)
+
+register(
+    Suite(
+        name="ablation-c",
+        description="KL + prompt alignment, no InfoNCE.",
+        base={**REFERENCE, **FIXES_ON},
+        runs={"kl-prompt-align": {"loss.info_nce_weight": 0.0, "loss.prompt_alignment_weight": 0.1}},
+    )
+)
+
+DIT = {
+    "translator.kind": "dit",
+    "loss.flow_weight": 1.0,
+    "loss.token_alignment_weight": 0.1,
+}
+
+register(
+    Suite(
+        name="phase2-swap",
+        description=(
+            "Phase 2: Llama -> Mistral with the DiT bridge and the prompt teacher, which turns"
+            " evaluation to soft_only by itself (the soft tokens stand in for the prompt)."
+        ),
+        base={**REFERENCE, **SWAPPED_PAIR, **FIXES_ON, **DIT, "translator.dit_teacher": "prompt"},
+        runs={"swap-prompt-teacher": {}},
+    )
+)
+
+register(
+    Suite(
+        name="single-gpu",
+        description="The sequential single-GPU sweep; each finished run is preserved as it goes.",
+        base={**REFERENCE, **FIXES_ON, **DIT},
+        runs={
+            "prompt_softonly": {"translator.dit_teacher": "prompt", "eval.prompt_mode": "soft_only"},
+            "answer_softplus": {"translator.dit_teacher": "answer", "eval.prompt_mode": "soft_plus_text"},
+        },
+        tasks=1,
+        sequential=True,
+        preserve_each=True,
     )
 )
 

@@ -1,0 +1,40 @@
+import pytest
+
+from launch.suites import SUITES, get_suite
+from latentbridge.config import ConfigError
+
+
+def test_every_suite_resolves_to_valid_configs():
+    assert {"demo", "ablations", "ablation-b", "ablation-c", "phase2-swap", "single-gpu"} <= set(SUITES)
+    for suite in SUITES.values():
+        for name, config in suite.configs().items():
+            assert config.suite == suite.name and config.name == name
+
+
+def test_ablations_differ_where_the_study_says():
+    runs = get_suite("ablations").configs()
+    assert [runs[k].translator.num_tokens for k in ("1a", "1b", "2a", "2b")] == [64, 64, 32, 48]
+    assert runs["1a"].loss.kl_weight > 0 and runs["1b"].loss.kl_weight == 0  # 1b really is "fixes off"
+    assert runs["1a"].train.early_stop_patience == 5 and runs["1b"].train.early_stop_patience == 0
+    assert runs["1a"].source_model == "mistralai/Mistral-7B-Instruct-v0.3"
+    assert runs["1a"].loss.info_nce_weight == 0.05 and runs["1a"].seed == 1234
+    assert runs["1a"].eval.split == "validation"  # model selection never on test
+
+
+def test_overrides_put_every_suite_on_the_embedded_pair():
+    runs = get_suite("ablations").configs({"source_model": "smollm2-135m", "target_model": "gemma3-270m"})
+    assert {c.source_model for c in runs.values()} == {"smollm2-135m"}
+    with pytest.raises(ConfigError, match="translator.num_tokens=0"):
+        get_suite("ablations").configs({"translator.num_tokens": "0"})
+
+
+def test_prompt_teacher_switches_to_soft_only():
+    swap = get_suite("phase2-swap").configs({"eval.prompt_mode": "soft_plus_text"})
+    config = next(iter(swap.values()))
+    assert config.translator.dit_teacher == "prompt" and config.eval.prompt_mode == "soft_only"
+    assert config.source_model.startswith("meta-llama")
+
+
+def test_unknown_suite_names_the_known_ones():
+    with pytest.raises(KeyError, match="known suites"):
+        get_suite("nope")
