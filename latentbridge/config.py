@@ -180,9 +180,11 @@ class EvalConfig:
     max_new_tokens: int = 256
     prompt_mode: Literal["soft_only", "soft_plus_text"] = "soft_only"
     baselines: bool = True
+    test_questions: int = 0  # after training: the best translator on this many test questions
 
     def __post_init__(self) -> None:
         _check_literals(self, "eval")
+        _check_positive("eval", "test_questions", self.test_questions, allow_zero=True)
         for name in ("num_questions", "batch_size", "max_new_tokens"):
             _check_positive("eval", name, getattr(self, name))
 

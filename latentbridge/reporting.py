@@ -6,6 +6,8 @@ tests pass `MemoryReporter`. Only rank 0 reports; other ranks get `NullReporter`
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
@@ -55,3 +57,43 @@ class MemoryReporter:
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.tags.update(tags)
+
+
+class FileReporter:
+    """Writes the run record as plain files, for machines without an MLflow store.
+
+    `folder/params.json`, `metrics.jsonl` (one {key, value, step} a line), `tags.json` and
+    `artifacts/<artifact_path>/...`. `python -m registry import FOLDER...` replays it into MLflow.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        (self.folder / "artifacts").mkdir(parents=True, exist_ok=True)
+
+    def _update_json(self, name: str, values: Mapping[str, Any]) -> None:
+        path = self.folder / name
+        current = json.loads(path.read_text()) if path.is_file() else {}
+        current.update({k: v for k, v in values.items()})
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(current, indent=2, sort_keys=True, default=str))
+        tmp.replace(path)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._update_json("params.json", params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        with (self.folder / "metrics.jsonl").open("a") as handle:
+            for key, value in metrics.items():
+                handle.write(json.dumps({"key": key, "value": float(value), "step": step}) + "\n")
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        destination = self.folder / "artifacts" / (artifact_path or "")
+        destination.mkdir(parents=True, exist_ok=True)
+        path = Path(path)
+        if path.is_dir():
+            shutil.copytree(path, destination, dirs_exist_ok=True)
+        else:
+            shutil.copy2(path, destination / path.name)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self._update_json("tags.json", tags)

@@ -333,24 +333,41 @@ class Trainer:
         return status
 
     def finish(self) -> None:
-        """Save the final and best translators and hand them to the reporter."""
-        if not distributed.is_main():
-            self.translator.load_state_dict(self.best_state)
-            return
+        """Save the final translator, restore and save the best, then test it if asked."""
         meta = TranslatorMeta(
             config=self.config,
             source_dim=self.bridge.source.hidden_size,
             target_dim=self.bridge.target.hidden_size,
             target_rms=float(self.translator.target_rms),
         )
-        final = save_translator(self.run_dir / "translator", self.translator, meta)
-        self.reporter.log_artifact(final, "translator")
-        self.translator.load_state_dict(self.best_state)  # restore the best weights, keep them too
-        best = save_translator(self.run_dir / "best_translator", self.translator, meta)
-        self.reporter.log_artifact(best, "best_translator")
-        self.reporter.log_metrics(
-            {"best_bridged_accuracy": self.best_accuracy, "best_step": float(self.best_step)}, self.step
-        )
+        if distributed.is_main():
+            final = save_translator(self.run_dir / "translator", self.translator, meta)
+            self.reporter.log_artifact(final, "translator")
+        self.translator.load_state_dict(self.best_state)  # every rank: the best weights
+        if distributed.is_main():
+            best = save_translator(self.run_dir / "best_translator", self.translator, meta)
+            self.reporter.log_artifact(best, "best_translator")
+            self.reporter.log_metrics(
+                {"best_bridged_accuracy": self.best_accuracy, "best_step": float(self.best_step)}, self.step
+            )
+        if self.config.eval.test_questions:
+            self.evaluate_test()
+
+    def evaluate_test(self) -> dict[str, float]:
+        """The best translator and the baselines on held-out test questions (reported once)."""
+        cfg = self.config.eval
+        examples = self.splits.test[: cfg.test_questions]
+        outputs = text_baselines(self.bridge, examples, cfg) if cfg.baselines else {}
+        bridged = bridged_answers(self.bridge, examples, cfg)
+        if not distributed.is_main():
+            return {}
+        evaluation = score(examples, {**(outputs or {}), "bridged": bridged}, self.best_step)
+        path = write_jsonl(evaluation.records, self.run_dir / "test" / "test_eval.jsonl")
+        self.reporter.log_artifact(path, "test")
+        metrics = {f"test_{k}": v for k, v in evaluation.metrics.items()}
+        self.reporter.log_metrics(metrics, self.step)
+        log.info("test (best step %d): %s", self.best_step, json.dumps(metrics))
+        return metrics
 
 
 def train(

@@ -43,3 +43,26 @@ def test_only_the_translator_trains(tiny_config, tmp_path):
     groups = trainer.optimizer.param_groups
     assert groups[2]["lr"] == groups[0]["lr"] * tiny_config.optim.gate_lr_multiplier
     assert all(p.dtype == torch.float32 for p in trainer.translator.parameters())
+
+
+def test_best_translator_is_tested_on_held_out_questions(tiny_config, tmp_path):
+    from latentbridge.reporting import FileReporter
+
+    config = tiny_config.override("eval.test_questions=5")
+    folder = tmp_path / "record"
+    result = train(config, tmp_path / "run", FileReporter(folder))
+    records = [json.loads(line) for line in (tmp_path / "run" / "test" / "test_eval.jsonl").read_text().splitlines()]
+    test_questions = [r["question"] for r in records]
+    assert len(records) == 5
+    # the test questions are never the validation questions used for model selection
+    validation = [json.loads(line)["question"] for line in (tmp_path / "run" / "evals" / "eval_step_000000.jsonl").read_text().splitlines()]
+    assert not set(test_questions) & set(validation)
+    # the file record holds params, every metric point and the artifacts
+    params = json.loads((folder / "params.json").read_text())
+    assert params["eval.test_questions"] == 5
+    points = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    test_points = [p for p in points if p["key"] == "test_bridged_accuracy"]
+    assert len(test_points) == 1 and test_points[0]["step"] == result.step
+    assert test_points[0]["value"] == sum(r["bridged"]["correct"] for r in records) / 5
+    assert (folder / "artifacts" / "test" / "test_eval.jsonl").is_file()
+    assert (folder / "artifacts" / "translator" / "translator.safetensors").is_file()
