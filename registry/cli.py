@@ -21,9 +21,10 @@ from registry.errors import RegistryError
 
 
 def _rules(args):
+    from latentbridge.config import ConfigError, parse_assignments
     from registry.verdict import VerdictRules
 
-    overrides = VerdictRules.parse_assignments(args.set or [])
+    overrides = parse_assignments(args.set or [])
     return VerdictRules.load(Path(args.rules) if args.rules else None, **overrides)
 
 

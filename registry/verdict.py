@@ -76,17 +76,6 @@ class VerdictRules:
             raise ValueError(f"unknown verdict thresholds: {sorted(unknown)}; known: {sorted(known)}")
         return cls(**{k: _coerce(known[k].type, v, k) for k, v in values.items()})
 
-    @staticmethod
-    def parse_assignments(assignments: Iterable[str]) -> dict[str, str]:
-        """`['unstable_margin=0.1', ...]` -> {'unstable_margin': '0.1'} (typed by `load`)."""
-        out = {}
-        for item in assignments:
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise ValueError(f"verdict override {item!r} is not of the form key=value")
-            out[key.strip()] = value.strip()
-        return out
-
     def to_dict(self) -> dict:
         return asdict(self)
 

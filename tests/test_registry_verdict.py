@@ -7,6 +7,8 @@ import logging
 
 import pytest
 
+from latentbridge.config import parse_assignments
+
 from registry.verdict import (
     AliasPolicy,
     VerdictRules,
@@ -62,7 +64,7 @@ def test_thresholds_are_overridable():
     assert judge(few, peak_bridged=0.7, rules=VerdictRules.load(min_questions=50)).verdict == "headline"
     unstable = records(200, 140, 120, 90)
     assert judge(unstable, peak_bridged=0.8, rules=VerdictRules.load(unstable_margin=0.15)).verdict == "headline"
-    mcnemar = VerdictRules.load(**VerdictRules.parse_assignments(["test=mcnemar", "confidence=0.99"]))
+    mcnemar = VerdictRules.load(**parse_assignments(["test=mcnemar", "confidence=0.99"]))
     assert mcnemar.test == "mcnemar" and mcnemar.confidence == 0.99
     result = judge(unstable, peak_bridged=0.7, rules=mcnemar)
     assert result.verdict == "headline" and "exact McNemar" in result.rule
@@ -78,7 +80,7 @@ def test_rules_file_and_bad_overrides(tmp_path):
     with pytest.raises(ValueError, match="test='ttest'"):
         VerdictRules.load(test="ttest")
     with pytest.raises(ValueError, match="not of the form key=value"):
-        VerdictRules.parse_assignments(["min_questions"])
+        parse_assignments(["min_questions"])
     with pytest.raises(ValueError, match="not a valid int"):
         VerdictRules.load(min_questions="many")
 
