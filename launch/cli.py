@@ -1,40 +1,205 @@
-"""`python launch submit|...`: the command line of the launcher."""
+"""`python launch submit|status|logs|wait|cancel|list`: the command line of the launcher.
+
+`submit` freezes the code (a snapshot of the repo as it is on disk), creates one MLflow run
+per run of the suite (status SCHEDULED, with the git commit and the uncommitted diff),
+and sends the suite out through submitit: on Slurm as ONE job array (one job per run, one
+task per GPU), locally one run after another. It leaves a record that `status`, `logs`,
+`wait` and `cancel` read later (they default to the latest submission).
+
+Waiting: `submit` waits for the results when the jobs run on this machine
+(--cluster local/debug: they are children of this process) or when the suite has a single
+run (e.g. the demo); otherwise it returns at once with the job ids. --wait / --no-wait
+override that on Slurm. Every wait has a limit (--wait-timeout / wait --timeout); when it
+passes, the jobs keep running and `python launch status` follows them.
+"""
 
 from __future__ import annotations
 
 import argparse
-import datetime
+import dataclasses
 import json
+import os
+import signal
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
-import submitit
-
-from launch.suites import SUITES, get_suite
 from latentbridge.config import ConfigError, parse_assignments
+from launch.cluster import CLUSTERS, ResourceError, parse_slurm_args, resolve_cluster, resources_for, sbatch_preview
+from launch.record import RecordError, RunEntry, Submission, all_records, find, mark_latest, new_folder
+from launch.suites import SUITES, get_suite
+from launch.user_config import CONFIG_ENV, DEFAULT_PATH, UserConfigError, load_user_config, resolve
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 1, 2, 3
+
+
+# --------------------------------------------------------------------------- parser
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs-dir", default=None, help="where submissions live (default: runs/ in the repo)")
+    parser.add_argument("--config", default=None,
+                        help=f"launch config file (default: ${CONFIG_ENV} or {DEFAULT_PATH})")
+
+
+def _add_ref(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("submission", nargs="?", default=None,
+                        help="submission id (suite/stamp), its folder, or a job id; default: the latest")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python launch", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    submit = commands.add_parser("submit", help="run a suite as jobs (Slurm, or local without it)")
+
+    submit = commands.add_parser(
+        "submit",
+        help="run a suite as jobs (Slurm, or this machine without it)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     submit.add_argument("--suite", required=True, help=f"one of {sorted(SUITES)}")
-    submit.add_argument("--cluster", default="auto", choices=["auto", "slurm", "local", "debug"])
-    submit.add_argument("--dry-run", action="store_true", help="print each run's resolved config and stop")
-    submit.add_argument("--runs-dir", default=str(REPO_ROOT / "runs"), help="where run folders go")
+    submit.add_argument("--cluster", default=None, choices=CLUSTERS,
+                        help="auto (default): slurm when srun is on PATH, else local; debug runs in this process")
+    res = submit.add_argument_group("resources (defaults from the launch config file, then built in)")
+    res.add_argument("--nodes", type=int, default=None, help="nodes per job (default 1)")
+    res.add_argument("--gpus-per-node", type=int, default=None,
+                     help="GPUs per node, one task each (default 4; 0 = CPU-only); a suite that fixes its "
+                          "task count uses that many. Local runs count GPUs: $NUM_GPUS, nvidia-smi, torch, else 1")
+    res.add_argument("--partition", default=None)
+    res.add_argument("--account", default=None)
+    res.add_argument("--qos", default=None)
+    res.add_argument("--time", default=None, help="time limit per job: minutes, HH:MM:SS or D-HH:MM:SS (default 60)")
+    res.add_argument("--mem", default=None, help="memory per node, as sbatch --mem (e.g. 64G)")
+    res.add_argument("--constraint", default=None)
+    res.add_argument("--cpus-per-task", type=int, default=None)
+    res.add_argument("--slurm-arg", action="append", default=None, metavar="KEY[=VALUE]",
+                     help="any other sbatch option, repeatable: --slurm-arg mail-type=END --slurm-arg exclusive")
+    res.add_argument("--array-parallelism", type=int, default=None,
+                     help="at most this many runs of the array at once (default 64)")
+    res.add_argument("--max-timeouts", type=int, default=None,
+                     help="how many times a job that hits its time limit is requeued (default 3)")
+    wait = submit.add_argument_group("waiting")
+    wait.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
+                      help="wait for the results (default: yes for local/debug and single-run suites, "
+                           "no for arrays on Slurm)")
+    wait.add_argument("--wait-timeout", type=float, default=None,
+                      help="seconds to wait at most (default 3600); the jobs go on after it")
+    submit.add_argument("--dry-run", action="store_true",
+                        help="print each run's config, the resources and the sbatch script; submit nothing")
     submit.add_argument("--only", nargs="*", default=None, help="run only these members of the suite")
     submit.add_argument("overrides", nargs="*", help="config overrides key=value")
+    _add_common(submit)
+
+    status = commands.add_parser("status", help="state of each run of a submission (Slurm queue, result, MLflow)")
+    _add_ref(status)
+    _add_common(status)
+
+    logs = commands.add_parser("logs", help="print a run's job log (stdout; --err for stderr)")
+    _add_ref(logs)
+    logs.add_argument("--run", default=None, help="which run (default: the first)")
+    logs.add_argument("--task", type=int, default=0, help="which task/rank (default 0)")
+    logs.add_argument("--err", action="store_true", help="stderr instead of stdout")
+    logs.add_argument("--tail", type=int, default=100, help="last N lines (0: all)")
+    _add_common(logs)
+
+    wait_cmd = commands.add_parser("wait", help="wait until every run of a submission is done (with a limit)")
+    _add_ref(wait_cmd)
+    wait_cmd.add_argument("--timeout", type=float, default=None, help="seconds (default 3600)")
+    wait_cmd.add_argument("--poll", type=float, default=5.0, help="seconds between looks at the queue")
+    _add_common(wait_cmd)
+
+    cancel = commands.add_parser("cancel", help="cancel a submission's jobs (or --run NAME ones)")
+    _add_ref(cancel)
+    cancel.add_argument("--run", action="append", default=None, help="only this run (repeatable)")
+    cancel.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the jobs to end")
+    _add_common(cancel)
+
+    listing = commands.add_parser("list", help="recent submissions")
+    listing.add_argument("-n", type=int, default=10)
+    _add_common(listing)
     return parser
 
 
-def _executor(cluster: str, folder: Path, tasks: int) -> submitit.AutoExecutor:
-    executor = submitit.AutoExecutor(folder=folder, cluster=None if cluster == "auto" else cluster)
-    executor.update_parameters(timeout_min=60, tasks_per_node=tasks, nodes=1)
-    return executor
+# --------------------------------------------------------------------------- helpers
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    file_settings, _ = load_user_config(args.config)
+    cli = {
+        key: getattr(args, key, None)
+        for key in ("cluster", "nodes", "gpus_per_node", "partition", "account", "qos", "time", "mem",
+                    "constraint", "cpus_per_task", "array_parallelism", "max_timeouts", "runs_dir")
+    }
+    cli["wait_timeout"] = getattr(args, "wait_timeout", None) or getattr(args, "timeout", None)
+    cli["slurm_args"] = parse_slurm_args(getattr(args, "slurm_arg", None))
+    settings = resolve(cli, file_settings)
+    if settings.get("tracking_uri") and not os.environ.get("MLFLOW_TRACKING_URI"):
+        os.environ["MLFLOW_TRACKING_URI"] = settings["tracking_uri"]  # the environment wins over the file
+    return settings
 
 
+def _runs_dir(settings: dict[str, Any]) -> Path:
+    return Path(settings.get("runs_dir") or REPO_ROOT / "runs").expanduser().resolve()
+
+
+def _ui_hint(uri: str) -> str:
+    return f"browse the runs: mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)"
+
+
+def _describe(sub: Submission) -> str:
+    snap = sub.snapshot
+    code = f"{snap.get('git_commit', 'unknown')[:12]}" + (" + uncommitted diff" if snap.get("dirty") else "")
+    jobs = ", ".join(sorted({j.split('_')[0] for j in sub.job_ids})) or "none"
+    head = f"submission {sub.id}: {sub.cluster}, {len(sub.runs)} run(s), job(s) {jobs}, code {code}"
+    return f"{head}\n  folder {sub.folder}"
+
+
+def _follow_hint(sub: Submission) -> str:
+    return "\n".join(
+        [
+            "follow it with:",
+            f"  python launch status {sub.id}",
+            f"  python launch logs {sub.id} --run {sub.runs[0].name}",
+            f"  python launch wait {sub.id} --timeout 3600",
+            f"  python launch cancel {sub.id}",
+        ]
+    )
+
+
+def _report(sub: Submission, states) -> int:
+    failures = 0
+    for state in states:
+        entry = sub.run(state.name)
+        if state.ok and state.result is not None:
+            result = state.result
+            metrics = json.dumps({k: round(v, 4) for k, v in (getattr(result, "metrics", {}) or {}).items()})
+            print(f"{sub.suite}/{state.name}: {result.status}; MLflow run id {result.run_id}; {metrics}")
+            if getattr(result, "preserved", ""):
+                print(f"  preserved in the model registry as {result.preserved} (python -m registry list)")
+        else:
+            failures += 1
+            print(f"{sub.suite}/{state.name}: {state.state}; MLflow run id {entry.mlflow_run_id}; {state.detail}")
+            print(f"  logs: python launch logs {sub.id} --run {state.name} --err")
+    return failures
+
+
+def _finish_wait(sub: Submission, states, timed_out: bool, timeout: float) -> int:
+    from launch.monitor import reconcile_mlflow
+
+    reconcile_mlflow(sub, states)
+    if timed_out:
+        running = [s.name for s in states if not s.done]
+        print(f"still running after {timeout:.0f} s: {running}; the jobs go on (python launch status {sub.id})")
+    failures = _report(sub, [s for s in states if s.done])
+    print(_ui_hint(sub.tracking_uri))
+    if failures:
+        return EXIT_FAILED
+    return EXIT_TIMEOUT if timed_out else 0
+
+
+# --------------------------------------------------------------------------- submit
 def submit(args: argparse.Namespace) -> int:
+    settings = _settings(args)
     suite = get_suite(args.suite)
     configs = suite.configs(parse_assignments(args.overrides))
     if args.only:
@@ -42,41 +207,240 @@ def submit(args: argparse.Namespace) -> int:
         if unknown:
             raise ConfigError(f"--only names runs not in suite {suite.name!r}: {unknown}; runs: {sorted(configs)}")
         configs = {k: v for k, v in configs.items() if k in args.only}
+    cluster = resolve_cluster(settings["cluster"])
+    resources = resources_for(settings, suite.tasks, cluster)
+    if suite.sequential:  # one run after another (on Slurm: an array of width 1)
+        resources = dataclasses.replace(resources, array_parallelism=1)
+    local = cluster in ("local", "debug")
+    wait = args.wait if args.wait is not None else (local or len(configs) == 1)
+    if local and args.wait is False:
+        print(f"note: --cluster {cluster} runs the jobs as children of this command, so it waits for them")
+        wait = True
+    wait_timeout = float(settings["wait_timeout"])
+    runs_dir = _runs_dir(settings)
+    job_name = f"lb-{suite.name}"
+
     if args.dry_run:
         for name, config in configs.items():
             print(f"# {suite.name}/{name}\n{config.to_json()}")
+        print(f"# resources ({cluster}): {json.dumps(resources.to_dict(), sort_keys=True)}")
+        print(f"# waits for the results: {'yes' if wait else 'no'} (timeout {wait_timeout:.0f} s)")
+        if cluster == "slurm":
+            folder = runs_dir / suite.name / "<stamp>"
+            print("# sbatch script:")
+            print(sbatch_preview(resources, folder / "submitit", job_name, len(configs), str(folder / "code")))
         return 0
-    from launch.job import TrainJob
-    from registry.store import experiment_id, tracking_uri
 
+    from launch.cluster import make_executor
+    from launch.job import JobSpec, TrainJob
+    from launch.monitor import Monitor
+    from launch.monitor import wait as wait_for
+    from launch.snapshot import run_from, take_snapshot
+    from registry.runs import open_run, record_code
+    from registry.store import artifact_root, check_local_disk, ensure_store, experiment_id, tracking_uri
+
+    uri = tracking_uri()
+    check_local_disk(uri)
+    ensure_store(uri)
     experiment_id(suite.name)  # create the store and experiment once, before jobs fan out
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(args.runs_dir) / suite.name / stamp
-    executor = _executor(args.cluster, base / "submitit", suite.tasks or 1)
-    jobs = []
+    sub_id, folder = new_folder(runs_dir, suite.name)
+    snapshot = take_snapshot(REPO_ROOT, folder / "code")
+    entries, specs = [], []
     for name, config in configs.items():
-        run_dir = base / name
-        job = executor.submit(TrainJob(), config.to_dict(), str(run_dir), {"suite": suite.name})
-        print(f"submitted {suite.name}/{name}: job {job.job_id} ({executor.cluster}), run dir {run_dir}")
-        jobs.append((name, job))
+        run_dir = folder / name
+        tags = {**suite.tags(name), "submission": sub_id, "cluster": cluster, **snapshot.tags()}
+        run_id = open_run(run_dir, name, suite.name, tags, status="SCHEDULED")
+        record_code(run_id, {}, Path(snapshot.diff_file) if snapshot.diff_file else None)
+        entries.append(RunEntry(name=name, run_dir=str(run_dir), mlflow_run_id=run_id))
+        specs.append(JobSpec(config.to_dict(), str(run_dir), suite.name, uri, artifact_root(), tags, suite.preserve_each))
+    sub = Submission(
+        id=sub_id, suite=suite.name, folder=str(folder), created=snapshot.taken_at, cluster=cluster,
+        resources=resources.to_dict(), tracking_uri=uri, snapshot={k: v for k, v in vars(snapshot).items()},
+        submitit_folder=str(folder / "submitit"), runs=entries, command=sys.argv[:],
+    )
+    sub.save()
+    mark_latest(runs_dir, sub)
+    executor = make_executor(resources, Path(sub.submitit_folder), job_name, snapshot.root)
+    if resources.gpu_source:
+        print(f"local GPUs: {resources.tasks_per_node} task(s) ({resources.gpu_source})")
+
+    if cluster == "slurm":
+        with run_from(snapshot.root):
+            with executor.batch():
+                jobs = [executor.submit(TrainJob(), spec) for spec in specs]
+        for entry, job in zip(entries, jobs):
+            entry.job_id = str(job.job_id)
+        sub.save()
+        print(_describe(sub))
+        for entry in entries:
+            print(f"submitted {suite.name}/{entry.name}: job {entry.job_id}, MLflow run {entry.mlflow_run_id}, "
+                  f"run dir {entry.run_dir}")
+        if not wait:
+            print(_follow_hint(sub))
+            print(_ui_hint(uri))
+            return 0
+        print(f"waiting for the results (at most {wait_timeout:.0f} s; Ctrl-C stops waiting, not the jobs)")
+        states, timed_out = wait_for(Monitor(sub), wait_timeout)
+        return _finish_wait(sub, states, timed_out, wait_timeout)
+
+    # local / debug: one run after another on this machine (each run uses all its GPUs)
+    print(_describe(sub))
+    live: dict[str, Any] = {}
+
+    deadline = time.monotonic() + wait_timeout
+    states, timed_out = [], False
+    for entry, spec in zip(entries, specs):
+        with run_from(snapshot.root):
+            job = executor.submit(TrainJob(), spec)
+        entry.job_id, live[entry.name] = str(job.job_id), job
+        sub.save()
+        print(f"started {suite.name}/{entry.name}: job {entry.job_id} ({cluster}), MLflow run {entry.mlflow_run_id}")
+        if cluster == "debug":
+            try:
+                job.result()
+            except Exception as error:  # noqa: BLE001 - reported below from the record
+                print(f"{suite.name}/{entry.name}: failed in-process: {error}")
+            continue
+        remaining = deadline - time.monotonic()
+        _, timed_out = wait_for(Monitor(sub, live, only={entry.name}), max(remaining, 0.0))
+        if timed_out:
+            break
+    if cluster == "debug":
+        return _debug_report(sub, live)
+    return _finish_wait(sub, Monitor(sub, live).states(), timed_out, wait_timeout)
+
+
+def _debug_report(sub: Submission, live: dict[str, Any]) -> int:
     failures = 0
-    for name, job in jobs:
+    for entry in sub.runs:
         try:
-            result = job.result()
-        except Exception as error:  # noqa: BLE001 - report every job, then fail
+            result = live[entry.name].result()
+        except Exception as error:  # noqa: BLE001
             failures += 1
-            print(f"{suite.name}/{name}: FAILED: {error}")
+            print(f"{sub.suite}/{entry.name}: FAILED; MLflow run id {entry.mlflow_run_id}; {error}")
             continue
         metrics = json.dumps({k: round(v, 4) for k, v in result.metrics.items()})
-        print(f"{suite.name}/{name}: {result.status}; MLflow run id {result.run_id}; {metrics}")
-    print(f"browse the runs: mlflow ui --backend-store-uri {tracking_uri()}")
-    return 1 if failures else 0
+        print(f"{sub.suite}/{entry.name}: {result.status}; MLflow run id {result.run_id}; {metrics}")
+    print(_ui_hint(sub.tracking_uri))
+    return EXIT_FAILED if failures else 0
+
+
+# --------------------------------------------------------------------------- status, logs, wait, cancel
+def _load(args: argparse.Namespace) -> tuple[Submission, dict[str, Any]]:
+    settings = _settings(args)
+    sub = find(_runs_dir(settings), args.submission)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", sub.tracking_uri)
+    return sub, settings
+
+
+def status(args: argparse.Namespace) -> int:
+    from launch.monitor import Monitor, reconcile_mlflow
+    from registry.runs import run_status
+
+    sub, _ = _load(args)
+    states = Monitor(sub).states()
+    reconcile_mlflow(sub, states)
+    print(_describe(sub))
+    rows = [("RUN", "JOB", "STATE", "MLFLOW", "MLFLOW RUN ID", "DETAIL")]
+    for state in states:
+        entry = sub.run(state.name)
+        try:
+            mlflow_state = run_status(entry.mlflow_run_id)
+        except Exception as error:  # noqa: BLE001 - show what we know even if the store is down
+            mlflow_state = f"? ({type(error).__name__})"
+        rows.append((state.name, state.job_id or "-", state.state, mlflow_state, entry.mlflow_run_id, state.detail))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
+    for row in rows:
+        print("  " + "  ".join(str(cell).ljust(width) for cell, width in zip(row[:5], widths)) + f"  {row[5]}")
+    return 0
+
+
+def logs(args: argparse.Namespace) -> int:
+    from launch.monitor import task_paths
+
+    sub, _ = _load(args)
+    entry = sub.run(args.run) if args.run else sub.runs[0]
+    if not entry.job_id:
+        print(f"{sub.suite}/{entry.name} has no job yet")
+        return EXIT_FAILED
+    paths = task_paths(sub, entry.job_id, args.task)
+    path = paths.stderr if args.err else paths.stdout
+    print(f"==> {path} <==")
+    if not path.is_file():
+        print("(no log yet: the job has not started, or this task does not exist)")
+        return EXIT_FAILED
+    lines = path.read_text(errors="replace").splitlines()
+    print("\n".join(lines[-args.tail :] if args.tail else lines))
+    return 0
+
+
+def wait(args: argparse.Namespace) -> int:
+    from launch.monitor import Monitor
+    from launch.monitor import wait as wait_for
+
+    sub, settings = _load(args)
+    timeout = float(args.timeout if args.timeout is not None else settings["wait_timeout"])
+    print(_describe(sub))
+    states, timed_out = wait_for(Monitor(sub), timeout, poll_s=args.poll)
+    return _finish_wait(sub, states, timed_out, timeout)
+
+
+def cancel(args: argparse.Namespace) -> int:
+    from launch import slurm_queue
+    from launch.monitor import Monitor, reconcile_mlflow
+    from launch.monitor import wait as wait_for
+
+    sub, _ = _load(args)
+    chosen = [sub.run(name) for name in args.run] if args.run else list(sub.runs)
+    ids = [e.job_id for e in chosen if e.job_id]
+    if sub.cluster == "slurm":
+        whole = not args.run and ids
+        slurm_queue.scancel(sorted({i.split("_")[0] for i in ids}) if whole else ids)
+    elif sub.cluster == "local":
+        for job_id in ids:
+            try:
+                os.kill(int(job_id), signal.SIGINT)  # submitit's local controller forwards it to the tasks
+            except (ProcessLookupError, ValueError):
+                pass
+    sub.cancelled = sorted(set(sub.cancelled) | {e.name for e in chosen})
+    sub.save()
+    print(f"cancelled {[e.name for e in chosen]} of {sub.id} (jobs {ids or 'none'})")
+    monitor = Monitor(sub)
+    names = {e.name for e in chosen}
+    states, timed_out = wait_for(monitor, args.timeout, poll_s=1.0, echo=lambda line: None)
+    reconcile_mlflow(sub, [s for s in states if s.name in names])
+    for state in states:
+        if state.name in names:
+            print(f"  {state.line()}")
+    return EXIT_TIMEOUT if timed_out and any(not s.done for s in states if s.name in names) else 0
+
+
+def list_submissions(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    for record in all_records(_runs_dir(settings))[: args.n]:
+        try:
+            sub = Submission.load(record)
+        except RecordError as error:
+            print(f"  {record}: {error}")
+            continue
+        print(f"  {sub.id}  {sub.cluster}  {len(sub.runs)} run(s)  jobs {','.join(sub.job_ids) or '-'}  {sub.created}")
+    return 0
+
+
+COMMANDS = {"submit": submit, "status": status, "logs": logs, "wait": wait, "cancel": cancel, "list": list_submissions}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from launch.slurm_queue import SlurmCommandError
+    from registry.store import StoreError
+
     try:
-        return submit(args)
-    except (ConfigError, KeyError) as error:
-        print(f"error: {error}")
-        return 2
+        return COMMANDS[args.command](args)
+    except (ConfigError, KeyError, ResourceError, UserConfigError, RecordError, StoreError, SlurmCommandError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: the jobs keep running; see `python launch status`", file=sys.stderr)
+        return 130

@@ -103,10 +103,10 @@ register(
             "translator.width": 256,
             "translator.depth": 2,
             "translator.heads": 4,
-            "train.steps": 60,
+            "train.steps": 150,
             "train.batch_size": 4,
-            "train.eval_every": 30,
-            "train.checkpoint_every": 30,
+            "train.eval_every": 50,
+            "train.checkpoint_every": 50,
             "train.max_answer_tokens": 64,
             "optim.lr": 3e-4,
             "optim.warmup_steps": 10,
@@ -115,6 +115,7 @@ register(
             "eval.max_new_tokens": 48,
         },
         tasks=1,
+        preserve_each=True,
     )
 )
 

@@ -1,0 +1,180 @@
+"""The state of a submission's runs, and waiting for them (always with a time limit).
+
+A run's state comes from, in order: Slurm's queue (squeue) while the job is queued or
+running; then the job's submitit result file (success or the error's traceback); then
+`scontrol show job` for a job that ended without a result (cancelled, node failure, time
+limit); and a job that neither knows "left the queue without a result" (LOST). Local jobs
+are processes of this machine (their job id is the pid). Runs that ended badly but whose
+MLflow run still says RUNNING/SCHEDULED are marked KILLED (cancelled, lost) or FAILED.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from submitit.core.utils import JobPaths, pickle_load
+
+from launch import slurm_queue
+from launch.record import RunEntry, Submission
+
+LOST_GRACE_S = 10.0  # a job gone from the queue gets this long for its result file to appear
+
+
+@dataclass
+class RunState:
+    name: str
+    job_id: str
+    state: str  # PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, LOST, ...
+    done: bool
+    ok: bool = False
+    detail: str = ""
+    result: Any = None
+
+    def line(self) -> str:
+        return f"{self.name}: {self.state}" + (f" ({self.detail})" if self.detail else "")
+
+
+def task_paths(submission: Submission, job_id: str, task: int = 0) -> JobPaths:
+    return JobPaths(submission.submitit_folder, job_id=job_id, task_id=task)
+
+
+def read_result(submission: Submission, entry: RunEntry) -> tuple[str, Any] | None:
+    """("success", result) or ("error", traceback) from the job's result files; None if none yet.
+
+    Task 0's result decides; an error from any other task counts too.
+    """
+    if not entry.job_id:
+        return None
+    outcome = None
+    for task in range(max(1, submission.num_tasks)):
+        path = task_paths(submission, entry.job_id, task).result_pickle
+        if not path.is_file():
+            continue
+        try:
+            kind, value = pickle_load(path)
+        except Exception as error:  # noqa: BLE001 - a half-written or foreign file
+            kind, value = "error", f"unreadable result file {path}: {error}"
+        if kind == "error":
+            return kind, value
+        if task == 0:
+            outcome = (kind, value)
+    return outcome
+
+
+def _last_line(trace: str) -> str:
+    lines = [line for line in str(trace).strip().splitlines() if line.strip()]
+    return lines[-1].strip()[:300] if lines else "error"
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+class Monitor:
+    """Computes run states; remembers when each job was first seen gone (for LOST)."""
+
+    def __init__(
+        self, submission: Submission, live_jobs: dict[str, Any] | None = None, only: set[str] | None = None
+    ) -> None:
+        self.submission = submission
+        self.live_jobs = live_jobs if live_jobs is not None else {}  # run name -> submitit Job (local)
+        self.only = only  # watch only these runs (None: all)
+        self.gone_since: dict[str, float] = {}
+
+    def states(self) -> list[RunState]:
+        sub = self.submission
+        queue = slurm_queue.squeue(sub.job_ids) if sub.cluster == "slurm" and sub.job_ids else {}
+        return [self._state(entry, queue) for entry in sub.runs if self.only is None or entry.name in self.only]
+
+    def _state(self, entry: RunEntry, queue: dict[str, slurm_queue.QueueEntry]) -> RunState:
+        sub = self.submission
+        if not entry.job_id:
+            return RunState(entry.name, "", "NOT SUBMITTED", done=True, detail="no job was submitted for it")
+        result = read_result(sub, entry)
+        queued = queue.get(entry.job_id)
+        if sub.cluster == "slurm" and queued and queued.active and not (result and queued.state == "COMPLETING"):
+            detail = queued.reason if queued.state == "PENDING" and queued.reason not in ("", "None") else ""
+            return RunState(entry.name, entry.job_id, queued.state, done=False, detail=detail)
+        if sub.cluster == "local" and self._local_running(entry):
+            return RunState(entry.name, entry.job_id, "RUNNING", done=False)
+        if result is not None:
+            kind, value = result
+            if kind == "success":
+                return RunState(entry.name, entry.job_id, "COMPLETED", done=True, ok=True, result=value)
+            return RunState(entry.name, entry.job_id, "FAILED", done=True, detail=_last_line(value))
+        return self._ended_without_result(entry)
+
+    def _local_running(self, entry: RunEntry) -> bool:
+        job = self.live_jobs.get(entry.name)
+        if job is not None:
+            return not job.done()
+        return _pid_alive(entry.job_id)
+
+    def _ended_without_result(self, entry: RunEntry) -> RunState:
+        sub = self.submission
+        cancelled = entry.name in sub.cancelled
+        if sub.cluster == "slurm":
+            info = slurm_queue.scontrol_job(entry.job_id)
+            if info is not None and info.active:
+                return RunState(entry.name, entry.job_id, info.state, done=False, detail=info.reason)
+            if info is not None and info.state != "COMPLETED":
+                return RunState(entry.name, entry.job_id, info.state, done=True, detail=f"exit code {info.exit_code}")
+        if cancelled:
+            return RunState(entry.name, entry.job_id, "CANCELLED", done=True, detail="cancelled with `launch cancel`")
+        first = self.gone_since.setdefault(entry.name, time.monotonic())
+        if time.monotonic() - first < LOST_GRACE_S:
+            return RunState(entry.name, entry.job_id, "ENDING", done=False, detail="waiting for its result file")
+        return RunState(
+            entry.name, entry.job_id, "LOST", done=True,
+            detail="left the queue without a result (killed, cancelled or node failure); see `launch logs`",
+        )
+
+
+def reconcile_mlflow(submission: Submission, states: list[RunState]) -> None:
+    """Close MLflow runs whose job ended without closing them (killed, lost, failed)."""
+    from registry.runs import run_status, set_status
+
+    os.environ.setdefault("MLFLOW_TRACKING_URI", submission.tracking_uri)
+    for state in states:
+        if not state.done or state.ok:
+            continue
+        entry = submission.run(state.name)
+        try:
+            current = run_status(entry.mlflow_run_id)
+        except Exception:  # noqa: BLE001 - the store may be unreachable; status still prints
+            continue
+        if current in ("RUNNING", "SCHEDULED"):
+            killed = state.state in ("CANCELLED", "LOST", "PREEMPTED", "NODE_FAIL", "TIMEOUT", "DEADLINE")
+            set_status(entry.mlflow_run_id, "KILLED" if killed else "FAILED")
+
+
+def wait(
+    monitor: Monitor,
+    timeout_s: float,
+    poll_s: float = 2.0,
+    echo: Callable[[str], None] = print,
+) -> tuple[list[RunState], bool]:
+    """Poll until every run is done or `timeout_s` passes: (states, timed_out). Never cancels."""
+    deadline = time.monotonic() + timeout_s
+    seen: dict[str, str] = {}
+    while True:
+        states = monitor.states()
+        for state in states:
+            key = f"{state.state}|{state.detail}"
+            if seen.get(state.name) != key:
+                seen[state.name] = key
+                job = f" [job {state.job_id}]" if state.job_id else ""
+                echo(f"  {monitor.submission.suite}/{state.line()}{job}")
+        if all(s.done for s in states):
+            return states, False
+        if time.monotonic() >= deadline:
+            return states, True
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())) or 0.01)

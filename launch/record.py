@@ -1,0 +1,131 @@
+"""The submission record: what `submit` leaves for `status`, `logs`, `wait` and `cancel`.
+
+One submission = one folder `<runs_dir>/<suite>/<stamp>/` holding `submission.json`
+(suite, cluster, resources, the code snapshot, the tracking URI, and per run: its run dir,
+MLflow run id and job id), the code snapshot `code/`, submitit's logs and pickles
+`submitit/`, and one folder per run. `<runs_dir>/LATEST` names the newest submission.
+A submission is named by its id `<suite>/<stamp>`, its folder, or any of its job ids.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+RECORD = "submission.json"
+LATEST = "LATEST"
+
+
+class RecordError(LookupError):
+    """No submission matches, or its record is unreadable."""
+
+
+@dataclass
+class RunEntry:
+    name: str
+    run_dir: str
+    mlflow_run_id: str
+    job_id: str = ""
+
+
+@dataclass
+class Submission:
+    id: str  # <suite>/<stamp>
+    suite: str
+    folder: str
+    created: str
+    cluster: str
+    resources: dict[str, Any]
+    tracking_uri: str
+    snapshot: dict[str, Any]
+    submitit_folder: str
+    runs: list[RunEntry] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)  # run names cancelled through `cancel`
+
+    @property
+    def job_ids(self) -> list[str]:
+        return sorted({r.job_id for r in self.runs if r.job_id})
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.resources.get("nodes", 1)) * int(self.resources.get("tasks_per_node", 1))
+
+    def run(self, name: str) -> RunEntry:
+        for entry in self.runs:
+            if entry.name == name:
+                return entry
+        raise RecordError(f"submission {self.id} has no run {name!r}; runs: {[r.name for r in self.runs]}")
+
+    def save(self) -> Path:
+        path = Path(self.folder) / RECORD
+        tmp = path.with_name(f".{RECORD}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "Submission":
+        path = Path(path)
+        if path.is_dir():
+            path = path / RECORD
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise RecordError(f"cannot read submission record {path}: {error}") from None
+        data["runs"] = [RunEntry(**r) for r in data.get("runs", [])]
+        return cls(**data)
+
+
+def new_folder(runs_dir: Path, suite: str) -> tuple[str, Path]:
+    """A fresh `<runs_dir>/<suite>/<stamp>` folder (never reused) and its id."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for _ in range(100):
+        name = f"{stamp}-{secrets.token_hex(2)}"
+        folder = Path(runs_dir) / suite / name
+        try:
+            folder.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            continue
+        return f"{suite}/{name}", folder
+    raise RecordError(f"could not make a fresh submission folder under {runs_dir}/{suite}")
+
+
+def mark_latest(runs_dir: Path, submission: Submission) -> None:
+    path = Path(runs_dir) / LATEST
+    tmp = path.with_name(f".{LATEST}.{os.getpid()}.tmp")
+    tmp.write_text(submission.folder + "\n")
+    tmp.replace(path)
+
+
+def all_records(runs_dir: Path) -> list[Path]:
+    """Every submission record under `runs_dir`, newest first."""
+    found = list(Path(runs_dir).glob(f"*/*/{RECORD}"))
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def find(runs_dir: Path, ref: str | None = None) -> Submission:
+    """The submission named by `ref` (id, folder, record file or job id); the latest if None."""
+    runs_dir = Path(runs_dir)
+    if not ref:
+        latest = runs_dir / LATEST
+        if not latest.is_file():
+            raise RecordError(f"no submission yet under {runs_dir} (no {LATEST} file); run `python launch submit`")
+        return Submission.load(Path(latest.read_text().strip()))
+    candidate = Path(ref).expanduser()
+    for path in (candidate, runs_dir / ref):
+        if (path.is_dir() and (path / RECORD).is_file()) or (path.is_file() and path.name == RECORD):
+            return Submission.load(path)
+    job = ref.strip()
+    if job.replace("_", "").isdigit():
+        base = job.split("_", 1)[0]
+        for record in all_records(runs_dir):
+            submission = Submission.load(record)
+            if any(r.job_id == job or r.job_id.split("_", 1)[0] == base for r in submission.runs):
+                return submission
+    raise RecordError(f"no submission {ref!r} under {runs_dir} (give an id like suite/stamp, a folder or a job id)")

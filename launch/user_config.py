@@ -1,0 +1,114 @@
+"""Submission settings from a user config file (TOML), under the command line.
+
+Looked up at `--config FILE`, else `$LATENTBRIDGE_LAUNCH_CONFIG`, else
+`~/.config/latentbridge/launch.toml` (a missing default file is fine). Precedence:
+command line > config file > built-in defaults. Example:
+
+    [submit]
+    cluster = "slurm"
+    partition = "gpu"
+    account = "my-project"
+    qos = "normal"
+    time = "24:00:00"          # Slurm time: minutes, HH:MM:SS or D-HH:MM:SS
+    mem = "64G"
+    constraint = "a100"
+    gpus_per_node = 4
+    array_parallelism = 8      # at most this many runs of a suite at once
+    max_timeouts = 3           # requeues after hitting the time limit
+    wait_timeout = 7200        # seconds that --wait waits at most
+    runs_dir = "/scratch/me/latentbridge-runs"
+    tracking_uri = "http://mlflow-host:5000"
+
+    [submit.slurm_args]        # any other sbatch option: --mail-type=END ...
+    mail-type = "END"
+    mail-user = "me@example.org"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+CONFIG_ENV = "LATENTBRIDGE_LAUNCH_CONFIG"
+DEFAULT_PATH = Path("~/.config/latentbridge/launch.toml")
+
+# setting -> (type, default). None = not set (left to Slurm / derived).
+SETTINGS: dict[str, tuple[type, Any]] = {
+    "cluster": (str, "auto"),
+    "nodes": (int, 1),
+    "gpus_per_node": (int, 4),
+    "partition": (str, None),
+    "account": (str, None),
+    "qos": (str, None),
+    "time": (str, "60"),
+    "mem": (str, None),
+    "constraint": (str, None),
+    "cpus_per_task": (int, None),
+    "array_parallelism": (int, 64),
+    "max_timeouts": (int, 3),
+    "wait_timeout": (float, 3600.0),
+    "runs_dir": (str, None),
+    "tracking_uri": (str, None),
+    "slurm_args": (dict, None),
+}
+
+
+class UserConfigError(ValueError):
+    """The launch config file is unreadable or holds an unknown or mistyped setting."""
+
+
+def config_path(explicit: str | None = None) -> tuple[Path, bool]:
+    """(path, whether it was asked for explicitly)."""
+    if explicit:
+        return Path(explicit).expanduser(), True
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV]).expanduser(), True
+    return DEFAULT_PATH.expanduser(), False
+
+
+def load_user_config(explicit: str | None = None) -> tuple[dict[str, Any], Path | None]:
+    """The [submit] settings of the user config file, validated; ({}, None) if there is none."""
+    path, asked = config_path(explicit)
+    if not path.is_file():
+        if asked:
+            raise UserConfigError(f"launch config file {path} does not exist")
+        return {}, None
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise UserConfigError(f"cannot read launch config {path}: {error}") from None
+    unknown_tables = sorted(set(data) - {"submit"})
+    if unknown_tables:
+        raise UserConfigError(f"{path}: unknown table(s) {unknown_tables}; settings go under [submit]")
+    section = data.get("submit", {})
+    settings: dict[str, Any] = {}
+    for key, value in section.items():
+        if key not in SETTINGS:
+            raise UserConfigError(f"{path}: unknown setting submit.{key}; known: {sorted(SETTINGS)}")
+        kind = SETTINGS[key][0]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if kind is str and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # time = 90
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            raise UserConfigError(f"{path}: submit.{key} = {value!r} should be a {kind.__name__}")
+        settings[key] = value
+    return settings, path
+
+
+def resolve(cli: dict[str, Any], file_settings: dict[str, Any]) -> dict[str, Any]:
+    """Defaults, then the file, then every command-line value that was given (not None).
+
+    `slurm_args` merge key by key (command line wins).
+    """
+    out = {key: default for key, (_, default) in SETTINGS.items()}
+    out.update(file_settings)
+    for key, value in cli.items():
+        if key == "slurm_args":
+            continue
+        if value is not None:
+            out[key] = value
+    out["slurm_args"] = {**(file_settings.get("slurm_args") or {}), **(cli.get("slurm_args") or {})}
+    return out

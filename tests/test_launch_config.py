@@ -1,0 +1,148 @@
+"""The launcher's settings: user config file, resources, GPU detection, dry-run (no cluster needed)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from launch import cli
+from launch.cluster import (
+    ResourceError,
+    detect_local_gpus,
+    parse_slurm_args,
+    parse_slurm_time,
+    resources_for,
+)
+from launch.suites import SUITES, Suite
+from launch.user_config import UserConfigError, load_user_config, resolve
+
+
+@pytest.fixture(autouse=True)
+def no_user_config(tmp_path, monkeypatch):
+    empty = tmp_path / "empty_launch.toml"
+    empty.write_text("")
+    monkeypatch.setenv("LATENTBRIDGE_LAUNCH_CONFIG", str(empty))
+
+
+def test_user_config_sits_between_defaults_and_command_line(tmp_path):
+    path = tmp_path / "launch.toml"
+    path.write_text(
+        '[submit]\npartition = "gpu"\naccount = "proj"\ntime = 90\ngpus_per_node = 8\n'
+        '[submit.slurm_args]\nmail-type = "END"\nexclusive = true\n'
+    )
+    file_settings, found = load_user_config(str(path))
+    assert found == path
+    settings = resolve({"partition": "urgent", "time": None, "slurm_args": {"mail-type": "FAIL"}}, file_settings)
+    assert settings["partition"] == "urgent"  # command line wins
+    assert settings["account"] == "proj" and settings["time"] == "90" and settings["gpus_per_node"] == 8  # file
+    assert settings["max_timeouts"] == 3 and settings["cluster"] == "auto"  # defaults
+    assert settings["slurm_args"] == {"mail-type": "FAIL", "exclusive": True}
+
+
+def test_user_config_errors_name_the_file_and_key(tmp_path):
+    path = tmp_path / "launch.toml"
+    path.write_text('[submit]\npartitoin = "gpu"\n')
+    with pytest.raises(UserConfigError, match="partitoin"):
+        load_user_config(str(path))
+    path.write_text("[submit]\nnodes = \"two\"\n")
+    with pytest.raises(UserConfigError, match="nodes"):
+        load_user_config(str(path))
+    with pytest.raises(UserConfigError, match="does not exist"):
+        load_user_config(str(tmp_path / "missing.toml"))
+
+
+@pytest.mark.parametrize(
+    "text,minutes",
+    [("90", 90), ("1:30", 2), ("02:00:00", 120), ("1-00", 1440), ("1-02:30", 1590), ("0-00:00:30", 1)],
+)
+def test_slurm_time_formats(text, minutes):
+    assert parse_slurm_time(text) == minutes
+
+
+def test_bad_time_and_slurm_args():
+    with pytest.raises(ResourceError):
+        parse_slurm_time("soon")
+    assert parse_slurm_args(["mail-type=END", "--exclusive", "gres_flags=enforce-binding"]) == {
+        "mail-type": "END",
+        "exclusive": True,
+        "gres-flags": "enforce-binding",
+    }
+
+
+def _fake_nvidia_smi(folder: Path, gpus: int) -> None:
+    script = folder / "nvidia-smi"
+    lines = "".join(f'echo "GPU {i}: Fake (UUID: GPU-{i})"\n' for i in range(gpus))
+    script.write_text("#!/bin/sh\n" + lines)
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+
+
+def test_local_gpu_detection_order(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.delenv("NUM_GPUS", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "nobin"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert detect_local_gpus()[0] == 1  # nothing found: one task on the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert detect_local_gpus() == (2, "torch")
+    (tmp_path / "bin").mkdir()
+    _fake_nvidia_smi(tmp_path / "bin", 3)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + "/usr/bin:/bin")
+    assert detect_local_gpus() == (3, "nvidia-smi")
+    monkeypatch.setenv("NUM_GPUS", "5")
+    assert detect_local_gpus() == (5, "NUM_GPUS")
+
+
+def test_one_task_per_gpu_on_slurm():
+    settings = resolve({"partition": "gpu", "slurm_args": {}}, {})
+    res = resources_for(settings, suite_tasks=None, cluster="slurm")
+    assert (res.tasks_per_node, res.gpus_per_node, res.nodes) == (4, 4, 1)
+    assert resources_for(settings, suite_tasks=1, cluster="slurm").gpus_per_node == 1  # a suite fixing tasks
+    two_nodes = resources_for(resolve({"nodes": 2, "gpus_per_node": 2, "slurm_args": {}}, {}), None, "slurm")
+    assert two_nodes.num_tasks == 4
+    with pytest.raises(ResourceError, match="needs Slurm"):
+        resources_for(resolve({"nodes": 2, "slurm_args": {}}, {}), None, "local")
+
+
+@pytest.fixture
+def three_run_suite(monkeypatch):
+    source, target = "tiny-source", "tiny-target"  # never loaded: dry runs only
+    suite = Suite(
+        name="unit_three",
+        description="three tiny runs",
+        base={"source_model": source, "target_model": target, "train.steps": 2},
+        runs={"a": {"seed": 1}, "b": {"seed": 2}, "c": {"seed": 3}},
+        tasks=None,
+    )
+    monkeypatch.setitem(SUITES, suite.name, suite)
+    return suite
+
+
+def test_dry_run_prints_the_sbatch_array_and_submits_nothing(three_run_suite, tmp_path, capsys):
+    runs_dir = tmp_path / "runs"
+    rc = cli.main(
+        ["submit", "--suite", "unit_three", "--cluster", "slurm", "--runs-dir", str(runs_dir), "--dry-run",
+         "--partition", "gpu", "--account", "proj", "--qos", "high", "--time", "02:00:00", "--mem", "64G",
+         "--constraint", "a100", "--slurm-arg", "mail-type=END", "--array-parallelism", "2", "--gpus-per-node", "4"]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    for line in ("--partition=gpu", "--account=proj", "--qos=high", "--time=120", "--mem=64G",
+                 "--constraint=a100", "--mail-type=END", "--array=0-2%2", "--gpus-per-node=4",
+                 "--ntasks-per-node=4", "--signal=USR2@90", "--kill-on-bad-exit=1"):
+        assert line in out, line
+    assert "# waits for the results: no" in out  # an array on Slurm returns at once
+    assert not runs_dir.exists()
+
+
+def test_bad_settings_fail_with_a_message(three_run_suite, tmp_path, capsys):
+    rc = cli.main(["submit", "--suite", "unit_three", "--dry-run", "--time", "later"])
+    assert rc == 2 and "--time 'later'" in capsys.readouterr().err
+    rc = cli.main(["submit", "--suite", "nope", "--dry-run"])
+    assert rc == 2 and "unknown suite" in capsys.readouterr().err
+    rc = cli.main(["status", "--runs-dir", str(tmp_path / "none")])
+    assert rc == 2 and "no submission yet" in capsys.readouterr().err

@@ -1,0 +1,52 @@
+"""`python launch submit --cluster local`: through submitit's local executor, waiting for the result."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+from conftest import TINY_RUN
+
+from launch import cli
+from launch.record import find
+from launch.suites import SUITES, Suite
+
+
+@pytest.fixture(autouse=True)
+def no_user_config(tmp_path, monkeypatch):
+    (tmp_path / "launch.toml").write_text("")
+    monkeypatch.setenv("LATENTBRIDGE_LAUNCH_CONFIG", str(tmp_path / "launch.toml"))
+    monkeypatch.delenv("NUM_GPUS", raising=False)
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        rc = cli.main(argv)
+    return rc, buffer.getvalue()
+
+
+def test_local_submit_waits_and_prints_the_mlflow_run(tiny_pair, mlflow_store, tmp_path, monkeypatch):
+    source, target = tiny_pair
+    base = {**dict(item.split("=", 1) for item in TINY_RUN), "source_model": source, "target_model": target,
+            "data.num_shots": "0"}
+    monkeypatch.setitem(SUITES, "local_one", Suite("local_one", "one tiny run", base, {"main": {}}, tasks=None))
+    runs_dir = tmp_path / "runs"
+    rc, out = _cli(["submit", "--suite", "local_one", "--cluster", "local", "--runs-dir", str(runs_dir),
+                    "--wait-timeout", "240"])
+    assert rc == 0, out
+    sub = find(runs_dir)
+    run_id = sub.runs[0].mlflow_run_id
+    assert f"local_one/main: FINISHED; MLflow run id {run_id}" in out
+    assert f"mlflow ui --backend-store-uri {mlflow_store}" in out
+    assert "1 task(s) (default (no GPU found" in out  # NUM_GPUS, nvidia-smi, torch, then 1
+
+    from registry.store import client
+
+    run = client().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["code_dir"] == sub.snapshot["root"] == run.data.tags["code_snapshot"]
+    assert sorted(m.step for m in client().get_metric_history(run_id, "loss")) == list(range(1, 7))
+    rc, out = _cli(["status", "--runs-dir", str(runs_dir)])
+    assert rc == 0 and "COMPLETED" in out and "FINISHED" in out, out
