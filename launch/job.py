@@ -243,9 +243,13 @@ class TrainJob(submitit.helpers.Checkpointable):
             if spec.preserve and RUN_STATUS.get(result.status) == "FINISHED":
                 from registry.preserve import preserve
 
-                archived = preserve(run_id)
-                preserved = f"{archived.model} version {archived.version}: {archived.verdict.verdict}"
-                log.info("preserved as %s", preserved)
+                try:
+                    archived = preserve(run_id)
+                    preserved = f"{archived.model} version {archived.version}: {archived.verdict} ({archived.rule})"
+                    log.info("preserved as %s", preserved)
+                except Exception as error:  # noqa: BLE001 - the run itself succeeded; say why it was not archived
+                    preserved = f"NOT preserved: {error}"
+                    log.exception("preserving run %s failed", run_id)
         world, backend = distributed.world_size(), _backend()
         if distributed.is_distributed():
             import torch.distributed as dist
