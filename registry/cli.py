@@ -1,4 +1,4 @@
-"""`python -m registry preserve|promote|list|reproduce|analyze|summarize`: the archive's command line.
+"""`python -m registry preserve|promote|list|reproduce|analyze|summarize|import`: the archive's command line.
 
   preserve RUN_ID...                     archive finished runs as registered model versions
   promote MODEL VERSION --alias NAME     set an alias; --force --reason "..." against the verdict
@@ -6,6 +6,7 @@
   reproduce models:/NAME@ALIAS           reload a version and re-answer its archived questions
   analyze --suite NAME --out DIR         tables, figures, LaTeX of a suite, logged to MLflow
   summarize PATH...                      valid / invalid / correct answers per eval JSONL
+  import FOLDER...                       replay FileReporter run records into MLflow runs (idempotent)
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("summarize", help="valid, invalid and correct answers per eval JSONL")
     p.add_argument("paths", nargs="+", metavar="PATH", help="eval JSONL files or folders")
     p.add_argument("--json", action="store_true")
+
+    p = commands.add_parser("import", help="replay FileReporter run records (params.json, metrics.jsonl, ...) into MLflow runs")
+    p.add_argument("folders", nargs="+", metavar="FOLDER", help="a record folder, or a folder holding records below it")
+    p.add_argument("--experiment", help="MLflow experiment (default: each run's suite)")
     return parser
 
 
@@ -139,6 +144,15 @@ def _summarize(args) -> int:
     return 0
 
 
+def _import(args) -> int:
+    from registry.import_runs import import_records
+
+    for done in import_records(args.folders, args.experiment):
+        state = "imported as" if done.created else "already imported as"
+        print(f"{done.folder}: {state} run {done.run_id} ({done.name}, {done.status})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -149,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(noisy).setLevel(logging.ERROR)
     handler = {
         "preserve": _preserve, "promote": _promote, "list": _list, "reproduce": _reproduce,
-        "analyze": _analyze, "summarize": _summarize,
+        "analyze": _analyze, "summarize": _summarize, "import": _import,
     }[args.command]
     try:
         return handler(args)

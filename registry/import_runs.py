@@ -1,0 +1,191 @@
+"""Replay run records written by `latentbridge.reporting.FileReporter` into MLflow runs.
+
+A record is a folder, written where no MLflow store could be reached (a GPU machine, say):
+
+    params.json     the flat run config (the params)
+    metrics.jsonl   one {"key", "value", "step"} a line, with the steps the run logged
+    tags.json       tags (optional)
+    status.json     {"status", "start_time", "end_time"} (optional; times in ms since the epoch)
+    artifacts/      files the run logged, under their artifact paths (evals/, test/, ...)
+
+`import_record` makes one new MLflow run from it in the project store (experiment: the run's
+suite, as the launcher names them, unless one is given): params, every metric point at its
+original step (when a step was logged twice, as a resumed run does, the last line wins),
+tags, artifacts, and the recorded status (FINISHED when the folder records none).
+
+Importing is idempotent: the run carries the tag `latentbridge.import_digest`, a sha256 over the
+record's contents (params, metrics, tags, status and every artifact file, by relative path), so
+importing the same record again -- from any path or machine -- finds that run and changes
+nothing. A record whose contents changed is a different record and becomes a new run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities import RunStatus
+
+from registry.errors import RegistryError
+from registry.reporter import MlflowReporter
+from registry.store import DEFAULT_EXPERIMENT, client, experiment_id, with_retries
+
+log = logging.getLogger(__name__)
+
+DIGEST_TAG = "latentbridge.import_digest"
+SOURCE_TAG = "latentbridge.imported_from"
+RECORD_FILES = ("params.json", "metrics.jsonl", "tags.json", "status.json")
+TERMINAL = {"FINISHED", "FAILED", "KILLED"}
+
+
+class RecordError(RegistryError):
+    """A folder is not a readable run record."""
+
+
+@dataclass(frozen=True)
+class Imported:
+    folder: Path
+    run_id: str
+    created: bool  # False: the record was imported before; nothing changed
+    status: str
+    name: str
+
+
+# --------------------------------------------------------------------------- reading a record
+def is_record(folder: Path) -> bool:
+    return (Path(folder) / "params.json").is_file()
+
+
+def find_records(paths: list[Path] | tuple[Path, ...]) -> list[Path]:
+    """Each path that is a record, and every record below each path that is not (sorted)."""
+    found: list[Path] = []
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise RecordError(f"{path} does not exist")
+        if is_record(path):
+            found.append(path)
+            continue
+        below = sorted(p.parent for p in path.rglob("params.json") if "artifacts" not in p.relative_to(path).parts)
+        if not below:
+            raise RecordError(f"{path} holds no run record (no params.json in it or below it)")
+        found.extend(below)
+    return found
+
+
+def _json(path: Path, default):
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise RecordError(f"{path}: not valid JSON ({error})") from None
+
+
+def read_metrics(path: Path) -> list[tuple[str, float, int]]:
+    """(key, value, step) in file order, the last line winning for a repeated (key, step)."""
+    if not path.is_file():
+        return []
+    points: dict[tuple[str, int], float] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            key, value, step = str(record["key"]), float(record["value"]), int(record["step"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise RecordError(f"{path}:{number}: not a metric line ({error})") from None
+        points.pop((key, step), None)  # re-insert: keeps the order of the last occurrence
+        points[(key, step)] = value
+    return [(key, value, step) for (key, step), value in points.items()]
+
+
+def record_digest(folder: Path) -> str:
+    """sha256 over the record's files (names and bytes): the record's identity."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    files = [folder / name for name in RECORD_FILES if (folder / name).is_file()]
+    artifacts = folder / "artifacts"
+    if artifacts.is_dir():
+        files += sorted(p for p in artifacts.rglob("*") if p.is_file())
+    for path in files:
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- importing
+def find_imported(digest: str) -> str | None:
+    """The id of the run already imported from a record with this digest, if any."""
+    mlflow_client = client()
+    experiments = [e.experiment_id for e in mlflow_client.search_experiments()]
+    if not experiments:
+        return None
+    runs = with_retries(
+        lambda: mlflow_client.search_runs(experiments, filter_string=f"tags.`{DIGEST_TAG}` = '{digest}'", max_results=5),
+        "search imported runs",
+    )
+    return min(runs, key=lambda r: r.info.start_time or 0).info.run_id if runs else None
+
+
+def import_record(folder: Path, experiment: str | None = None) -> Imported:
+    """One MLflow run from the record in `folder` (or the run it already became)."""
+    folder = Path(folder)
+    if not is_record(folder):
+        raise RecordError(f"{folder} is not a run record (no params.json)")
+    params = _json(folder / "params.json", {})
+    tags = {str(k): str(v) for k, v in _json(folder / "tags.json", {}).items()}
+    status_record = _json(folder / "status.json", {})
+    status = str(status_record.get("status", "FINISHED")).upper()
+    try:
+        RunStatus.from_string(status)
+    except Exception:  # noqa: BLE001 - mlflow raises a bare Exception subclass
+        raise RecordError(f"{folder}/status.json: unknown run status {status!r}") from None
+    metrics = read_metrics(folder / "metrics.jsonl")
+    name = str(params.get("name") or folder.name)
+    digest = record_digest(folder)
+    existing = find_imported(digest)
+    if existing:
+        found = with_retries(lambda: client().get_run(existing), "read run")
+        return Imported(folder, existing, False, found.info.status, name)
+
+    mlflow_client = client()
+    exp = experiment or params.get("suite") or tags.get("suite") or DEFAULT_EXPERIMENT
+    run_tags = {**tags, DIGEST_TAG: digest, SOURCE_TAG: str(folder.resolve())}
+    start = status_record.get("start_time")
+    run = with_retries(
+        lambda: mlflow_client.create_run(experiment_id(exp), start_time=int(start) if start else None,
+                                         tags={k: v for k, v in run_tags.items() if v != ""}, run_name=name),
+        "create run",
+    )
+    run_id = run.info.run_id
+    try:
+        reporter = MlflowReporter(run_id)
+        if params:
+            reporter.log_params(params)
+        by_step: dict[int, dict[str, float]] = {}
+        for key, value, step in metrics:
+            by_step.setdefault(step, {})[key] = value
+        for step in sorted(by_step):
+            reporter.log_metrics(by_step[step], step)
+        artifacts = folder / "artifacts"
+        if artifacts.is_dir() and any(artifacts.iterdir()):
+            with_retries(lambda: mlflow_client.log_artifacts(run_id, str(artifacts)), "log artifacts")
+    except BaseException:
+        with_retries(lambda: mlflow_client.delete_run(run_id), "delete half-imported run")
+        raise
+    end = status_record.get("end_time")
+    if status in TERMINAL:
+        with_retries(lambda: mlflow_client.set_terminated(run_id, status=status, end_time=int(end) if end else None),
+                     "close run")
+    else:
+        with_retries(lambda: mlflow_client.update_run(run_id, status=status), "set status")
+    log.info("imported %s as run %s (%s, %d metric points)", folder, run_id, status, len(metrics))
+    return Imported(folder, run_id, True, status, name)
+
+
+def import_records(paths, experiment: str | None = None) -> list[Imported]:
+    return [import_record(folder, experiment) for folder in find_records([Path(p) for p in paths])]

@@ -1,0 +1,107 @@
+"""`python -m registry import`: FileReporter records replayed into MLflow runs, idempotently."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from latentbridge.reporting import FileReporter
+
+
+@pytest.fixture
+def record(tmp_path, tiny_config):
+    """A tiny run trained with FileReporter: the record a GPU machine without MLflow writes."""
+    from latentbridge.train import train
+
+    folder = tmp_path / "records" / "tiny"
+    config = tiny_config.override("name=tiny", "suite=import-suite")
+    reporter = FileReporter(folder)
+    reporter.set_tags({"suite": "import-suite", "device": "test"})
+    result = train(config, tmp_path / "run", reporter)
+    assert result.status == "FINISHED"
+    return folder
+
+
+def _history(client, run_id, key):
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_import_replays_params_metrics_tags_and_artifacts(record, mlflow_store):
+    from registry.import_runs import DIGEST_TAG, import_record
+    from registry.store import client
+
+    done = import_record(record)
+    assert done.created and done.status == "FINISHED" and done.name == "tiny"
+    mlflow_client = client()
+    run = mlflow_client.get_run(done.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "tiny"
+    assert mlflow_client.get_experiment(run.info.experiment_id).name == "import-suite"
+    params = json.loads((record / "params.json").read_text())
+    assert run.data.params == {k: str(v) for k, v in params.items()}
+    assert run.data.tags["device"] == "test" and run.data.tags[DIGEST_TAG]
+    # every metric point at its original step
+    lines = [json.loads(line) for line in (record / "metrics.jsonl").read_text().splitlines()]
+    for key in ("bridged_accuracy", "loss", "prompt_tokens_mean"):
+        expected = sorted((p["step"], p["value"]) for p in lines if p["key"] == key)
+        assert _history(mlflow_client, done.run_id, key) == pytest.approx(expected)
+    assert [s for s, _ in _history(mlflow_client, done.run_id, "bridged_accuracy")] == [0, 3, 6]
+    listed = {a.path for a in mlflow_client.list_artifacts(done.run_id, "evals")}
+    assert listed == {f"evals/{p.name}" for p in (record / "artifacts" / "evals").iterdir()}
+    assert {a.path for a in mlflow_client.list_artifacts(done.run_id, "translator")} >= {"translator/translator.json"}
+
+
+def test_import_is_idempotent_by_content_not_path(record, mlflow_store, tmp_path):
+    from registry.import_runs import import_record
+    from registry.store import client
+
+    first = import_record(record)
+    again = import_record(record)
+    copy = shutil.copytree(record, tmp_path / "elsewhere" / "tiny")
+    moved = import_record(copy)
+    assert not again.created and not moved.created
+    assert first.run_id == again.run_id == moved.run_id
+    runs = client().search_runs([e.experiment_id for e in client().search_experiments()])
+    assert len(runs) == 1
+
+
+def test_recorded_status_and_a_repeated_step(tmp_path, mlflow_store):
+    """status.json decides the status; a (key, step) logged twice keeps its last value."""
+    from registry.import_runs import import_record
+    from registry.store import client
+
+    folder = tmp_path / "failed"
+    reporter = FileReporter(folder)
+    reporter.log_params({"name": "broken", "suite": "import-suite", "translator.num_tokens": 4})
+    reporter.log_metrics({"loss": 3.0}, 1)
+    reporter.log_metrics({"loss": 2.0}, 2)
+    reporter.log_metrics({"loss": 2.5}, 2)  # a resumed run logging step 2 again
+    (folder / "status.json").write_text(json.dumps({"status": "FAILED", "start_time": 1_700_000_000_000,
+                                                    "end_time": 1_700_000_060_000}))
+    done = import_record(folder)
+    run = client().get_run(done.run_id)
+    assert run.info.status == "FAILED" and done.status == "FAILED"
+    assert run.info.start_time == 1_700_000_000_000 and run.info.end_time == 1_700_000_060_000
+    assert _history(client(), done.run_id, "loss") == [(1, 3.0), (2, 2.5)]
+
+
+def test_cli_imports_every_record_below_a_folder_and_preserve_accepts_it(record, mlflow_store, tmp_path, capsys):
+    from registry.cli import main
+    from registry.import_runs import import_record
+    from registry.preserve import preserve
+
+    assert main(["import", str(record.parent)]) == 0
+    out = capsys.readouterr().out
+    assert "imported as run" in out and "already" not in out
+    assert main(["import", str(record)]) == 0
+    assert "already imported as run" in capsys.readouterr().out
+    done = preserve(import_record(record).run_id)  # an imported run is a normal finished run
+    assert done.created and done.verdict
+
+
+def test_not_a_record_is_refused(tmp_path, mlflow_store):
+    from registry.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["import", str(tmp_path / "empty")]) == 2
