@@ -15,8 +15,8 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from latentbridge import distributed
-from latentbridge.bridge import Bridge, build_inputs
+from latentbridge import baseline_cache, distributed, generation
+from latentbridge.bridge import Bridge, build_inputs, tokenize
 from latentbridge.config import EvalConfig
 from latentbridge.data import Example
 from latentbridge.generation import generate
@@ -35,16 +35,30 @@ class Evaluation:
 
 
 def _answer(
-    questions: Sequence[str], make_inputs: Callable, lm: FrozenLM, config: EvalConfig, label: str
+    questions: Sequence[str],
+    make_inputs: Callable,
+    lm: FrozenLM,
+    config: EvalConfig,
+    label: str,
+    lengths: Sequence[int] | None = None,
 ) -> dict[int, str]:
-    """This rank's share of `questions` answered in batches: {question index: output}."""
+    """This rank's share of `questions` answered in batches: {question index: output}.
+
+    With `lengths` (prompt tokens per question) batches are bucketed: longest first, so each
+    batch pads little and the static cache is sized for one length range at a time.
+    """
     mine = distributed.shard(list(questions))
+    if lengths is not None:
+        mine = sorted(mine, key=lambda i: (-lengths[i], i))
     outputs: dict[int, str] = {}
     batches = range(0, len(mine), config.batch_size)
-    for start in tqdm(batches, desc=label, disable=not distributed.is_main(), leave=False):
-        indices = mine[start : start + config.batch_size]
-        texts = generate(lm, make_inputs([questions[i] for i in indices]), config.max_new_tokens)
-        outputs.update(zip(indices, texts))
+    try:
+        for start in tqdm(batches, desc=label, disable=not distributed.is_main(), leave=False):
+            indices = mine[start : start + config.batch_size]
+            texts = generate(lm, make_inputs([questions[i] for i in indices]), config.max_new_tokens)
+            outputs.update(zip(indices, texts))
+    finally:
+        generation.release(lm)  # the static cache is not kept through training
     return outputs
 
 
@@ -60,10 +74,18 @@ def _gathered(outputs: dict[int, str]) -> list[str] | None:
 def text_baselines(bridge: Bridge, examples: Sequence[Example], config: EvalConfig) -> dict[str, list[str]] | None:
     """Source-alone and target-alone answers with the full few-shot text prompt."""
     questions = [ex.question for ex in examples]
+    texts = [bridge.prompt(q) for q in questions]
     out = {}
     for name, lm in (("source", bridge.source), ("target", bridge.target)):
+        cached = baseline_cache.load(lm, texts, config.max_new_tokens) if distributed.is_main() else None
+        if distributed.broadcast_from_main(cached is not None):  # every rank skips together
+            out[name] = cached
+            continue
         prompts = lambda qs, lm=lm: build_inputs(lm, [bridge.prompt(q) for q in qs])  # noqa: E731
-        out[name] = _gathered(_answer(questions, prompts, lm, config, f"{name}-alone"))
+        lengths = [len(ids) for ids in tokenize(lm, texts)]
+        out[name] = _gathered(_answer(questions, prompts, lm, config, f"{name}-alone", lengths))
+        if distributed.is_main():
+            baseline_cache.store(lm, texts, config.max_new_tokens, out[name])
     return out if distributed.is_main() else None
 
 

@@ -2,49 +2,560 @@
 
 Every system (source-alone, target-alone, bridged) goes through `generate`, so the
 baselines and the bridge are decoded the same way: pure greedy, no repetition penalty.
+
+The decoder is a hand-written greedy loop over the model's own forward with a static KV
+cache, and it gives the same tokens as `model.generate(do_sample=False)` (tests check this
+token for token):
+
+- prefill: one forward over the left-padded prompt embeddings (soft prefixes included) with
+  position ids counted from each row's first real token, as `generate` does;
+- decode: one token a step into a preallocated cache of `max_len` slots; on CUDA the step is
+  captured once as a CUDA graph and replayed, so a step costs no Python or launch overhead;
+  the causal, padding and sliding-window masks are computed inside the step from a position
+  tensor, so the graph stays valid from step to step;
+- attention: grouped-query attention reads each KV head once (the query heads that share it
+  become rows of one query), never a repeated copy of the cache;
+- stopping: each row stops at EOS or once it has written `#### <number>` and a newline (or
+  starts a new question), checked on the host a chunk of steps behind the GPU; the loop ends
+  when every row has stopped. Finished rows keep stepping (their tokens are discarded), as a
+  static batch must.
+
+`GENERATION_VERSION` names what the outputs depend on; bump it when a change can alter them
+(cached baselines are keyed on it).
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
+import os
 import re
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache, StaticLayer
 
 from latentbridge.bridge import TargetInputs
 from latentbridge.models import FrozenLM
 from latentbridge.scoring import cut_generation
 
+log = logging.getLogger(__name__)
+
+GENERATION_VERSION = "static-greedy-1"
+ATTENTION_NAME = "latentbridge_static"
+GRAPHS_ENV = "LATENTBRIDGE_CUDA_GRAPHS"  # "0" turns CUDA-graph decoding off
+DECODE_ATTENTION_ENV = "LATENTBRIDGE_DECODE_ATTENTION"  # "matmul": two batched products instead of SDPA
+
 _DONE = re.compile(r"####\s*[-+]?[\d,]*\.?\d+\s*\n|\nQ:")
+STOP_WINDOW = 24
+"""The answer-line rule reads the last 24 generated tokens (as `AnswerLineStop` did)."""
 
 
-class AnswerLineStop(StoppingCriteria):
-    """Stop a row once it has written `#### <number>` and a newline, or starts a new question."""
+# --------------------------------------------------------------------------- attention
 
-    def __init__(self, tokenizer, window: int = 24) -> None:
+
+def static_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """SDPA over a static cache with a boolean (B, 1, q, S) mask (True = attend).
+
+    Prefill (q > 1) starts at cache slot 0, so only the first q slots hold keys; decode (q = 1)
+    folds the G query heads that share a KV head into G query rows, so the cache is read once.
+    """
+    if kwargs.get("softcap") is not None:
+        raise NotImplementedError("attention logit soft-capping is not supported by the static decoder")
+    batch, q_heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = q_heads // kv_heads
+    if q_len > 1:
+        key, value = key[:, :, :q_len], value[:, :, :q_len]
+        if groups > 1:
+            key = key[:, :, None].expand(batch, kv_heads, groups, q_len, dim).reshape(batch, q_heads, q_len, dim)
+            value = value[:, :, None].expand(batch, kv_heads, groups, q_len, value.shape[-1])
+            value = value.reshape(batch, q_heads, q_len, -1)
+        mask = attention_mask[..., :q_len] if attention_mask is not None else None
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
+    else:
+        folded = query.reshape(batch, kv_heads, groups, dim)
+        mask = attention_mask.expand(batch, 1, groups, key.shape[2]) if attention_mask is not None else None
+        if os.environ.get(DECODE_ATTENTION_ENV) == "matmul":
+            scores = torch.matmul(folded, key.transpose(-1, -2)) * (scaling if scaling is not None else dim**-0.5)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            out = torch.matmul(scores.float().softmax(-1).to(value.dtype), value)
+        else:
+            out = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, scale=scaling)
+        out = out.reshape(batch, q_heads, 1, -1)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION_NAME, static_attention)
+
+
+class _use_static_attention:
+    """Point every config of `model` at `static_attention` for the duration of a block."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        configs = {id(model.config): model.config}
+        for module in model.modules():
+            config = getattr(module, "config", None)
+            if config is not None and hasattr(config, "_attn_implementation"):
+                configs[id(config)] = config
+        self.configs = list(configs.values())
+
+    def __enter__(self) -> None:
+        self.saved = [c._attn_implementation for c in self.configs]
+        for c in self.configs:
+            c._attn_implementation = ATTENTION_NAME
+
+    def __exit__(self, *exc) -> None:
+        for c, saved in zip(self.configs, self.saved):
+            c._attn_implementation = saved
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """transformers >= 5.2x calls the cache `cache`; earlier 5.x `past_key_values`."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+@dataclass
+class _Engine:
+    """A static KV cache, the decode buffers and (on CUDA) the captured decode step for one
+    model, batch size and cache length."""
+
+    model: torch.nn.Module
+    batch: int
+    max_len: int
+    device: torch.device
+    use_graph: bool
+    graph: object | None = None
+    graph_failed: bool = False
+
+    def __post_init__(self) -> None:
+        text = self.model.config.get_text_config()
+        layer_types = list(getattr(text, "layer_types", None) or [])
+        self.window = getattr(text, "sliding_window", None) if "sliding_attention" in layer_types else None
+        self.mapping = bool(layer_types) and "sliding_attention" in layer_types
+        # every layer full-length: sliding windows are applied by the mask, as a dynamic cache does
+        self.cache = Cache(layers=[StaticLayer(max_cache_len=self.max_len) for _ in range(text.num_hidden_layers)])
+        self.cache_arg = _cache_argument(self.model)
+        dev = self.device
+        self.valid = torch.zeros(self.batch, self.max_len, dtype=torch.bool, device=dev)
+        self.slots = torch.arange(self.max_len, device=dev)
+        self.cache_pos = torch.zeros((), dtype=torch.long, device=dev)
+        self.positions = torch.zeros(self.batch, 1, dtype=torch.long, device=dev)
+        self.tokens = torch.zeros(self.batch, 1, dtype=torch.long, device=dev)
+        self.step_index = torch.zeros(1, dtype=torch.long, device=dev)
+        self.out = torch.zeros(self.batch, self.max_len, dtype=torch.long, device=dev)
+
+    # ------------------------------------------------------------------ masks
+    def _layer_masks(self, full: torch.Tensor, sliding: torch.Tensor | None):
+        if not self.mapping:
+            return full
+        return {"full_attention": full, "sliding_attention": sliding}
+
+    def _prefill_masks(self, mask: torch.Tensor):
+        length = mask.shape[1]
+        rows = torch.arange(length, device=self.device)
+        causal = rows[None, :] <= rows[:, None]
+        # a padding query attends to itself alone, so no row is empty (an empty row gives NaN keys)
+        full = (mask.bool()[:, None, None, :] & causal) | torch.eye(length, dtype=torch.bool, device=self.device)
+        sliding = None
+        if self.mapping:
+            near = rows[None, :] > rows[:, None] - self.window
+            sliding = full & near | torch.eye(length, dtype=torch.bool, device=self.device)
+        return self._layer_masks(full, sliding)
+
+    def _decode_masks(self):
+        valid = self.valid & (self.slots <= self.cache_pos)
+        sliding = None
+        if self.mapping:
+            sliding = (valid & (self.slots > self.cache_pos - self.window))[:, None, None, :]
+        return self._layer_masks(valid[:, None, None, :], sliding)
+
+    # ------------------------------------------------------------------ steps
+    def _forward(self, **inputs):
+        return self.model(use_cache=True, logits_to_keep=1, **{self.cache_arg: self.cache}, **inputs)
+
+    def prefill(self, embeds: torch.Tensor, mask: torch.Tensor) -> None:
+        """Run the prompt; leaves the first new token in `out[:, 0]` and the state at step 1."""
+        for layer in self.cache.layers:
+            layer.reset()
+        length = embeds.shape[1]
+        self.valid.zero_()
+        self.valid[:, :length] = mask.bool()
+        self.valid[:, length:] = True
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        logits = self._forward(inputs_embeds=embeds, attention_mask=self._prefill_masks(mask), position_ids=positions).logits
+        first = logits[:, -1].argmax(-1, keepdim=True)
+        self.tokens.copy_(first)
+        self.out[:, :1] = first
+        self.positions.copy_(positions[:, -1:] + 1)
+        self.cache_pos.fill_(length)
+        self.step_index.fill_(1)
+
+    def _step(self) -> None:
+        logits = self._forward(input_ids=self.tokens, attention_mask=self._decode_masks(), position_ids=self.positions).logits
+        chosen = logits[:, -1].argmax(-1, keepdim=True)
+        self.tokens.copy_(chosen)
+        self.out.index_copy_(1, self.step_index, chosen)
+        self.positions.add_(1)
+        self.cache_pos.add_(1)
+        self.step_index.add_(1)
+
+    def decode(self, steps: int) -> None:
+        """`steps` greedy steps, queued without waiting (the graph replays asynchronously)."""
+        if steps <= 0:
+            return
+        if not self.use_graph or self.graph_failed:
+            for _ in range(steps):
+                self._step()
+            return
+        if self.graph is None:
+            self._capture()  # runs one real step while warming up
+            steps -= 1
+        for _ in range(steps):
+            self.graph.replay()
+
+    def _capture(self) -> None:
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._step()  # warm-up on a side stream: a real step
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._step()  # recorded, not run: the state stays after the warm-up step
+        except Exception as error:  # pragma: no cover - depends on the model code
+            log.warning("CUDA-graph capture failed (%s); decoding eagerly", error)
+            self.graph_failed = True
+            return
+        self.graph = graph
+
+    @property
+    def per_token_kv_bytes(self) -> int:
+        """Bytes one token occupies in this cache, all layers, keys and values (GQA as stored)."""
+        total = 0
+        for layer in self.cache.layers:
+            if getattr(layer, "is_initialized", False):
+                total += (layer.keys[0, :, 0].numel() + layer.values[0, :, 0].numel()) * layer.keys.element_size()
+        return total
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(
+            layer.keys.nbytes + layer.values.nbytes
+            for layer in self.cache.layers
+            if getattr(layer, "is_initialized", False)
+        )
+
+
+_ENGINES: "weakref.WeakKeyDictionary[torch.nn.Module, _Engine]" = weakref.WeakKeyDictionary()
+
+
+def _graphs_wanted(device: torch.device, graphs: bool | None) -> bool:
+    if device.type != "cuda":
+        return False
+    if graphs is not None:
+        return graphs
+    return os.environ.get(GRAPHS_ENV, "1") != "0"
+
+
+def _engine(model: torch.nn.Module, batch: int, need: int, device: torch.device, graphs: bool) -> _Engine:
+    """The model's engine if it fits (same batch, enough slots, at most a quarter spare), else a new one."""
+    current = _ENGINES.get(model)
+    if (
+        current is not None
+        and current.batch == batch
+        and current.use_graph == graphs
+        and need <= current.max_len <= need + max(need // 4, 128)
+    ):
+        return current
+    release(model)
+    max_len = _round_up(need, 128) if device.type == "cuda" else need
+    engine = _Engine(model=model, batch=batch, max_len=max_len, device=device, use_graph=graphs)
+    _ENGINES[model] = engine
+    return engine
+
+
+def release(model_or_lm: torch.nn.Module | FrozenLM | None = None) -> None:
+    """Free the static cache and graph kept for a model (all models when None)."""
+    if model_or_lm is None:
+        _ENGINES.clear()
+    else:
+        model = getattr(model_or_lm, "model", model_or_lm)
+        try:
+            _ENGINES.pop(model, None)
+        except TypeError:  # not weak-referenceable: it never had an engine
+            pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+class AnswerLineRule:
+    """Per-row stop rule: EOS, or the answer line / a new question in the last 24 tokens.
+
+    The regex can only start matching at a step whose new token carries a newline or a colon
+    (or decodes to nothing / a partial character), so only those steps decode the window.
+    """
+
+    def __init__(self, tokenizer, eos_ids: Sequence[int] = ()) -> None:
         self.tokenizer = tokenizer
-        self.window = window
+        self.eos = set(int(e) for e in eos_ids)
+        self._piece: dict[int, bool] = {}
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        tails = self.tokenizer.batch_decode(input_ids[:, -self.window :], skip_special_tokens=True)
-        return torch.tensor([bool(_DONE.search(t)) for t in tails], device=input_ids.device)
+    def _may_end_match(self, token: int) -> bool:
+        hit = self._piece.get(token)
+        if hit is None:
+            text = self.tokenizer.decode([token], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            hit = not text or "\n" in text or ":" in text or "\ufffd" in text
+            self._piece[token] = hit
+        return hit
+
+    def __call__(self, row: list[int]) -> bool:
+        """Whether the row stops at its last token."""
+        token = row[-1]
+        if token in self.eos:
+            return True
+        if self.tokenizer is None or not self._may_end_match(token):
+            return False
+        tail = self.tokenizer.decode(row[-STOP_WINDOW:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return bool(_DONE.search(tail))
+
+
+def eos_ids_of(model: torch.nn.Module, tokenizer=None) -> list[int]:
+    """The EOS ids `generate` would stop at (the generation config's, else the tokenizer's)."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None and tokenizer is not None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return []
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class GenerationStats:
+    """What one batch cost. Times in seconds; per-row lists in row order."""
+
+    batch: int
+    prompt_length: int  # padded
+    prompt_tokens: list[int]  # real tokens per row
+    new_tokens: list[int]  # per row, up to and including its stop token
+    steps: int  # decode steps run (finished rows included), first token excluded
+    prefill_s: float  # time to first token
+    decode_s: float
+    graphs: bool
+    cache_len: int
+    cache_bytes: int  # the static cache as allocated (all rows, all slots)
+    per_token_kv_bytes: int  # one token, all layers, keys + values, as stored (GQA counted)
+    peak_memory_bytes: int | None = None
+    row_latency_s: list[float] = field(default_factory=list)
+
+    @property
+    def total_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+    def kv_bytes(self, row: int) -> int:
+        """Cache bytes the row holds at its end (prompt plus its new tokens)."""
+        return (self.prompt_tokens[row] + self.new_tokens[row]) * self.per_token_kv_bytes
+
+    def kv_read_bytes(self, row: int) -> int:
+        """Cache bytes the row's decode steps must read: its context at every step."""
+        p, n = self.prompt_tokens[row], self.new_tokens[row]
+        return sum(p + t for t in range(1, n)) * self.per_token_kv_bytes
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[list[int]]  # new tokens of each row, through its stop token
+    stats: GenerationStats
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
+def generate_tokens(
+    model: torch.nn.Module,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    stop: Callable[[list[int]], bool] | None = None,
+    graphs: bool | None = None,
+    chunk: int | None = None,
+) -> GenerationResult:
+    """Greedy new tokens for a left-padded batch of embeddings.
+
+    `stop(row_tokens)` says whether a row stops at its last token; None runs every row to
+    `max_new_tokens`. `graphs` forces CUDA-graph decoding on or off (default: on for CUDA).
+    """
+    device = inputs_embeds.device
+    use_graph = _graphs_wanted(device, graphs)
+    mask = attention_mask.to(device)
+    real = mask.sum(-1)
+    first_real = int((mask.shape[1] - real.max()).item())
+    embeds, mask = inputs_embeds[:, first_real:], mask[:, first_real:]  # drop all-padding columns
+    if device.type == "cuda":  # align the prompt for the attention kernels: more left padding
+        pad = _round_up(embeds.shape[1], 16) - embeds.shape[1]
+        if pad:
+            embeds = torch.cat([embeds.new_zeros(embeds.shape[0], pad, embeds.shape[2]), embeds], 1)
+            mask = torch.cat([mask.new_zeros(mask.shape[0], pad), mask], 1)
+    batch, length = mask.shape
+    if chunk is None:
+        chunk = 16 if device.type == "cuda" else 4
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    engine = _engine(model, batch, length + max_new_tokens, device, use_graph)
+    rows: list[list[int]] = [[] for _ in range(batch)]
+    finished = [False] * batch
+    finish_step = [max_new_tokens - 1] * batch
+
+    def take(first: int, block: torch.Tensor) -> None:
+        values = block.tolist()
+        for r in range(batch):
+            if finished[r]:
+                continue
+            for offset, token in enumerate(values[r]):
+                rows[r].append(token)
+                if stop is not None and stop(rows[r]):
+                    finished[r] = True
+                    finish_step[r] = first + offset
+                    break
+
+    with _use_static_attention(model):
+        _sync(device)
+        started = time.perf_counter()
+        engine.prefill(embeds.to(next(model.parameters()).dtype), mask)
+        take(0, engine.out[:, :1].cpu())
+        prefill_s = time.perf_counter() - started
+        produced, pending = 1, None
+        host = torch.empty((batch, chunk), dtype=torch.long, pin_memory=device.type == "cuda")
+        spare = torch.empty_like(host)
+        while True:
+            launched = None
+            if produced < max_new_tokens and not all(finished):
+                n = min(chunk, max_new_tokens - produced)
+                engine.decode(n)
+                buf = host[:, :n]
+                buf.copy_(engine.out[:, produced : produced + n], non_blocking=True)
+                event = torch.cuda.Event() if device.type == "cuda" else None
+                if event is not None:
+                    event.record()
+                launched = (produced, buf, event)
+                produced += n
+                host, spare = spare, host  # the next chunk must not overwrite this one
+            if pending is not None:
+                first, buf, event = pending
+                if event is not None:
+                    event.synchronize()
+                take(first, buf)
+            pending = launched
+            if pending is None:
+                break
+        _sync(device)
+        total = time.perf_counter() - started
+
+    decode_s = total - prefill_s
+    steps = produced - 1
+    step_s = decode_s / steps if steps else 0.0
+    tokens = [row[: finish_step[r] + 1] for r, row in enumerate(rows)]
+    stats = GenerationStats(
+        batch=batch,
+        prompt_length=length,
+        prompt_tokens=[int(x) for x in real.tolist()],
+        new_tokens=[len(t) for t in tokens],
+        steps=steps,
+        prefill_s=prefill_s,
+        decode_s=decode_s,
+        graphs=bool(engine.use_graph and engine.graph is not None),
+        cache_len=engine.max_len,
+        cache_bytes=engine.cache_bytes,
+        per_token_kv_bytes=engine.per_token_kv_bytes,
+        peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        row_latency_s=[prefill_s + step_s * (len(t) - 1) for t in tokens],
+    )
+    return GenerationResult(tokens=tokens, stats=stats)
+
+
+def decode_texts(lm: FrozenLM, tokens: Sequence[Sequence[int]]) -> list[str]:
+    texts = lm.tokenizer.batch_decode(
+        [list(t) for t in tokens], skip_special_tokens=True, clean_up_tokenization_spaces=False
+    )
+    return [cut_generation(t) for t in texts]
+
+
+def generate_with_stats(
+    lm: FrozenLM, inputs: TargetInputs, max_new_tokens: int, **options
+) -> tuple[list[str], GenerationResult]:
+    rule = AnswerLineRule(lm.tokenizer, eos_ids_of(lm.model, lm.tokenizer))
+    result = generate_tokens(lm.model, inputs.inputs_embeds, inputs.attention_mask, max_new_tokens, stop=rule, **options)
+    return decode_texts(lm, result.tokens), result
+
+
 def generate(lm: FrozenLM, inputs: TargetInputs, max_new_tokens: int) -> list[str]:
     """Greedy continuations of a left-padded batch of input embeddings, cut at the next question."""
-    tok = lm.tokenizer
-    out = lm.model.generate(
-        inputs_embeds=inputs.inputs_embeds,
-        attention_mask=inputs.attention_mask,
+    return generate_with_stats(lm, inputs, max_new_tokens)[0]
+
+
+# --------------------------------------------------------------------------- the reference
+
+
+@torch.no_grad()
+def plain_generate_tokens(
+    model: torch.nn.Module,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    eos_ids: Sequence[int] | None = None,
+    stopping_criteria=None,
+    min_new_tokens: int | None = None,
+) -> torch.Tensor:
+    """transformers' own greedy `generate` on the same inputs: the reference the tests and
+    the bench compare against. Rows that stop early are padded with the pad id."""
+    config = model.generation_config
+    return model.generate(
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
         max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
         do_sample=False,
         temperature=None,
         top_p=None,
         top_k=None,
         repetition_penalty=None,
-        pad_token_id=tok.pad_token_id,
-        stopping_criteria=StoppingCriteriaList([AnswerLineStop(tok)]),
+        eos_token_id=list(eos_ids) if eos_ids is not None else config.eos_token_id,
+        pad_token_id=config.pad_token_id if config.pad_token_id is not None else 0,
+        stopping_criteria=stopping_criteria,
     )
-    texts = tok.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    return [cut_generation(t) for t in texts]

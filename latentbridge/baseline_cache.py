@@ -1,0 +1,130 @@
+"""Text-baseline outputs cached per (model, prompts, generation settings), across evaluations and runs.
+
+Source-alone and target-alone answers depend only on the model's weights and tokenizer, the
+exact prompts, `max_new_tokens`, the dtype and device kind, and the decoding code, so a run
+that evaluates the same questions with the same models reuses them instead of generating
+~250 tokens for every question again. The key is a sha256 of all of those; the weights enter
+as a fingerprint of sampled values of every parameter (any retrained or re-quantized weights
+change it). Entries live in `models.cache_root()/baselines/<key>.json`, written atomically.
+`LATENTBRIDGE_BASELINE_CACHE=0` turns the cache off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from latentbridge.generation import GENERATION_VERSION
+from latentbridge.models import FrozenLM, cache_root
+
+log = logging.getLogger(__name__)
+
+ENV = "LATENTBRIDGE_BASELINE_CACHE"
+_FINGERPRINTS: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def directory() -> Path:
+    return cache_root() / "baselines"
+
+
+@torch.no_grad()
+def weights_fingerprint(model: torch.nn.Module, samples: int = 1024) -> str:
+    """sha256 over every parameter's name, shape, dtype and `samples` evenly strided values."""
+    cached = _FINGERPRINTS.get(model)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        flat = param.detach().reshape(-1)
+        step = max(1, flat.numel() // samples)
+        values = flat[::step][:samples].float().cpu().numpy().tobytes()
+        digest.update(f"{name}|{tuple(param.shape)}|{param.dtype}|".encode())
+        digest.update(values)
+    result = digest.hexdigest()
+    _FINGERPRINTS[model] = result
+    return result
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    extras = f"{type(tokenizer).__name__}|{tokenizer.bos_token}|{tokenizer.eos_token}|{tokenizer.pad_token}"
+    return hashlib.sha256((text + extras).encode()).hexdigest()
+
+
+def prompts_digest(prompts: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()
+
+
+def key_material(lm: FrozenLM, prompts: Sequence[str], max_new_tokens: int) -> dict[str, str | int]:
+    return {
+        "model": lm.name,
+        "weights": weights_fingerprint(lm.model),
+        "tokenizer": tokenizer_fingerprint(lm.tokenizer),
+        "dtype": str(lm.dtype),
+        "device": lm.device.type,
+        "prompts": prompts_digest(prompts),
+        "num_prompts": len(prompts),
+        "max_new_tokens": int(max_new_tokens),
+        "generation": GENERATION_VERSION,
+    }
+
+
+def cache_key(lm: FrozenLM, prompts: Sequence[str], max_new_tokens: int) -> str:
+    material = key_material(lm, prompts, max_new_tokens)
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def path_for(key: str) -> Path:
+    return directory() / f"{key}.json"
+
+
+def load(lm: FrozenLM, prompts: Sequence[str], max_new_tokens: int) -> list[str] | None:
+    """The cached outputs for exactly these prompts, or None."""
+    if not enabled():
+        return None
+    path = path_for(cache_key(lm, prompts, max_new_tokens))
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    outputs = entry.get("outputs")
+    if not isinstance(outputs, list) or len(outputs) != len(prompts):
+        return None
+    log.info("baseline cache hit for %s (%d prompts): %s", lm.name, len(prompts), path.name)
+    return outputs
+
+
+def store(lm: FrozenLM, prompts: Sequence[str], max_new_tokens: int, outputs: Sequence[str]) -> Path | None:
+    """Write the entry atomically (temporary file, then rename); returns its path."""
+    if not enabled():
+        return None
+    if len(outputs) != len(prompts):
+        raise ValueError(f"{len(outputs)} outputs for {len(prompts)} prompts")
+    material = key_material(lm, prompts, max_new_tokens)
+    key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+    path = path_for(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"key": key, "material": material, "created": time.time(), "outputs": list(outputs)}
+    handle, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(entry, stream)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

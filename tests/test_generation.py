@@ -1,0 +1,192 @@
+"""The static-cache greedy decoder gives the same tokens as transformers' `generate`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import make_tiny_lm
+
+from latentbridge import generation
+from latentbridge.bridge import build_inputs
+from latentbridge.generation import AnswerLineRule, generate, generate_tokens, plain_generate_tokens
+from latentbridge.models import load_frozen_lm
+
+PROMPTS = [
+    "Q: Weng sold 12 clips in April and 7 clips in May. How many clips in total?\nA: Let's think step by step.",
+    "Q: How many?\nA:",
+    "Natalia baked 40 cookies.",
+]
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def tiny_lm(request, tmp_path_factory):
+    path = make_tiny_lm(tmp_path_factory.mktemp(request.param), arch=request.param, tokenizer="bpe", hidden=48, layers=3, seed=3)
+    lm = load_frozen_lm(str(path))
+    if request.param == "llama":
+        _sharpen(lm.model)
+    return lm
+
+
+def _sharpen(model, gain: float = 2.0) -> None:
+    """Larger random weights: at its default init the tiny llama writes one token forever,
+    which would make token-for-token equality a weak check."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 2:
+                std = 1.0 if "embed" in name else gain / param.shape[1] ** 0.5
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+
+def _soft_prefixed(lm, seed: int = 0):
+    """Left-padded rows of `[BOS] [4 soft tokens] text`, as the bridge builds them."""
+    generator = torch.Generator().manual_seed(seed)
+    soft = torch.randn(len(PROMPTS), 4, lm.hidden_size, generator=generator) * lm.embedding_rms
+    return build_inputs(lm, PROMPTS, soft=soft)
+
+
+def _reference_rows(lm, inputs, max_new_tokens, eos_ids):
+    out = plain_generate_tokens(lm.model, inputs.inputs_embeds, inputs.attention_mask, max_new_tokens, eos_ids=eos_ids)
+    rows = []
+    for row in out.tolist():
+        stop = next((i for i, t in enumerate(row) if t in eos_ids), len(row) - 1)
+        rows.append(row[: stop + 1])
+    return rows
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_tokens_equal_plain_generate(tiny_lm, soft):
+    inputs = _soft_prefixed(tiny_lm) if soft else build_inputs(tiny_lm, PROMPTS)
+    assert inputs.attention_mask[:, 0].tolist().count(0) >= 1  # rows really are left-padded
+    never = [len(tiny_lm.tokenizer) + 10]  # no EOS: every row runs the full length
+    reference = _reference_rows(tiny_lm, inputs, 40, never)
+    ours = generate_tokens(tiny_lm.model, inputs.inputs_embeds, inputs.attention_mask, 40).tokens
+    assert ours == reference
+    assert all(len(set(row)) > 5 for row in ours)  # the rows are not one repeated token
+
+
+def test_rows_stop_where_plain_generate_stops(tiny_lm):
+    """Per-row stopping at EOS: pick as EOS a token row 0 writes midway, so rows stop at different steps."""
+    inputs = _soft_prefixed(tiny_lm, seed=1)
+    free = generate_tokens(tiny_lm.model, inputs.inputs_embeds, inputs.attention_mask, 30).tokens
+    eos = [free[0][12]]
+    reference = _reference_rows(tiny_lm, inputs, 30, eos)
+    ours = generate_tokens(
+        tiny_lm.model, inputs.inputs_embeds, inputs.attention_mask, 30, stop=AnswerLineRule(None, eos)
+    ).tokens
+    assert ours == reference
+    assert len(ours[0]) <= 13 and {len(r) for r in ours} != {30}
+
+
+def test_generate_text_matches_the_stopping_criteria_path(tiny_lm):
+    """`generate` (answer-line rule + EOS) gives the same text as transformers with `AnswerLineStop`."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class AnswerLineStop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            tails = tiny_lm.tokenizer.batch_decode(input_ids[:, -24:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            return torch.tensor([bool(generation._DONE.search(t)) for t in tails])
+
+    inputs = build_inputs(tiny_lm, PROMPTS)
+    out = tiny_lm.model.generate(
+        inputs_embeds=inputs.inputs_embeds,
+        attention_mask=inputs.attention_mask,
+        max_new_tokens=24,
+        do_sample=False,
+        pad_token_id=tiny_lm.tokenizer.pad_token_id,
+        stopping_criteria=StoppingCriteriaList([AnswerLineStop()]),
+    )
+    texts = tiny_lm.tokenizer.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    assert generate(tiny_lm, inputs, 24) == [generation.cut_generation(t) for t in texts]
+
+
+def test_answer_line_rule_stops_after_the_answer_line(tiny_lm):
+    tok = tiny_lm.tokenizer
+    ids = tok("In total 19 clips.\n#### 19\nQ: next", add_special_tokens=False)["input_ids"]
+    rule = AnswerLineRule(tok, eos_ids=[])
+    stops = [i for i in range(1, len(ids) + 1) if rule(ids[:i])]
+    text_at_stop = tok.decode(ids[: stops[0]])
+    assert text_at_stop.endswith("#### 19\n")
+
+
+def test_engine_is_reused_and_released(tiny_lm):
+    inputs = build_inputs(tiny_lm, PROMPTS)
+    generate_tokens(tiny_lm.model, inputs.inputs_embeds, inputs.attention_mask, 8)
+    engine = generation._ENGINES[tiny_lm.model]
+    again = generate_tokens(tiny_lm.model, inputs.inputs_embeds, inputs.attention_mask, 8)
+    assert generation._ENGINES[tiny_lm.model] is engine
+    assert again.stats.new_tokens == [8, 8, 8] and again.stats.per_token_kv_bytes > 0
+    # GQA counted: one KV head of head_dim 24, keys and values, float32, 3 layers
+    assert again.stats.per_token_kv_bytes == 3 * 2 * 1 * 24 * 4
+    generation.release(tiny_lm)
+    assert tiny_lm.model not in generation._ENGINES
+    # the model's own attention setting is untouched afterwards
+    assert tiny_lm.model.config._attn_implementation != generation.ATTENTION_NAME
+
+
+def test_text_baselines_are_cached_across_evaluations(tiny_config, tmp_path, monkeypatch):
+    """A second evaluation with the same models and prompts reuses the cached outputs; a changed
+    prompt (or max_new_tokens) generates again."""
+    from latentbridge import baseline_cache, evaluate
+    from latentbridge.bridge import Bridge
+    from latentbridge.data import load_splits
+    from latentbridge.prompts import select_exemplars
+    from latentbridge.train import load_models
+
+    monkeypatch.setenv("LATENTBRIDGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(baseline_cache.ENV, raising=False)
+    splits = load_splits(tiny_config.data)
+    exemplars = select_exemplars(splits.train, tiny_config.data.num_shots, tiny_config.data.fewshot_seed)
+    bridge = Bridge(tiny_config, *load_models(tiny_config), exemplars)
+    examples = splits.validation[:5]
+
+    calls = []
+    real_generate = evaluate.generate
+
+    def counting(lm, inputs, max_new_tokens):
+        calls.append(inputs.inputs_embeds.shape[0])
+        return real_generate(lm, inputs, max_new_tokens)
+
+    monkeypatch.setattr(evaluate, "generate", counting)
+    first = evaluate.text_baselines(bridge, examples, tiny_config.eval)
+    assert calls and set(first) == {"source", "target"} and len(first["target"]) == 5
+    assert len(list((tmp_path / "cache" / "baselines").glob("*.json"))) == 2
+
+    calls.clear()
+    again = evaluate.text_baselines(bridge, examples, tiny_config.eval)
+    assert calls == [] and again == first  # reused, not generated
+
+    changed = [examples[0].__class__(question=examples[0].question + " Then?", answer=examples[0].answer), *examples[1:]]
+    evaluate.text_baselines(bridge, changed, tiny_config.eval)
+    assert sum(calls) == 2 * len(changed)  # a changed prompt misses for both models
+
+    calls.clear()
+    import dataclasses
+
+    longer = dataclasses.replace(tiny_config.eval, max_new_tokens=tiny_config.eval.max_new_tokens + 1)
+    evaluate.text_baselines(bridge, examples, longer)
+    assert calls
+
+    calls.clear()
+    monkeypatch.setenv(baseline_cache.ENV, "0")
+    evaluate.text_baselines(bridge, examples, tiny_config.eval)
+    assert calls  # switched off: generated again
+
+
+def test_bucketing_keeps_question_order(tiny_config, monkeypatch):
+    """Length bucketing changes the batches, not which output belongs to which question."""
+    from latentbridge import evaluate
+
+    seen = []
+
+    def fake_generate(lm, inputs, max_new_tokens):
+        seen.append(inputs)
+        return [str(len(q)) for q in inputs]
+
+    questions = ["a" * n for n in (3, 9, 1, 7, 5)]
+    lengths = [len(q) for q in questions]
+    monkeypatch.setattr(evaluate, "generate", fake_generate)
+    config = tiny_config.eval.__class__(batch_size=2, num_questions=5, max_new_tokens=4)
+    out = evaluate._answer(questions, lambda qs: qs, object(), config, "test", lengths)
+    assert out == {i: str(len(q)) for i, q in enumerate(questions)}
+    assert seen[0] == ["a" * 9, "a" * 7]  # the longest prompts share the first batch
