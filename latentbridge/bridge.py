@@ -108,18 +108,28 @@ def build_inputs(
     )
 
 
-class TranslatorStep(nn.Module):
-    """The translator and (for the DiT bridge) its flow loss in one forward, for DDP."""
+def translator_autocast(device: torch.device, dtype: torch.dtype):
+    """bf16/fp16 autocast for the translator on GPU, its weights staying float32 (master
+    weights); a no-op on CPU and for float32 models."""
+    low = dtype in (torch.bfloat16, torch.float16) and device.type == "cuda"
+    return torch.autocast(device.type, dtype=dtype if low else torch.float32, enabled=low)
 
-    def __init__(self, translator: nn.Module) -> None:
+
+class TranslatorStep(nn.Module):
+    """The translator and (for the DiT bridge) its flow loss in one forward, for DDP,
+    under the frozen models' precision (`translator_autocast`)."""
+
+    def __init__(self, translator: nn.Module, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.translator = translator
+        self.dtype = dtype
 
     def forward(self, states, mask, teacher=None, teacher_mask=None):
-        soft = self.translator(states, mask)
-        flow = None
-        if teacher is not None and hasattr(self.translator, "flow_loss"):
-            flow = self.translator.flow_loss(states, mask, teacher, teacher_mask)
+        with translator_autocast(states.device, self.dtype):
+            soft = self.translator(states, mask)
+            flow = None
+            if teacher is not None and hasattr(self.translator, "flow_loss"):
+                flow = self.translator.flow_loss(states, mask, teacher, teacher_mask)
         return soft, flow
 
 
@@ -190,4 +200,6 @@ class Bridge(nn.Module):
     @torch.no_grad()
     def bridged_inputs(self, questions: Sequence[str]) -> TargetInputs:
         states, mask = self.encode_source(questions)
-        return self.target_inputs(questions, self.translator(states, mask))
+        with translator_autocast(states.device, self.source.dtype):
+            soft = self.translator(states, mask)
+        return self.target_inputs(questions, soft.float())

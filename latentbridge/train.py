@@ -126,7 +126,7 @@ class Trainer:
         self.bridge = Bridge(config, source, target, exemplars)
         self.translator = self.bridge.translator.float()  # float32 master weights
         self.trainable = any(p.requires_grad for p in self.translator.parameters())
-        self.model: nn.Module = TranslatorStep(self.translator)
+        self.model: nn.Module = TranslatorStep(self.translator, dtype=source.dtype)
         if distributed.is_distributed() and self.trainable:
             self.model = DistributedDataParallel(self.model)
         on_cuda = next(iter(self.translator.buffers())).is_cuda
