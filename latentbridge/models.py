@@ -346,9 +346,36 @@ def _dequantize_into(gguf_path: Path, out_dir: Path, label: str) -> None:
     if getattr(model, "hf_quantizer", None) is not None:
         raise RuntimeError(f"transformers kept {gguf_path.name} quantized; cannot cache it as safetensors")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    check_subword_tokenizer(tokenizer, label)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     logger.warning("Dequantized %s in %.1f s", label, time.perf_counter() - started)
+
+
+# Plain English prose: subword tokenizers need 0.2-0.3 tokens a character, a character-level one 1.
+_TOKENIZER_PROBE = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?"
+)
+
+
+def check_subword_tokenizer(tokenizer: PreTrainedTokenizerBase, label: str, max_per_char: float = 0.8) -> None:
+    """Refuse a tokenizer that splits English into (nearly) single characters.
+
+    Some transformers releases convert a GGUF's tokenizer wrongly: 5.17 turned Gemma-3's into a
+    character-level one (the model then reads text it never saw in training and scores ~0).
+    Caching such a conversion would poison every later run, so it fails here, before the cache.
+    """
+    count = len(tokenizer(_TOKENIZER_PROBE, add_special_tokens=False)["input_ids"])
+    ratio = count / len(_TOKENIZER_PROBE)
+    if ratio > max_per_char:
+        import transformers
+
+        raise RuntimeError(
+            f"the tokenizer converted from {label}'s GGUF gives {count} tokens for {len(_TOKENIZER_PROBE)} characters "
+            f"({ratio:.2f} a character): the conversion is broken in transformers {transformers.__version__}; "
+            "install the version setup.cfg asks for (pip install -e .) and load the model again"
+        )
 
 
 def _link_into(gguf_path: Path, directory: Path) -> Path:

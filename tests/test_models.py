@@ -307,3 +307,36 @@ def test_smollm2_embedded_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     input_ids, mask = _batch(lm, ["#### 42", ANSWER])
     assert lm.hidden_states(input_ids, mask, layer=-1).shape == (*input_ids.shape, 576)
     assert lm.embedding_rms > 0
+
+
+def _tokenizer(pattern: str):
+    """A word-level tokenizer over the probe's pieces, split by `pattern` (a regex)."""
+    from tokenizers import Regex, Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = {p for p in __import__("re").findall(pattern, models._TOKENIZER_PROBE)}
+    vocab = {"<unk>": 0, **{p: i + 1 for i, p in enumerate(sorted(pieces))}}
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+
+
+def test_character_level_gguf_tokenizer_is_refused_before_caching() -> None:
+    """A conversion that splits English into characters (transformers 5.17 did this to
+    Gemma-3's GGUF tokenizer) fails with a message naming the problem and the version."""
+    words = _tokenizer(r"\w+|[^\w\s]|\s")
+    models.check_subword_tokenizer(words, "word-level")  # words, spaces and commas: accepted
+    chars = _tokenizer(r".")
+    with pytest.raises(RuntimeError, match=r"character.*broken in transformers"):
+        models.check_subword_tokenizer(chars, "gemma3-270m")
+
+
+def test_broken_tokenizer_conversion_leaves_no_cache(
+    tiny_gguf: tuple[Path, Path], isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, gguf_path = tiny_gguf
+    monkeypatch.setattr(models, "check_subword_tokenizer", lambda tok, label: (_ for _ in ()).throw(RuntimeError("broken")))
+    with pytest.raises(RuntimeError, match="broken"):
+        load_frozen_lm(str(gguf_path))
+    assert not [p for p in (isolated_cache / "models").iterdir() if not p.name.startswith(".")]
