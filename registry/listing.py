@@ -49,7 +49,7 @@ def _short(key: str, value: str) -> str:
         if key in {"source_alone", "target_alone", "bridged_peak", "bridged_final", "invalid_rate"}:
             return f"{float(value):.3f}"
         if key == "compression_ratio":
-            return f"{float(value):.1f}x"
+            return f"{value}x"  # as stored (2 decimals): re-rounding could disagree with the analysis
     except ValueError:
         pass
     return value

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 VERDICTS = ("headline", "control", "ablation", "negative", "unstable")
-TESTS = ("bootstrap", "mcnemar")
+TESTS = ("both", "bootstrap", "mcnemar")
 DEFAULTS_FILE = Path(__file__).with_name("verdict_defaults.json")
 
 
@@ -47,7 +47,10 @@ def _read(path: Path | None) -> dict:
 class VerdictRules:
     min_questions: int = 200  # a headline needs at least this many questions
     confidence: float = 0.95  # of the bootstrap interval / 1 - the McNemar p-value threshold
-    test: str = "bootstrap"  # "bootstrap" (paired interval) or "mcnemar" (exact paired test)
+    # "both": the paired bootstrap interval must exclude 0 and the exact McNemar test must reject;
+    # "bootstrap" or "mcnemar" alone. The percentile bootstrap alone is too lenient when only a
+    # few questions differ (4 wins, 0 losses in 200 give an interval above 0 but McNemar p=0.125).
+    test: str = "both"
     bootstrap_samples: int = 2000
     seed: int = 0  # of the bootstrap resampling: the same answers always give the same verdict
     unstable_margin: float = 0.05  # peak - final above this (accuracy points / 100) is unstable
@@ -231,13 +234,16 @@ def judge(
     if s is not None and b < s:
         return make("negative", "below_source", f"bridged {b:.3f} is below source-alone {s:.3f}")
     if t is not None and b > t:
-        if rules.test == "bootstrap":
-            supported = interval[0] > 0
-            evidence = f"{rules.confidence:.0%} paired bootstrap interval of the gain [{interval[0]:.3f}, {interval[1]:.3f}]"
-            evidence += " excludes 0" if supported else " includes 0"
-        else:
-            supported = p_value < 1 - rules.confidence
-            evidence = f"exact McNemar p={p_value:.4f} ({'<' if supported else '>='} {1 - rules.confidence:.3g})"
+        by_interval = interval[0] > 0
+        by_test = p_value < 1 - rules.confidence
+        interval_text = f"{rules.confidence:.0%} paired bootstrap interval of the gain [{interval[0]:.3f}, {interval[1]:.3f}]"
+        interval_text += " excludes 0" if by_interval else " includes 0"
+        test_text = f"exact McNemar p={p_value:.4f} ({'<' if by_test else '>='} {1 - rules.confidence:.3g})"
+        supported, evidence = {
+            "both": (by_interval and by_test, f"{interval_text}; {test_text}"),
+            "bootstrap": (by_interval, interval_text),
+            "mcnemar": (by_test, test_text),
+        }[rules.test]
         if supported and n >= rules.min_questions:
             return make("headline", "beats_target", f"bridged {b:.3f} beats target-alone {t:.3f}; {evidence} on {n} questions")
         why = evidence if not supported else f"only {n} questions (< {rules.min_questions})"

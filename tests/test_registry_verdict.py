@@ -39,6 +39,7 @@ RULES = VerdictRules.load()
         (200, 140, 120, 90, 0.70, "headline", "beats_target"),  # +10 points, every discordant pair for the bridge
         (100, 70, 60, 45, 0.70, "ablation", "unsupported_gain"),  # same gain, too few questions
         (200, 122, 120, 90, 0.61, "ablation", "unsupported_gain"),  # +1 point: interval includes 0
+        (200, 4, 0, 0, 0.02, "ablation", "unsupported_gain"),  # 4 wins, 0 losses: interval > 0, McNemar p=0.125
         (200, 110, 120, 90, 0.55, "control", "between"),
         (200, 80, 120, 90, 0.40, "negative", "below_source"),
         (200, 140, 120, 90, 0.80, "unstable", "degradation"),  # 0.80 peak -> 0.70 final
@@ -53,10 +54,21 @@ def test_each_rule(n, b, t, s, peak, verdict, decided_by):
 
 def test_headline_rule_explains_its_evidence():
     result = judge(records(200, 140, 120, 90), peak_bridged=0.7, rules=RULES)
-    assert "paired bootstrap interval of the gain" in result.rule and "excludes 0 on 200 questions" in result.rule
+    assert "paired bootstrap interval of the gain" in result.rule and "excludes 0" in result.rule
+    assert "exact McNemar p=" in result.rule and result.rule.endswith("on 200 questions")
     low, high = result.diff_vs_target
     assert 0 < low < 0.1 < high
     assert result.p_value < 0.001
+
+
+def test_sparse_wins_pass_the_bootstrap_alone_but_not_both_tests():
+    """A gain carried by 4 questions out of 200: the percentile bootstrap excludes 0, the exact
+    McNemar test does not reject; the default rule needs both."""
+    sparse = records(200, 4, 0, 0)
+    bootstrap_only = VerdictRules.load(**parse_assignments(["test=bootstrap"]))
+    assert judge(sparse, peak_bridged=0.02, rules=bootstrap_only).verdict == "headline"
+    result = judge(sparse, peak_bridged=0.02, rules=RULES)
+    assert result.verdict == "ablation" and "p=0.1250" in result.rule and "excludes 0" in result.rule
 
 
 def test_thresholds_are_overridable():
