@@ -1,0 +1,326 @@
+"""`python -m latentbridge.bench`: speed at the reference scale, measured.
+
+    python -m latentbridge.bench --parts hardware,gen,train,methods-ref,estimate --out bench_out   # one GPU
+    python -m latentbridge.bench --parts methods-embedded --out bench_out                        # CPU is fine
+    python -m latentbridge.bench --quick --out /tmp/bench                                         # tiny shapes, CPU smoke
+    python -m latentbridge.bench --log bench_out                 # log a folder measured elsewhere (no MLflow there)
+
+Writes `bench.json` (every aggregate number, the machine, the command), `methods_samples.jsonl`
+(one record per sample and method) and `bench.log`; with `--mlflow` also logs them to an
+MLflow run (experiment `bench`) through `registry`. Each part runs even if an earlier one
+failed; the error is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+PARTS = ("hardware", "equality", "gen", "train", "methods-ref", "methods-embedded", "estimate")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m latentbridge.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="bench_out", help="folder for bench.json, methods_samples.jsonl, bench.log")
+    p.add_argument("--parts", default="hardware,equality,gen,train,methods-ref,estimate", help=f"comma list of {PARTS}")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="tiny shapes and sizes: a smoke run for CPU")
+    p.add_argument("--target-shape", default="llama3.1-8b")
+    p.add_argument("--source-shape", default="mistral-7b")
+    p.add_argument("--gen-batches", type=_ints, default=[16, 64])
+    p.add_argument("--prompt-tokens", type=int, default=1024)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--no-plain", action="store_true", help="skip transformers' plain generate")
+    p.add_argument("--train-batches", type=_ints, default=[2, 8])
+    p.add_argument("--train-steps", type=int, default=5)
+    p.add_argument("--methods-batch", type=int, default=64)
+    p.add_argument("--methods-new-tokens", type=int, default=256)
+    p.add_argument("--ks", type=_ints, default=[32, 48, 64])
+    p.add_argument("--embedded-source", default="smollm2-135m")
+    p.add_argument("--embedded-target", default="gemma3-270m")
+    p.add_argument("--embedded-questions", type=int, default=4)
+    p.add_argument("--embedded-new-tokens", type=int, default=96)
+    p.add_argument("--embedded-batch", type=int, default=4)
+    p.add_argument("--translator", default="", help="a saved translator folder for the embedded bridged runs (else untrained)")
+    p.add_argument("--eval-questions", type=int, default=200)
+    p.add_argument("--run-steps", type=int, default=2000)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--mlflow", action="store_true", help="log to an MLflow run through registry (experiment 'bench')")
+    p.add_argument("--log", metavar="DIR", default=None,
+                   help="measure nothing: log DIR's bench.json, methods_samples.jsonl and bench.log to MLflow")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.target_shape, args.source_shape = "tiny-llama", "tiny-mistral"
+        args.gen_batches, args.prompt_tokens, args.new_tokens = [2, 4], 48, 16
+        args.train_batches, args.train_steps = [2], 2
+        args.methods_batch, args.methods_new_tokens, args.ks = 2, 12, [4, 8]
+    return args
+
+
+class _Log:
+    def __init__(self, path: Path) -> None:
+        self.handle = path.open("a", encoding="utf-8")
+
+    def __call__(self, message: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {message}"
+        print(line, flush=True)
+        self.handle.write(line + "\n")
+        self.handle.flush()
+
+
+def _translators(args, source, target, device) -> dict[int, torch.nn.Module]:
+    from latentbridge.config import TranslatorConfig
+    from latentbridge.translators import build_translator
+
+    embed = target.model.get_input_embeddings().weight
+    rms = float(embed[: min(8192, embed.shape[0])].float().pow(2).mean(-1).sqrt().median())
+    out = {}
+    for k in args.ks:
+        torch.manual_seed(k)
+        config = TranslatorConfig(num_tokens=k, **({"width": 64, "depth": 1, "heads": 4} if args.quick else {}))
+        out[k] = build_translator(config, source_dim=source.hidden_size, target_dim=target.hidden_size, target_rms=rms).to(device).float().eval()
+    return out
+
+
+def _embedded(args, log):
+    """Every method on the embedded pair with real weights. With --translator the bridge is the
+    saved run's (its config: models, data, K, what the source reads); else untrained translators
+    at each of --ks on the default config."""
+    from latentbridge.bench import methods
+    from latentbridge.bridge import Bridge
+    from latentbridge.checkpoint import load_translator
+    from latentbridge.config import RunConfig
+    from latentbridge.data import load_splits
+    from latentbridge.models import load_frozen_lm
+    from latentbridge.prompts import select_exemplars
+
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    trained = load_translator(Path(args.translator), device) if args.translator else None
+    if trained is not None:
+        base = trained[1].config
+        ks = [base.translator.num_tokens]
+    else:
+        base = RunConfig(source_model=args.embedded_source, target_model=args.embedded_target)
+        ks = args.ks
+    source = load_frozen_lm(base.source_model, dtype=dtype, device=device)
+    target = load_frozen_lm(base.target_model, dtype=dtype, device=device)
+    splits = load_splits(base.data)
+    exemplars = select_exemplars(splits.train, base.data.num_shots, base.data.fewshot_seed)
+    examples = splits.validation[: args.embedded_questions]
+    bridges = {}
+
+    def bridge_for_k(k: int):
+        if k not in bridges:
+            torch.manual_seed(k)
+            bridges[k] = Bridge(base.override(f"translator.num_tokens={k}"), source, target, exemplars)
+            if trained is not None:
+                bridges[k].translator = trained[0]
+        return bridges[k]
+
+    summary, records = methods.run_embedded(bridge_for_k, examples, ks, args.embedded_new_tokens, args.embedded_batch, log=log)
+    return {"source": base.source_model, "target": base.target_model, "questions": len(examples),
+            "data": base.data.source, "source_reads": base.data.source_reads,
+            "max_new_tokens": args.embedded_new_tokens, "batch": args.embedded_batch, "dtype": str(dtype),
+            "translator": args.translator or "untrained (random init)", "methods": summary}, records
+
+
+def estimate(results: dict, args) -> dict:
+    """A full reference run from the measured parts: train steps plus evaluations plus baselines."""
+    train = results.get("train", {}).get("runs", {})
+    methods = results.get("methods-ref", {}).get("methods", {})
+    if not train or not methods:
+        return {"error": "needs the train and methods-ref parts"}
+    batches_per_eval = math.ceil(args.eval_questions / args.methods_batch)
+    evaluations = args.run_steps // args.eval_every + 1
+    bridged = methods.get(f"bridged-{max(args.ks)}", {}).get("latency_p95_s")
+    baselines = methods["source-alone"]["latency_p95_s"] + methods["target-alone"]["latency_p95_s"]
+    out = {"evaluations": evaluations, "questions": args.eval_questions, "eval_batch": args.methods_batch,
+           "forced_new_tokens": args.methods_new_tokens, "per_batch_size": {}}
+    for batch in args.train_batches:
+        lm, kl = train.get(f"lm_b{batch}"), train.get(f"lm_kl_b{batch}")
+        if lm is None:
+            continue
+        warmup = 200
+        kl_s = (kl or lm)["step_s_median"]
+        train_s = warmup * lm["step_s_median"] + (args.run_steps - warmup) * kl_s
+        eval_s = evaluations * batches_per_eval * bridged
+        base_s = batches_per_eval * baselines
+        out["per_batch_size"][str(batch)] = {
+            "train_s": train_s, "evaluations_s": eval_s, "baselines_once_s": base_s,
+            "total_h": (train_s + eval_s + base_s) / 3600,
+            "total_h_baselines_cached": (train_s + eval_s) / 3600,
+        }
+    out["reference_study"] = "3 h per run on 4 GPUs (12 GPU-hours)"
+    return out
+
+
+def _flat_metrics(results: dict) -> dict[str, float]:
+    flat: dict[str, float] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            key = "".join(c if c.isalnum() or c in "_-./ " else "_" for c in prefix)
+            flat[key] = float(value)
+
+    walk("", results)
+    return flat
+
+
+def _log_mlflow(out: Path, results: dict) -> str:
+    """One MLflow run (experiment `bench`) per output folder: the arguments as params, every
+    aggregate number as a metric, the three files as artifacts. Logging a folder again
+    continues the same run (its id is kept in OUT/mlflow)."""
+    from registry.reporter import MlflowReporter
+    from registry.runs import close_run, open_run
+
+    machine = results.get("machine", {})
+    tags = {"kind": "bench", "command": results.get("command", ""), "device_name": str(machine.get("name", ""))}
+    run_id = open_run(out / "mlflow", f"bench-{out.name}", "bench", tags=tags)
+    reporter = MlflowReporter(run_id)
+    reporter.log_params(dict(results.get("args", {})))
+    reporter.log_metrics(_flat_metrics({k: v for k, v in results.items() if k != "args"}), 0)
+    for name in ("bench.json", "methods_samples.jsonl", "bench.log"):
+        if (out / name).is_file():
+            reporter.log_artifact(out / name, "bench")
+    close_run(run_id, "FINISHED")
+    return run_id
+
+
+def log_folder(folder: Path) -> str:
+    """Log a finished bench folder (measured on a machine without MLflow) to MLflow."""
+    path = folder / "bench.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: --log needs a folder that `python -m latentbridge.bench --out` wrote")
+    try:
+        results = json.loads(path.read_text())
+    except ValueError as error:
+        raise SystemExit(f"{path} is not valid JSON ({error})") from None
+    return _log_mlflow(folder, results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.log:
+        run_id = log_folder(Path(args.log))
+        print(f"logged {args.log} to MLflow run {run_id} (experiment 'bench'); browse with: mlflow ui")
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = _Log(out / "bench.log")
+    device = torch.device(args.device)
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise SystemExit(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
+    from latentbridge.bench import hardware
+
+    results: dict = {"command": " ".join(["python -m latentbridge.bench", *(argv if argv is not None else sys.argv[1:])]),
+                     "args": vars(args), "machine": {**hardware.describe(device), "host": platform.node()}, "errors": {}}
+    samples: list[dict] = []
+    started = time.perf_counter()
+
+    def part(name: str, fn) -> None:
+        if name not in parts:
+            return
+        log(f"--- {name}")
+        began = time.perf_counter()
+        try:
+            results[name] = fn()
+        except Exception as error:  # record and go on: one broken part must not lose the others
+            results["errors"][name] = f"{type(error).__name__}: {error}"
+            log(traceback.format_exc())
+        results.setdefault("part_seconds", {})[name] = time.perf_counter() - began
+        (out / "bench.json").write_text(json.dumps(results, indent=2, default=str))
+
+    def measure_hardware():
+        if device.type != "cuda":
+            return {"copy_bandwidth_Bps": hardware.copy_bandwidth(device, 256 << 20, 3), "matmul_flops": hardware.matmul_flops(device, 1024, 3, torch.float32)}
+        return {"copy_bandwidth_Bps": hardware.copy_bandwidth(device), "matmul_flops": hardware.matmul_flops(device),
+                "datasheet_bf16_flops": hardware.H100_SXM_BF16_DENSE_TFLOPS * 1e12}
+
+    part("hardware", measure_hardware)
+    hw = results.get("hardware") or {"copy_bandwidth_Bps": 3.0e12, "matmul_flops": 800e12}
+
+    def equality():
+        from latentbridge.bench.generation_bench import tiny_equality_check
+
+        check = tiny_equality_check(device)
+        log(f"[equality] static decoder vs plain generate, tiny float32 llama on {device}: {check}")
+        return check
+
+    part("equality", equality)
+
+    def gen():
+        from latentbridge.bench import generation_bench
+
+        return generation_bench.run(args.target_shape, device, args.gen_batches, args.prompt_tokens, args.new_tokens,
+                                    hw["copy_bandwidth_Bps"], plain=not args.no_plain, log=log)
+
+    part("gen", gen)
+
+    def train():
+        from latentbridge.bench import train_step_bench
+
+        return train_step_bench.run(args.source_shape, args.target_shape, device, args.train_batches,
+                                    peak_flops=hw["matmul_flops"], steps=args.train_steps, warmup=1 if args.quick else 2,
+                                    source_tokens=64 if args.quick else 1100, soft=8 if args.quick else 64,
+                                    answer=16 if args.quick else 256, text_tokens=64 if args.quick else 1100, log=log)
+
+    part("train", train)
+
+    def methods_ref():
+        from latentbridge.bench import methods
+        from latentbridge.bench.shapes import random_model
+        from latentbridge.models import FrozenLM
+
+        source = FrozenLM(args.source_shape, random_model(args.source_shape, device=device, seed=1), tokenizer=None)
+        target = FrozenLM(args.target_shape, random_model(args.target_shape, device=device, seed=2), tokenizer=None)
+        summary, records = methods.run_reference(
+            source, target, _translators(args, source, target, device), batch=args.methods_batch,
+            prompt_tokens=48 if args.quick else 1100, question_tokens=8 if args.quick else 60,
+            cue_tokens=4 if args.quick else 10, new_tokens=args.methods_new_tokens, log=log)
+        samples.extend({"part": "methods-ref", **r} for r in records)
+        del source, target
+        return {"source": args.source_shape, "target": args.target_shape, "batch": args.methods_batch,
+                "new_tokens_forced": args.methods_new_tokens, "methods": summary}
+
+    part("methods-ref", methods_ref)
+
+    def methods_embedded():
+        summary, records = _embedded(args, log)
+        samples.extend({"part": "methods-embedded", **r} for r in records)
+        return summary
+
+    part("methods-embedded", methods_embedded)
+    part("estimate", lambda: estimate(results, args))
+
+    results["total_seconds"] = time.perf_counter() - started
+    (out / "bench.json").write_text(json.dumps(results, indent=2, default=str))
+    with (out / "methods_samples.jsonl").open("w", encoding="utf-8") as handle:
+        for record in samples:
+            handle.write(json.dumps(record, default=str) + "\n")
+    if args.mlflow:
+        results["mlflow_run_id"] = _log_mlflow(out, results)
+        log(f"logged to MLflow run {results['mlflow_run_id']}")
+    log(f"done in {results['total_seconds']:.0f}s; errors: {results['errors'] or 'none'}")
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""One training step at the reference shapes: time and model FLOP utilisation.
+
+The step the train loop runs, built from the same pieces with random ids in place of text:
+the source's hidden states over `source_tokens` (no grad), the translator (float32, train
+mode, AdamW), the target reading `[BOS] [K soft] [answer]` with the LM loss on the answer
+(`losses.answer_logits`), backward to the translator through the frozen target, clipping and
+the optimizer step. With `kl=True` the step also runs the KL teacher: the target reading the
+full text prompt and the answer (no grad), as `compute_losses` does after warmup.
+
+Model FLOPs count what the step must compute: 2 FLOPs per parameter and token for each
+forward matrix product (embeddings excluded, the LM head only where logits are taken),
+attention at 4·s·d per token and layer halved for causality, and for the backward through
+the frozen target only the input gradients (as many FLOPs as its forward, attention twice).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from latentbridge.bench.shapes import SHAPES, random_model
+from latentbridge.bridge import IGNORE_INDEX, TargetInputs, TranslatorStep
+from latentbridge.config import TranslatorConfig
+from latentbridge.losses import answer_logits
+from latentbridge.models import FrozenLM
+from latentbridge.translators import build_translator
+
+
+def _forward_flops(shape, tokens_per_row: int, batch: int, head_tokens: int) -> float:
+    linear = 2 * shape.block_params * tokens_per_row * batch
+    attention = 2 * shape.layers * tokens_per_row * tokens_per_row * shape.hidden * batch  # 4·s·d/2 per token
+    head = 2 * shape.hidden * shape.vocab * head_tokens
+    return float(linear + attention + head)
+
+
+def step_flops(source, target, batch: int, source_tokens: int, soft: int, answer: int, kl: bool, translator_params: int, text_tokens: int) -> dict:
+    student_len = 1 + soft + answer
+    source_fwd = _forward_flops(source, source_tokens, batch, 0)
+    target_fwd = _forward_flops(target, student_len, batch, batch * answer)
+    target_bwd = target_fwd + 2 * target.layers * student_len * student_len * target.hidden * batch  # input grads
+    translator = 6 * translator_params * soft * batch  # its own weights: forward and both backward products
+    teacher = _forward_flops(target, 1 + text_tokens + answer, batch, batch * 32) if kl else 0.0
+    total = source_fwd + target_fwd + target_bwd + translator + teacher
+    return {"source_forward": source_fwd, "target_forward": target_fwd, "target_backward": target_bwd,
+            "translator": translator, "kl_teacher": teacher, "total": total}
+
+
+class _Step:
+    def __init__(self, source: FrozenLM, target: FrozenLM, soft: int, device: torch.device) -> None:
+        self.source, self.target = source, target
+        embed = target.model.get_input_embeddings().weight
+        rms = float(embed[: min(8192, embed.shape[0])].float().pow(2).mean(-1).sqrt().median())
+        config = TranslatorConfig(num_tokens=soft)
+        self.translator = build_translator(config, source_dim=source.hidden_size, target_dim=target.hidden_size, target_rms=rms)
+        self.translator = self.translator.to(device).float().train()  # float32 master weights
+        self.module = TranslatorStep(self.translator, dtype=source.dtype)  # bf16 autocast, as in training
+        self.optimizer = torch.optim.AdamW(self.translator.parameters(), lr=1e-4, fused=device.type == "cuda")
+        self.params = sum(p.numel() for p in self.translator.parameters())
+
+    def __call__(self, batch: int, source_tokens: int, answer: int, kl: bool, text_tokens: int, generator) -> float:
+        device = self.target.device
+        vocab_s, vocab_t = self.source.model.config.vocab_size, self.target.model.config.vocab_size
+        src_ids = torch.randint(3, vocab_s, (batch, source_tokens), generator=generator).to(device)
+        src_mask = torch.ones_like(src_ids)
+        answer_ids = torch.randint(3, vocab_t, (batch, answer), generator=generator).to(device)
+        states = self.source.hidden_states(src_ids, src_mask, layer=-1)
+        soft, _ = self.module(states, src_mask)
+        bos = self.target.embed(torch.ones(batch, 1, dtype=torch.long, device=device))
+        embeds = torch.cat([bos, soft.to(bos.dtype), self.target.embed(answer_ids)], 1)
+        labels = torch.cat([torch.full((batch, 1 + soft.shape[1]), IGNORE_INDEX, device=device), answer_ids], 1)
+        student = TargetInputs(inputs_embeds=embeds, attention_mask=torch.ones_like(labels), labels=labels)
+        logits, gold, order = answer_logits(self.target, student)
+        loss = F.cross_entropy(logits, gold)
+        if kl:
+            with torch.no_grad():
+                text_ids = torch.randint(3, vocab_t, (batch, text_tokens), generator=generator).to(device)
+                full = torch.cat([bos, self.target.embed(text_ids), self.target.embed(answer_ids)], 1)
+                full_labels = torch.cat([torch.full((batch, 1 + text_tokens), IGNORE_INDEX, device=device), answer_ids], 1)
+                teacher, _, _ = answer_logits(self.target, TargetInputs(full, torch.ones_like(full_labels), full_labels), first_n=32)
+            student_logits = logits[order <= 32]
+            loss = loss + 0.03 * F.kl_div(F.log_softmax(student_logits, -1), F.log_softmax(teacher, -1), log_target=True, reduction="batchmean")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.translator.parameters(), 1.0)
+        self.optimizer.step()
+        return float(loss.detach())
+
+
+def run(
+    source_shape: str,
+    target_shape: str,
+    device: torch.device,
+    batches: list[int],
+    *,
+    peak_flops: float,
+    source_tokens: int = 1100,
+    soft: int = 64,
+    answer: int = 256,
+    text_tokens: int = 1100,
+    steps: int = 5,
+    warmup: int = 2,
+    kl_variants: tuple[bool, ...] = (False, True),
+    log=print,
+) -> dict:
+    dtype = torch.bfloat16
+    source = FrozenLM(source_shape, random_model(source_shape, device=device, dtype=dtype, seed=1), tokenizer=None)
+    target = FrozenLM(target_shape, random_model(target_shape, device=device, dtype=dtype, seed=2), tokenizer=None)
+    step = _Step(source, target, soft, device)
+    generator = torch.Generator().manual_seed(0)
+    results = {"source": source_shape, "target": target_shape, "source_tokens": source_tokens, "soft_tokens": soft,
+               "answer_tokens": answer, "kl_text_tokens": text_tokens, "translator_params": step.params, "runs": {}}
+    for kl in kl_variants:
+        for batch in batches:
+            sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            for _ in range(warmup):
+                step(batch, source_tokens, answer, kl, text_tokens, generator)
+            times = []
+            for _ in range(steps):
+                sync()
+                began = time.perf_counter()
+                step(batch, source_tokens, answer, kl, text_tokens, generator)
+                sync()
+                times.append(time.perf_counter() - began)
+            seconds = statistics.median(times)
+            flops = step_flops(SHAPES[source_shape], SHAPES[target_shape], batch, source_tokens, soft, answer, kl, step.params, text_tokens)
+            name = f"{'lm_kl' if kl else 'lm'}_b{batch}"
+            results["runs"][name] = {
+                "batch": batch,
+                "kl": kl,
+                "step_s_median": seconds,
+                "step_s_all": times,
+                "model_flops": flops,
+                "achieved_tflops": flops["total"] / seconds / 1e12,
+                "mfu": flops["total"] / seconds / peak_flops,
+                "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+            }
+            log(f"[train] {name}: {seconds:.3f}s/step, {flops['total'] / seconds / 1e12:.0f} TFLOP/s, MFU {results['runs'][name]['mfu']:.0%}")
+    del step, source, target
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return results

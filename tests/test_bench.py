@@ -1,0 +1,62 @@
+"""`python -m latentbridge.bench --quick` runs end to end on the CPU and writes its records."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from latentbridge.bench import __main__ as bench
+from latentbridge.bench.shapes import SHAPES, random_model, weight_bytes_read_per_step
+
+
+def test_reference_shapes_have_the_published_sizes():
+    assert round(SHAPES["llama3.1-8b"].total_params / 1e9, 2) == 8.03
+    assert round(SHAPES["mistral-7b"].total_params / 1e9, 2) == 7.25
+    # grouped-query attention: 8 KV heads of 128, 32 layers, keys and values, bf16
+    assert SHAPES["llama3.1-8b"].kv_bytes_per_token() == 2 * 32 * 8 * 128 * 2
+
+
+def test_random_model_matches_its_shape():
+    model = random_model("tiny-llama", dtype=torch.float32)
+    assert sum(p.numel() for p in model.parameters()) == SHAPES["tiny-llama"].total_params
+    embed = SHAPES["tiny-llama"].embedding_params * 4
+    assert weight_bytes_read_per_step(model) == SHAPES["tiny-llama"].total_params * 4 - embed
+
+
+def test_quick_bench_writes_aggregate_and_samples(tmp_path, mlflow_store):
+    out = tmp_path / "bench"
+    code = bench.main(["--quick", "--device", "cpu", "--out", str(out), "--parts", "hardware,equality,gen,train,methods-ref,estimate"])
+    results = json.loads((out / "bench.json").read_text())
+    assert code == 0 and results["errors"] == {}
+    assert results["equality"]["equal"]  # the static decoder gives plain generate's tokens
+    row = results["gen"]["batches"]["4"]
+    assert row["static"]["decode_tokens_per_s"] > 0 and row["plain"]["tokens_per_s"] > 0
+    assert 0 < row["static"]["fraction_of_bound"]
+    assert set(results["train"]["runs"]) == {"lm_b2", "lm_kl_b2"}
+    methods = results["methods-ref"]["methods"]
+    assert set(methods) == {"source-alone", "target-alone", "bridged-4", "bridged-8", "truncated-4", "truncated-8", "relay"}
+    # a short soft prefix holds far less cache than the full text prompt
+    assert methods["bridged-4"]["kv_bytes_mean"] < methods["target-alone"]["kv_bytes_mean"]
+    assert methods["relay"]["ttft_p50_s"] > methods["truncated-4"]["ttft_p50_s"]
+    samples = [json.loads(line) for line in (out / "methods_samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 7 * 2 and {"latency_s", "ttft_s", "kv_bytes", "kv_read_bytes"} <= set(samples[0])
+    assert results["estimate"]["per_batch_size"]["2"]["total_h"] > 0
+
+    # a folder measured on a machine without MLflow is logged afterwards, into one run
+    assert bench.main(["--log", str(out)]) == 0
+    from registry.runs import client
+
+    (run,) = client().search_runs([client().get_experiment_by_name("bench").experiment_id])
+    assert run.data.metrics["gen.batches.4.static.decode_tokens_per_s"] == row["static"]["decode_tokens_per_s"]
+    assert run.data.tags["kind"] == "bench" and run.data.params["quick"] == "True"
+    assert {a.path for a in client().list_artifacts(run.info.run_id, "bench")} >= {"bench/bench.json", "bench/methods_samples.jsonl"}
+    assert bench.main(["--log", str(out)]) == 0  # again: the same run, nothing duplicated
+    assert len(client().search_runs([run.info.experiment_id])) == 1
+
+
+def test_log_needs_a_bench_folder(tmp_path):
+    import pytest
+
+    with pytest.raises(SystemExit, match="bench.json not found"):
+        bench.main(["--log", str(tmp_path)])
