@@ -60,3 +60,32 @@ def test_log_needs_a_bench_folder(tmp_path):
 
     with pytest.raises(SystemExit, match="bench.json not found"):
         bench.main(["--log", str(tmp_path)])
+
+
+def test_embedded_methods_use_the_saved_translator_and_its_config(tiny_config, tmp_path):
+    """--translator evaluates a trained translator with the run config saved beside it: its
+    models, data and K (here the tiny pair and K=4, not the embedded defaults)."""
+    from latentbridge.bridge import Bridge
+    from latentbridge.checkpoint import TranslatorMeta, save_translator
+    from latentbridge.data import load_splits
+    from latentbridge.prompts import select_exemplars
+    from latentbridge.train import load_models
+
+    source, target = load_models(tiny_config)
+    splits = load_splits(tiny_config.data)
+    bridge = Bridge(tiny_config, source, target, select_exemplars(splits.train, 8, 42))
+    meta = TranslatorMeta(tiny_config, source.hidden_size, target.hidden_size, target.embedding_rms)
+    save_translator(tmp_path / "translator", bridge.translator, meta)
+
+    out = tmp_path / "bench"
+    code = bench.main(["--parts", "methods-embedded", "--device", "cpu", "--out", str(out), "--translator",
+                       str(tmp_path / "translator"), "--embedded-questions", "3", "--embedded-new-tokens", "4",
+                       "--embedded-batch", "2"])
+    results = json.loads((out / "bench.json").read_text())
+    assert code == 0 and results["errors"] == {}
+    part = results["methods-embedded"]
+    assert (part["source"], part["target"]) == (tiny_config.source_model, tiny_config.target_model)
+    assert set(part["methods"]) == {"source-alone", "target-alone", "bridged-4", "truncated-4", "relay"}
+    assert all(m["samples"] == 3 and 0 <= m["accuracy"] <= 1 for m in part["methods"].values())
+    # the bridged target reads BOS + 4 soft tokens + the cue, not the few-shot text
+    assert part["methods"]["bridged-4"]["prompt_tokens_mean"] < part["methods"]["target-alone"]["prompt_tokens_mean"]
