@@ -11,6 +11,7 @@ COLUMNS = (
     ("version", "v"),
     ("aliases", "aliases"),
     ("verdict", "verdict"),
+    ("suite", "suite"),
     ("run_name", "run"),
     ("K", "K"),
     ("compression_ratio", "ratio"),

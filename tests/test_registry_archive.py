@@ -149,8 +149,9 @@ def test_list_shows_the_archive(store, preserved, capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     header, _, row = out.splitlines()[:3]
-    assert header.split()[:4] == ["model", "v", "aliases", "verdict"]
+    assert header.split()[:5] == ["model", "v", "aliases", "verdict", "suite"]
     assert row.startswith(preserved.model) and "listed" in row and " 4 " in row
+    assert f" {SUITE} " in row  # runs of different suites share a model: the suite tells them apart
 
 
 def test_cli_runs_as_a_module(store, preserved):
