@@ -94,7 +94,15 @@ def bridged_answers(bridge: Bridge, examples: Sequence[Example], config: EvalCon
     was_training = bridge.translator.training
     bridge.translator.eval()
     try:
-        return _gathered(_answer(questions, bridge.bridged_inputs, bridge.target, config, "bridged"))
+        # bucket by what varies: the source's text and (soft_plus_text) the target's text after the soft tokens
+        lengths = [
+            len(s) + len(t)
+            for s, t in zip(
+                tokenize(bridge.source, [bridge.source_text(q) for q in questions]),
+                tokenize(bridge.target, [bridge.target_text(q) for q in questions]),
+            )
+        ]
+        return _gathered(_answer(questions, bridge.bridged_inputs, bridge.target, config, "bridged", lengths))
     finally:
         bridge.translator.train(was_training)
 

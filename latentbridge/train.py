@@ -279,6 +279,10 @@ class Trainer:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            # Drop the DDP wrapper while the process group lives: a DDP reducer freed after
+            # destroy_process_group() can deadlock in gloo's destructor and hang the job at exit.
+            if isinstance(self.model, DistributedDataParallel):
+                self.model = self.model.module
         if status == "INTERRUPTED" and self.stop_signal in previous and callable(previous[self.stop_signal]):
             previous[self.stop_signal](self.stop_signal, None)  # e.g. submitit's requeue on USR2
         return TrainResult(
