@@ -398,7 +398,8 @@ class GenerationResult:
     stats: GenerationStats
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timing needs it); nothing to wait for on CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -454,7 +455,7 @@ def generate_tokens(
                     break
 
     with _use_static_attention(model):
-        _sync(device)
+        synchronize(device)
         started = time.perf_counter()
         engine.prefill(embeds.to(next(model.parameters()).dtype), mask)
         take(0, engine.out[:, :1].cpu())
@@ -483,7 +484,7 @@ def generate_tokens(
             pending = launched
             if pending is None:
                 break
-        _sync(device)
+        synchronize(device)
         total = time.perf_counter() - started
 
     decode_s = total - prefill_s

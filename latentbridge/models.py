@@ -146,7 +146,9 @@ class FrozenLM:
 
     @torch.no_grad()
     def _median_embedding_rms(self, chunk_size: int = 8192) -> float:
-        rows = min(len(self.tokenizer), self.model.get_input_embeddings().num_embeddings)
+        rows = self.model.get_input_embeddings().num_embeddings
+        if self.tokenizer is not None:  # rows past the tokenizer's vocabulary are padding
+            rows = min(len(self.tokenizer), rows)
         per_row = [
             self.embed(torch.arange(start, min(start + chunk_size, rows))).float().pow(2).mean(-1).sqrt()
             for start in range(0, rows, chunk_size)

@@ -84,13 +84,11 @@ def _translators(args, source, target, device) -> dict[int, torch.nn.Module]:
     from latentbridge.config import TranslatorConfig
     from latentbridge.translators import build_translator
 
-    embed = target.model.get_input_embeddings().weight
-    rms = float(embed[: min(8192, embed.shape[0])].float().pow(2).mean(-1).sqrt().median())
     out = {}
     for k in args.ks:
         torch.manual_seed(k)
         config = TranslatorConfig(num_tokens=k, **({"width": 64, "depth": 1, "heads": 4} if args.quick else {}))
-        out[k] = build_translator(config, source_dim=source.hidden_size, target_dim=target.hidden_size, target_rms=rms).to(device).float().eval()
+        out[k] = build_translator(config, source_dim=source.hidden_size, target_dim=target.hidden_size, target_rms=target.embedding_rms).to(device).float().eval()
     return out
 
 

@@ -18,13 +18,9 @@ import time
 import torch
 
 from latentbridge import generation
-from latentbridge.bench.shapes import SHAPES, random_model, weight_bytes_read_per_step
-from latentbridge.generation import generate_tokens, plain_generate_tokens
+from latentbridge.bench.shapes import random_model, weight_bytes_read_per_step
+from latentbridge.generation import generate_tokens, plain_generate_tokens, synchronize
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _prompt(model, batch: int, length: int, seed: int, ragged: bool = False):
@@ -87,16 +83,16 @@ def _never(model) -> list[int]:
 def _plain(model, embeds, mask, new: int) -> dict:
     device = embeds.device
     plain_generate_tokens(model, embeds[:, :64], mask[:, :64], 2, eos_ids=_never(model))  # warm-up
-    _sync(device)
+    synchronize(device)
     began = time.perf_counter()
     plain_generate_tokens(model, embeds, mask, 1, eos_ids=_never(model))
-    _sync(device)
+    synchronize(device)
     ttft = time.perf_counter() - began
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     began = time.perf_counter()
     out = plain_generate_tokens(model, embeds, mask, new, eos_ids=_never(model))
-    _sync(device)
+    synchronize(device)
     total = time.perf_counter() - began
     batch = embeds.shape[0]
     return {

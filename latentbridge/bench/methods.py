@@ -35,15 +35,11 @@ import torch
 from latentbridge import generation
 from latentbridge.bridge import TargetInputs, bos_ids, build_inputs, tokenize
 from latentbridge.bench.generation_bench import warm_stop
-from latentbridge.generation import GenerationResult, generate_tokens, generate_with_stats
+from latentbridge.generation import GenerationResult, generate_tokens, generate_with_stats, synchronize
 from latentbridge.models import FrozenLM
 from latentbridge.prompts import ANSWER_CUE, question_block
 from latentbridge.scoring import INVALID, extract_answer, is_correct
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -144,23 +140,23 @@ class _Meter:
         self.device = device
 
     def __enter__(self):
-        _sync(self.device)
+        synchronize(self.device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.began = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
-        _sync(self.device)
+        synchronize(self.device)
         self.seconds = time.perf_counter() - self.began
         self.peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
 
 
 def _timed(device: torch.device, fn):
-    _sync(device)
+    synchronize(device)
     began = time.perf_counter()
     value = fn()
-    _sync(device)
+    synchronize(device)
     return value, time.perf_counter() - began
 
 
@@ -221,7 +217,7 @@ def run_embedded(bridge_for_k, examples, ks: Sequence[int], max_new_tokens: int,
         began = time.perf_counter()
         notes, first = generate_with_stats(source, build_inputs(source, [base.prompt(q) for q in questions]), max_new_tokens)
         inputs = build_inputs(target, [relay_text(q, n) for q, n in zip(questions, notes)])
-        _sync(device)
+        synchronize(device)
         upstream = time.perf_counter() - began
         texts, result = generate_with_stats(target, inputs, max_new_tokens)
         rows = range(first.stats.batch)

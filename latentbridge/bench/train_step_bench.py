@@ -25,6 +25,7 @@ from latentbridge.bench.shapes import SHAPES, random_model
 from latentbridge.bridge import IGNORE_INDEX, TargetInputs, TranslatorStep
 from latentbridge.config import TranslatorConfig
 from latentbridge.losses import answer_logits
+from latentbridge.generation import synchronize
 from latentbridge.models import FrozenLM
 from latentbridge.translators import build_translator
 
@@ -51,10 +52,8 @@ def step_flops(source, target, batch: int, source_tokens: int, soft: int, answer
 class _Step:
     def __init__(self, source: FrozenLM, target: FrozenLM, soft: int, device: torch.device) -> None:
         self.source, self.target = source, target
-        embed = target.model.get_input_embeddings().weight
-        rms = float(embed[: min(8192, embed.shape[0])].float().pow(2).mean(-1).sqrt().median())
         config = TranslatorConfig(num_tokens=soft)
-        self.translator = build_translator(config, source_dim=source.hidden_size, target_dim=target.hidden_size, target_rms=rms)
+        self.translator = build_translator(config, source_dim=source.hidden_size, target_dim=target.hidden_size, target_rms=target.embedding_rms)
         self.translator = self.translator.to(device).float().train()  # float32 master weights
         self.module = TranslatorStep(self.translator, dtype=source.dtype)  # bf16 autocast, as in training
         self.optimizer = torch.optim.AdamW(self.translator.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -114,17 +113,16 @@ def run(
                "answer_tokens": answer, "kl_text_tokens": text_tokens, "translator_params": step.params, "runs": {}}
     for kl in kl_variants:
         for batch in batches:
-            sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             for _ in range(warmup):
                 step(batch, source_tokens, answer, kl, text_tokens, generator)
             times = []
             for _ in range(steps):
-                sync()
+                synchronize(device)
                 began = time.perf_counter()
                 step(batch, source_tokens, answer, kl, text_tokens, generator)
-                sync()
+                synchronize(device)
                 times.append(time.perf_counter() - began)
             seconds = statistics.median(times)
             flops = step_flops(SHAPES[source_shape], SHAPES[target_shape], batch, source_tokens, soft, answer, kl, step.params, text_tokens)
