@@ -57,6 +57,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-questions", type=int, default=200)
     p.add_argument("--run-steps", type=int, default=2000)
     p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--profile", action="store_true", help="train part: also write train_profile.txt (torch.profiler)")
     p.add_argument("--mlflow", action="store_true", help="log to an MLflow run through registry (experiment 'bench')")
     p.add_argument("--log", metavar="DIR", default=None,
                    help="measure nothing: log DIR's bench.json, methods_samples.jsonl and bench.log to MLflow")
@@ -193,7 +194,7 @@ def _log_mlflow(out: Path, results: dict) -> str:
     reporter = MlflowReporter(run_id)
     reporter.log_params(dict(results.get("args", {})))
     reporter.log_metrics(_flat_metrics({k: v for k, v in results.items() if k != "args"}), 0)
-    for name in ("bench.json", "methods_samples.jsonl", "bench.log"):
+    for name in ("bench.json", "methods_samples.jsonl", "bench.log", "train_profile.txt"):
         if (out / name).is_file():
             reporter.log_artifact(out / name, "bench")
     close_run(run_id, "FINISHED")
@@ -278,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         return train_step_bench.run(args.source_shape, args.target_shape, device, args.train_batches,
                                     peak_flops=hw["matmul_flops"], steps=args.train_steps, warmup=1 if args.quick else 2,
                                     source_tokens=64 if args.quick else 1100, soft=8 if args.quick else 64,
-                                    answer=16 if args.quick else 256, text_tokens=64 if args.quick else 1100, log=log)
+                                    answer=16 if args.quick else 256, text_tokens=64 if args.quick else 1100,
+                                    profile_to=out / "train_profile.txt" if args.profile else None, log=log)
 
     part("train", train)
 

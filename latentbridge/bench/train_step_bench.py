@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -102,8 +103,11 @@ def run(
     steps: int = 5,
     warmup: int = 2,
     kl_variants: tuple[bool, ...] = (False, True),
+    profile_to: Path | None = None,
     log=print,
 ) -> dict:
+    """Median step time and MFU per (loss, batch); with `profile_to`, also a table of where the
+    time of two LM steps at the largest batch goes (torch.profiler, by device time)."""
     dtype = torch.bfloat16
     source = FrozenLM(source_shape, random_model(source_shape, device=device, dtype=dtype, seed=1), tokenizer=None)
     target = FrozenLM(target_shape, random_model(target_shape, device=device, dtype=dtype, seed=2), tokenizer=None)
@@ -138,6 +142,18 @@ def run(
                 "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
             }
             log(f"[train] {name}: {seconds:.3f}s/step, {flops['total'] / seconds / 1e12:.0f} TFLOP/s, MFU {results['runs'][name]['mfu']:.0%}")
+    if profile_to is not None:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(2):
+                step(max(batches), source_tokens, answer, False, text_tokens, generator)
+            synchronize(device)
+        sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        profile_to.write_text(prof.key_averages().table(sort_by=sort, row_limit=40))
+        results["profile"] = str(profile_to)
+        log(f"[train] profile of 2 LM steps at batch {max(batches)}: {profile_to}")
     del step, source, target
     if device.type == "cuda":
         torch.cuda.empty_cache()
