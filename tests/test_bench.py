@@ -26,7 +26,7 @@ def test_random_model_matches_its_shape():
 
 def test_quick_bench_writes_aggregate_and_samples(tmp_path, mlflow_store):
     out = tmp_path / "bench"
-    code = bench.main(["--quick", "--device", "cpu", "--out", str(out), "--parts", "hardware,equality,gen,train,methods-ref,estimate"])
+    code = bench.main(["--quick", "--device", "cpu", "--out", str(out), "--parts", "hardware,equality,gen,train,methods-ref,estimate", "--profile"])
     results = json.loads((out / "bench.json").read_text())
     assert code == 0 and results["errors"] == {}
     assert results["equality"]["equal"]  # the static decoder gives plain generate's tokens
@@ -34,6 +34,8 @@ def test_quick_bench_writes_aggregate_and_samples(tmp_path, mlflow_store):
     assert row["static"]["decode_tokens_per_s"] > 0 and row["plain"]["tokens_per_s"] > 0
     assert 0 < row["static"]["fraction_of_bound"]
     assert set(results["train"]["runs"]) == {"lm_b2", "lm_kl_b2"}
+    profile = (out / "train_profile.txt").read_text()  # --profile: a table of where a step's time went
+    assert "aten::mm" in profile and results["train"]["profile"].endswith("train_profile.txt")
     methods = results["methods-ref"]["methods"]
     assert set(methods) == {"source-alone", "target-alone", "bridged-4", "bridged-8", "truncated-4", "truncated-8", "relay"}
     # a short soft prefix holds far less cache than the full text prompt
