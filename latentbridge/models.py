@@ -76,7 +76,7 @@ class EmbeddedModel:
         """Digest of the GGUF, without assembling it when the package publishes it."""
         if self.gguf_file is None:
             return str(importlib.import_module(self.package).EXPECTED_SHA256)
-        return _sha256_file(self._packaged_file())
+        return sha256_file(self._packaged_file())
 
     def materialize(self, scratch: Path) -> Path:
         """Put the GGUF into the empty directory `scratch` (assembled or linked); return its path."""
@@ -211,7 +211,7 @@ def _pretrained_source(name_or_path: str) -> str:
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         label = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem)
-        return str(_converted_gguf_dir(label, _sha256_file(path), lambda scratch: _link_into(path, scratch)))
+        return str(_converted_gguf_dir(label, sha256_file(path), lambda scratch: _link_into(path, scratch)))
     if path.is_dir():
         return str(path)
     if path.exists():
@@ -415,9 +415,10 @@ def _sweep_stale_staging(models_dir: Path, max_age_s: float = 24 * 3600) -> None
             pass
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (GGUF identities, registry manifests, records)."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with Path(path).open("rb") as handle:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()

@@ -17,7 +17,6 @@ too. Preserving a run that already has a version returns that version and change
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -29,6 +28,7 @@ from pathlib import Path
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from latentbridge.models import sha256_file
 from registry.errors import PreserveError, TamperedArchiveError
 from registry.facts import RunFacts, download_eval, get_run, is_training_run, run_facts
 from registry.prompt_length import try_mean_prompt_tokens
@@ -59,14 +59,6 @@ class Preserved:
 
 
 # --------------------------------------------------------------------------- manifest
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: Path) -> dict[str, str]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
     manifest = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}

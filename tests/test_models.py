@@ -203,7 +203,7 @@ def test_gguf_is_converted_once_then_read_from_cache(
     lm = load_frozen_lm(str(gguf_path))
 
     (cached,) = _cached_dirs(isolated_cache)  # no staging directory left behind
-    assert cached.name == f"tiny-llama-{models._sha256_file(gguf_path)[:12]}"
+    assert cached.name == f"tiny-llama-{models.sha256_file(gguf_path)[:12]}"
     assert (cached / COMPLETE_MARKER).is_file()
     assert cached.stat().st_mode & 0o777 == 0o755
     assert (cached / "model.safetensors").is_file() and (cached / "tokenizer.json").is_file()

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -48,6 +47,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from latentbridge.config import RunConfig  # noqa: E402
+from latentbridge.models import sha256_file  # noqa: E402
 from latentbridge.reporting import FileReporter  # noqa: E402
 
 log = logging.getLogger("run_study")
@@ -163,14 +163,6 @@ def reproduce_command(m: Member, args) -> str:
 
 
 # --------------------------------------------------------------------------- records
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class RecordReporter(FileReporter):
     """`FileReporter` that keeps translator folders small: translator.json plus the weights'
     sha256 and size in weights.json (the weights stay in the run dir, where the run ran)."""
@@ -185,7 +177,7 @@ class RecordReporter(FileReporter):
         weights = path / "translator.safetensors"
         (destination / "weights.json").write_text(json.dumps({
             "file": "translator.safetensors",
-            "sha256": _sha256(weights),
+            "sha256": sha256_file(weights),
             "bytes": weights.stat().st_size,
             "note": "weights not moved off the machine that trained them (size); translator.json is the config",
         }, indent=2) + "\n")
@@ -207,7 +199,7 @@ def load_models(names: set[str], ggufs: dict[str, str], dtype: str):
     for name in sorted(names):
         path = ggufs.get(name, name)
         if name in ggufs:
-            found = _sha256(Path(path))
+            found = sha256_file(Path(path))
             if name in EMBEDDED_SHA256 and found != EMBEDDED_SHA256[name]:
                 raise SystemExit(f"{path} is not the embedded {name} (sha256 {found[:12]}...)")
         started = time.time()
