@@ -163,9 +163,12 @@ class TrainConfig:
     max_answer_tokens: int = 256
     early_stop_patience: int = 5  # evaluations without a new best before stopping; 0 = never
     collapse_invalid_jump: float = 0.5  # flag when the bridged invalid rate rises this much
+    compile_frozen: bool = False  # torch.compile the frozen models' decoder blocks (GPU runs)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
+            if f.type in (bool, "bool"):
+                continue
             allow_zero = f.name in ("early_stop_patience", "collapse_invalid_jump")
             _check_positive("train", f.name, getattr(self, f.name), allow_zero=allow_zero)
 

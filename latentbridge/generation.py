@@ -454,7 +454,9 @@ def generate_tokens(
                     finish_step[r] = first + offset
                     break
 
-    with _use_static_attention(model):
+    # Compiled blocks (`FrozenLM.compile_blocks`) run eagerly here: the engine's shapes change
+    # with every bucket and its decode step is captured as a CUDA graph.
+    with _use_static_attention(model), torch.compiler.set_stance("force_eager"):
         synchronize(device)
         started = time.perf_counter()
         engine.prefill(embeds.to(next(model.parameters()).dtype), mask)

@@ -121,6 +121,9 @@ class Trainer:
         self.reporter = reporter if (reporter and distributed.is_main()) else NullReporter()
         seed_everything(config.seed + distributed.rank())
         source, target = models or load_models(config)
+        if config.train.compile_frozen:
+            for lm in (source, target):
+                lm.compile_blocks()
         self.splits = splits or load_splits(config.data)
         exemplars = select_exemplars(self.splits.train, config.data.num_shots, config.data.fewshot_seed)
         self.bridge = Bridge(config, source, target, exemplars)

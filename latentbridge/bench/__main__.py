@@ -31,6 +31,14 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
+def _kl_variants(text: str) -> tuple[bool, ...]:
+    names = [x for x in text.split(",") if x]
+    unknown = sorted(set(names) - {"lm", "lm_kl"})
+    if unknown or not names:
+        raise SystemExit(f"--train-losses: {unknown or text!r} not in lm, lm_kl")
+    return tuple(name == "lm_kl" for name in names)
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m latentbridge.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench_out", help="folder for bench.json, methods_samples.jsonl, bench.log")
@@ -58,6 +66,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run-steps", type=int, default=2000)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--profile", action="store_true", help="train part: also write train_profile.txt (torch.profiler)")
+    p.add_argument("--compile", action="store_true",
+                   help="train part: compile the frozen models' decoder blocks (train.compile_frozen=true)")
+    p.add_argument("--train-losses", default="lm,lm_kl", help="train part: comma list of lm, lm_kl")
     p.add_argument("--mlflow", action="store_true", help="log to an MLflow run through registry (experiment 'bench')")
     p.add_argument("--log", metavar="DIR", default=None,
                    help="measure nothing: log DIR's bench.json, methods_samples.jsonl and bench.log to MLflow")
@@ -280,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                                     peak_flops=hw["matmul_flops"], steps=args.train_steps, warmup=1 if args.quick else 2,
                                     source_tokens=64 if args.quick else 1100, soft=8 if args.quick else 64,
                                     answer=16 if args.quick else 256, text_tokens=64 if args.quick else 1100,
+                                    kl_variants=_kl_variants(args.train_losses), compile_frozen=args.compile,
                                     profile_to=out / "train_profile.txt" if args.profile else None, log=log)
 
     part("train", train)

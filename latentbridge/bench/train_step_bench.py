@@ -103,6 +103,7 @@ def run(
     steps: int = 5,
     warmup: int = 2,
     kl_variants: tuple[bool, ...] = (False, True),
+    compile_frozen: bool = False,
     profile_to: Path | None = None,
     log=print,
 ) -> dict:
@@ -111,10 +112,15 @@ def run(
     dtype = torch.bfloat16
     source = FrozenLM(source_shape, random_model(source_shape, device=device, dtype=dtype, seed=1), tokenizer=None)
     target = FrozenLM(target_shape, random_model(target_shape, device=device, dtype=dtype, seed=2), tokenizer=None)
+    if compile_frozen:  # as the trainer does with train.compile_frozen=true
+        for lm in (source, target):
+            lm.compile_blocks()
+        warmup += 1  # compiling for the first shapes, then once more with dynamic shapes
     step = _Step(source, target, soft, device)
     generator = torch.Generator().manual_seed(0)
     results = {"source": source_shape, "target": target_shape, "source_tokens": source_tokens, "soft_tokens": soft,
-               "answer_tokens": answer, "kl_text_tokens": text_tokens, "translator_params": step.params, "runs": {}}
+               "answer_tokens": answer, "kl_text_tokens": text_tokens, "translator_params": step.params, "compile_frozen": compile_frozen,
+               "runs": {}}
     for kl in kl_variants:
         for batch in batches:
             if device.type == "cuda":

@@ -1,0 +1,71 @@
+"""Compiling the frozen models' decoder blocks (train.compile_frozen) changes speed, not results."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import make_tiny_lm
+from torch._dynamo.utils import counters
+
+from latentbridge.bridge import build_inputs
+from latentbridge.config import ConfigError, RunConfig
+from latentbridge.generation import generate_tokens, release
+from latentbridge.models import load_frozen_lm
+
+PROMPTS = [
+    "Q: Weng sold 12 clips in April and 7 clips in May. How many clips in total?\nA:",
+    "Q: How many?\nA:",
+]
+
+
+@pytest.fixture(scope="module")
+def eager_and_compiled(tmp_path_factory):
+    path = make_tiny_lm(tmp_path_factory.mktemp("llama"), arch="llama", tokenizer="bpe", hidden=48, layers=2, seed=3)
+    eager, compiled = load_frozen_lm(str(path)), load_frozen_lm(str(path))
+    assert compiled.compile_blocks() == 2
+    return eager, compiled
+
+
+def _graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+def test_compiled_blocks_give_the_eager_states_and_input_gradients(eager_and_compiled):
+    eager, compiled = eager_and_compiled
+    batch = eager.tokenizer(PROMPTS, padding=True, return_tensors="pt")
+    before = _graphs()
+    for layer in (1, -1):
+        torch.testing.assert_close(
+            compiled.hidden_states(batch.input_ids, batch.attention_mask, layer=layer),
+            eager.hidden_states(batch.input_ids, batch.attention_mask, layer=layer),
+        )
+    assert _graphs() > before, "the compiled model ran no compiled graph"
+
+    # training's path: gradients flow through the frozen blocks to the input embeddings
+    grads = []
+    for lm in (eager, compiled):
+        embeds = lm.embed(batch.input_ids).detach().requires_grad_(True)
+        hidden = lm.model.base_model(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
+        hidden.pow(2).mean().backward()
+        grads.append(embeds.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+def test_generation_runs_compiled_blocks_eagerly_with_the_same_tokens(eager_and_compiled):
+    eager, compiled = eager_and_compiled
+    outputs = []
+    for lm in (eager, compiled):
+        inputs = build_inputs(lm, PROMPTS)
+        before = _graphs()
+        outputs.append(generate_tokens(lm.model, inputs.inputs_embeds, inputs.attention_mask, 12).tokens)
+        assert _graphs() == before, "generation compiled a graph"
+        release(lm.model)
+    assert outputs[1] == outputs[0]
+
+
+def test_compile_frozen_is_a_validated_boolean_option():
+    assert RunConfig().train.compile_frozen is False
+    assert RunConfig().override("train.compile_frozen=true").train.compile_frozen is True
+    with pytest.raises(ConfigError, match="compile_frozen"):
+        RunConfig().override("train.compile_frozen=sometimes")
