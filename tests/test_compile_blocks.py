@@ -18,9 +18,9 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def eager_and_compiled(tmp_path_factory):
-    path = make_tiny_lm(tmp_path_factory.mktemp("llama"), arch="llama", tokenizer="bpe", hidden=48, layers=2, seed=3)
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def eager_and_compiled(request, tmp_path_factory):
+    path = make_tiny_lm(tmp_path_factory.mktemp(request.param), arch=request.param, tokenizer="bpe", hidden=48, layers=2, seed=3)
     eager, compiled = load_frozen_lm(str(path)), load_frozen_lm(str(path))
     assert compiled.compile_blocks() == 2
     return eager, compiled
@@ -69,3 +69,18 @@ def test_compile_frozen_is_a_validated_boolean_option():
     assert RunConfig().override("train.compile_frozen=true").train.compile_frozen is True
     with pytest.raises(ConfigError, match="compile_frozen"):
         RunConfig().override("train.compile_frozen=sometimes")
+
+
+def test_the_trainer_compiles_both_frozen_models_only_when_asked(tiny_config, tmp_path):
+    from latentbridge.train import Trainer
+
+    def compiled_layers(trainer):
+        return [
+            layer._compiled_call_impl is not None
+            for lm in (trainer.bridge.source, trainer.bridge.target)
+            for layer in lm.model.base_model.layers
+        ]
+
+    assert not any(compiled_layers(Trainer(tiny_config, tmp_path / "plain")))
+    on = tiny_config.override("train.compile_frozen=true")
+    assert all(compiled_layers(Trainer(on, tmp_path / "compiled")))
