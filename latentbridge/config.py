@@ -163,7 +163,7 @@ class TrainConfig:
     max_answer_tokens: int = 256
     early_stop_patience: int = 5  # evaluations without a new best before stopping; 0 = never
     collapse_invalid_jump: float = 0.5  # flag when the bridged invalid rate rises this much
-    compile_frozen: bool = False  # torch.compile the frozen models' decoder blocks (GPU runs)
+    compile_frozen: bool = False  # torch.compile the frozen models' decoder blocks for training
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -91,3 +91,13 @@ def test_embedded_methods_use_the_saved_translator_and_its_config(tiny_config, t
     assert all(m["samples"] == 3 and 0 <= m["accuracy"] <= 1 for m in part["methods"].values())
     # the bridged target reads BOS + 4 soft tokens + the cue, not the few-shot text
     assert part["methods"]["bridged-4"]["prompt_tokens_mean"] < part["methods"]["target-alone"]["prompt_tokens_mean"]
+
+
+def test_train_losses_choose_the_train_runs_and_refuse_unknown_names(tmp_path):
+    import pytest
+
+    out = tmp_path / "bench"
+    assert bench.main(["--quick", "--device", "cpu", "--out", str(out), "--parts", "train", "--train-losses", "lm_kl"]) == 0
+    assert set(json.loads((out / "bench.json").read_text())["train"]["runs"]) == {"lm_kl_b2"}
+    with pytest.raises(SystemExit, match="--train-losses: \\['kl'\\] not in lm, lm_kl"):
+        bench.parse(["--train-losses", "lm,kl"])

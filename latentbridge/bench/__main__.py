@@ -73,6 +73,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log", metavar="DIR", default=None,
                    help="measure nothing: log DIR's bench.json, methods_samples.jsonl and bench.log to MLflow")
     args = p.parse_args(argv)
+    args.train_kl = _kl_variants(args.train_losses)
     if args.quick:
         args.target_shape, args.source_shape = "tiny-llama", "tiny-mistral"
         args.gen_batches, args.prompt_tokens, args.new_tokens = [2, 4], 48, 16
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                                     peak_flops=hw["matmul_flops"], steps=args.train_steps, warmup=1 if args.quick else 2,
                                     source_tokens=64 if args.quick else 1100, soft=8 if args.quick else 64,
                                     answer=16 if args.quick else 256, text_tokens=64 if args.quick else 1100,
-                                    kl_variants=_kl_variants(args.train_losses), compile_frozen=args.compile,
+                                    kl_variants=args.train_kl, compile_frozen=args.compile,
                                     profile_to=out / "train_profile.txt" if args.profile else None, log=log)
 
     part("train", train)
