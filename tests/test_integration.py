@@ -1,4 +1,4 @@
-"""The whole loop on the real embedded pair (SmolLM2-135M -> Gemma-3-270M), a few steps."""
+"""The whole loop on the real embedded pair (the demo's Gemma-3-270M -> SmolLM2-135M), a few steps."""
 
 import json
 
@@ -11,8 +11,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def embedded_pair():
+    from launch.suites import EMBEDDED_PAIR
+
     try:
-        return load_frozen_lm("smollm2-135m"), load_frozen_lm("gemma3-270m")
+        return load_frozen_lm(EMBEDDED_PAIR["source_model"]), load_frozen_lm(EMBEDDED_PAIR["target_model"])
     except ModelPackageMissingError as error:
         pytest.skip(f"embedded model package not installed: {error}")
 
@@ -35,7 +37,7 @@ def test_embedded_pair_trains_logs_and_is_preserved(embedded_pair, tmp_path, mlf
     assert result.status == "FINISHED"
 
     run = client().get_run(run_id)
-    assert run.data.params["source_model"] == "smollm2-135m" and run.data.params["translator.num_tokens"] == "16"
+    assert run.data.params["source_model"] == "gemma3-270m" and run.data.params["translator.num_tokens"] == "16"
     history = client().get_metric_history(run_id, "bridged_accuracy")
     assert sorted(m.step for m in history) == [0, 3]
     assert len(client().get_metric_history(run_id, "loss")) == 3
@@ -47,6 +49,6 @@ def test_embedded_pair_trains_logs_and_is_preserved(embedded_pair, tmp_path, mlf
     assert {"evals", "translator"} <= artifacts
 
     preserved = preserve(run_id)
-    assert preserved.created and preserved.model == "smollm2-135m__to__gemma3-270m__cross_attention"
+    assert preserved.created and preserved.model == "gemma3-270m__to__smollm2-135m__cross_attention"
     again = preserve(run_id)
     assert not again.created and again.version == preserved.version
