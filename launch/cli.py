@@ -1,4 +1,4 @@
-"""`python launch submit|status|logs|wait|cancel|list`: the command line of the launcher.
+"""`python launch submit|status|logs|wait|cancel|resume|list`: the command line of the launcher.
 
 `submit` freezes the code (a snapshot of the repo as it is on disk), creates one MLflow run
 per run of the suite (status SCHEDULED, with the git commit and the uncommitted diff),
@@ -11,6 +11,9 @@ Waiting: `submit` waits for the results when the jobs run on this machine
 run (e.g. the demo); otherwise it returns at once with the job ids. --wait / --no-wait
 override that on Slurm. Every wait has a limit (--wait-timeout / wait --timeout); when it
 passes, the jobs keep running and `python launch status` follows them.
+
+Resuming: preemption, requeues and timeouts resume by themselves; a job that ends otherwise
+(a rank killed, a node lost, a crash, a cancel) is sent out again with `resume`.
 """
 
 from __future__ import annotations
@@ -115,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--run", action="append", default=None, help="only this run (repeatable)")
     cancel.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the jobs to end")
     _add_common(cancel)
+
+    resume = commands.add_parser(
+        "resume", help="resubmit runs that ended unfinished (failed, killed, lost): same code, same MLflow run")
+    _add_ref(resume)
+    resume.add_argument("--run", action="append", default=None, help="only this run (repeatable)")
+    _add_common(resume)
 
     listing = commands.add_parser("list", help="recent submissions")
     listing.add_argument("-n", type=int, default=10)
@@ -415,6 +424,64 @@ def cancel(args: argparse.Namespace) -> int:
     return EXIT_TIMEOUT if timed_out and any(not s.done for s in states if s.name in names) else 0
 
 
+def resume(args: argparse.Namespace) -> int:
+    """Send the runs of a submission that ended without finishing (a rank killed, a node lost,
+    a failure, a cancel) out again: each job is the one submitted first (its pickled spec),
+    from the same frozen code, into the same run dir, so it continues the same MLflow run from
+    its last checkpoint. Runs still queued or running, and finished ones, are left alone."""
+    from submitit.core.utils import pickle_load
+
+    from launch.cluster import Resources, make_executor
+    from launch.job import TrainJob
+    from launch.monitor import Monitor, reconcile_mlflow, task_paths
+    from launch.monitor import wait as wait_for
+    from launch.snapshot import run_from
+    from registry.runs import set_status
+
+    sub, settings = _load(args)
+    chosen = [sub.run(name) for name in args.run] if args.run else list(sub.runs)
+    states = {s.name: s for s in Monitor(sub).states()}
+    reconcile_mlflow(sub, list(states.values()))
+    todo = []
+    for entry in chosen:
+        state = states[entry.name]
+        if not state.done:
+            print(f"  {sub.suite}/{entry.name}: {state.state}, not resumed (still in the queue)")
+        elif state.ok:
+            print(f"  {sub.suite}/{entry.name}: finished, nothing to resume")
+        elif not entry.job_id:
+            print(f"  {sub.suite}/{entry.name}: never submitted, nothing to resume from")
+        else:
+            todo.append(entry)
+    if not todo:
+        print(f"nothing to resume in {sub.id}")
+        return 0
+    specs = [pickle_load(task_paths(sub, entry.job_id).submitted_pickle).args[0] for entry in todo]
+    resources = Resources(**sub.resources)
+    executor = make_executor(resources, Path(sub.submitit_folder), f"lb-{sub.suite}", sub.snapshot["root"])
+    with run_from(sub.snapshot["root"]):
+        if sub.cluster == "slurm":
+            with executor.batch():
+                jobs = [executor.submit(TrainJob(), spec) for spec in specs]
+        else:
+            jobs = [executor.submit(TrainJob(), spec) for spec in specs]
+    for entry, job in zip(todo, jobs):
+        print(f"resumed {sub.suite}/{entry.name}: job {job.job_id} (was {entry.job_id}), "
+              f"MLflow run {entry.mlflow_run_id}, from its last checkpoint in {entry.run_dir}")
+        entry.earlier_job_ids.append(entry.job_id)
+        entry.job_id = str(job.job_id)
+        set_status(entry.mlflow_run_id, "SCHEDULED")
+    sub.cancelled = sorted(set(sub.cancelled) - {e.name for e in todo})
+    sub.save()
+    if sub.cluster != "slurm":  # the jobs are children of this process: wait for them
+        timeout = float(settings["wait_timeout"])
+        live = {entry.name: job for entry, job in zip(todo, jobs)}
+        states, timed_out = wait_for(Monitor(sub, live, only=set(live)), timeout)
+        return _finish_wait(sub, states, timed_out, timeout)
+    print(_follow_hint(sub))
+    return 0
+
+
 def list_submissions(args: argparse.Namespace) -> int:
     settings = _settings(args)
     for record in all_records(_runs_dir(settings))[: args.n]:
@@ -427,7 +494,8 @@ def list_submissions(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"submit": submit, "status": status, "logs": logs, "wait": wait, "cancel": cancel, "list": list_submissions}
+COMMANDS = {"submit": submit, "status": status, "logs": logs, "wait": wait, "cancel": cancel, "resume": resume,
+            "list": list_submissions}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ class RunEntry:
     run_dir: str
     mlflow_run_id: str
     job_id: str = ""
+    earlier_job_ids: list[str] = field(default_factory=list)  # jobs it ran in before `resume`
 
 
 @dataclass

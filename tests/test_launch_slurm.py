@@ -8,6 +8,8 @@ Every wait is bounded. What they show:
   frozen code snapshot; `status` and `logs` read the record;
 - a job requeued mid-run (`scontrol requeue`) and then preempted by a higher-priority
   partition finishes in the same MLflow run, every step logged exactly once;
+- a 2-task job whose rank 1 is SIGKILLed fails; `launch resume` sends it out again and it
+  finishes the same MLflow run from its last periodic checkpoint, every step logged once;
 - 16 jobs of one array log at once into one SQLite store: every metric point is there.
 """
 
@@ -217,6 +219,67 @@ def test_requeued_and_preempted_job_finishes_in_the_same_run(store, tiny_pair, t
     # the Trainer checkpoints at the signal: each restart resumes where the job was interrupted
     assert len(resumes) == 2 and first <= resumes[0] < second <= resumes[1] < 40, (first, second, resumes)
     assert "requeued by Slurm" in log and "preempted at" in log and "requeued job" in log
+
+
+def _task_pid(submitit_folder: str, rank: int) -> int | None:
+    """The pid of the job process of `rank` (SLURM_PROCID) running from `submitit_folder`."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"submitit.core._submit" in cmdline and str(submitit_folder).encode() in cmdline \
+                and f"SLURM_PROCID={rank}".encode() in environ:
+            return int(proc.name)
+    return None
+
+
+def test_a_job_with_a_killed_rank_resumes_with_launch_resume(store, tiny_pair, tmp_path):
+    """SIGKILL one rank of a 2-task job: srun ends the job (--kill-on-bad-exit), the run is
+    marked FAILED; `launch resume` sends the same job out again from the frozen code, and it
+    continues the same MLflow run from its last periodic checkpoint."""
+    import os
+    import signal
+
+    runs_dir = tmp_path / "runs"
+    base = _tiny_base(tiny_pair, train__steps=40, train__checkpoint_every=5, train__eval_every=20)
+    suite = Suite("e2e_kill_rank", "one tiny 2-task run, a rank killed", base, {"main": {}})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(SUITES, suite.name, suite)
+        rc, out = run_cli(["submit", "--suite", suite.name, "--cluster", "slurm", "--no-wait",
+                           "--gpus-per-node", "2", "--runs-dir", str(runs_dir)])
+        assert rc == 0, out
+        from launch.record import find
+
+        sub = find(runs_dir)
+        entry, first_job = sub.runs[0], sub.runs[0].job_id
+        try:
+            killed_at = _wait_for_step(entry.mlflow_run_id, 12, sub, "killing rank 1")
+            pid = _task_pid(sub.submitit_folder, rank=1)
+            assert pid is not None, "rank 1's process not found\n" + _debug(sub)
+            os.kill(pid, signal.SIGKILL)
+            rc, out = run_cli(["wait", "--runs-dir", str(runs_dir), "--timeout", "120", "--poll", "1"])
+            assert rc != 0 and _client().get_run(entry.mlflow_run_id).info.status == "FAILED", out
+            rc, resumed = run_cli(["resume", "--runs-dir", str(runs_dir)])
+            assert rc == 0 and f"(was {first_job})" in resumed, resumed
+            sub = find(runs_dir)
+            rc, out = run_cli(["wait", "--runs-dir", str(runs_dir), "--timeout", str(WAIT_S), "--poll", "1"])
+        finally:
+            slurm_queue.scancel([first_job, sub.runs[0].job_id])
+    assert rc == 0, out + _debug(sub)
+    assert sub.runs[0].earlier_job_ids == [first_job] and sub.runs[0].job_id != first_job
+    assert _client().get_run(entry.mlflow_run_id).info.status == "FINISHED"
+    history = [m.step for m in _client().get_metric_history(entry.mlflow_run_id, "loss")]
+    assert sorted(history) == list(range(1, 41)), history  # each step once, none missing
+    log = Path(sub.submitit_folder, f"{sub.runs[0].job_id}_0_log.err").read_text()
+    resumes = [int(line.rsplit(" ", 1)[-1]) for line in log.splitlines() if "resumed from" in line]
+    # no signal reached the trainer: it resumes from the last periodic checkpoint before the kill
+    assert len(resumes) == 1 and resumes[0] % 5 == 0 and killed_at - 5 <= resumes[0] <= killed_at + 5, (killed_at, resumes)
+    rc, out = run_cli(["resume", "--runs-dir", str(runs_dir)])
+    assert rc == 0 and "finished, nothing to resume" in out, out
 
 
 # --------------------------------------------------------------------------- 16 writers, one store
