@@ -127,6 +127,7 @@ def find(runs_dir: Path, ref: str | None = None) -> Submission:
         base = job.split("_", 1)[0]
         for record in all_records(runs_dir):
             submission = Submission.load(record)
-            if any(r.job_id == job or r.job_id.split("_", 1)[0] == base for r in submission.runs):
+            ids = [i for r in submission.runs for i in (r.job_id, *r.earlier_job_ids) if i]
+            if any(i == job or i.split("_", 1)[0] == base for i in ids):
                 return submission
     raise RecordError(f"no submission {ref!r} under {runs_dir} (give an id like suite/stamp, a folder or a job id)")

@@ -271,6 +271,7 @@ def test_a_job_with_a_killed_rank_resumes_with_launch_resume(store, tiny_pair, t
             slurm_queue.scancel([first_job, sub.runs[0].job_id])
     assert rc == 0, out + _debug(sub)
     assert sub.runs[0].earlier_job_ids == [first_job] and sub.runs[0].job_id != first_job
+    assert find(runs_dir, first_job).id == sub.id  # the job id it had before still names it
     assert _client().get_run(entry.mlflow_run_id).info.status == "FINISHED"
     history = [m.step for m in _client().get_metric_history(entry.mlflow_run_id, "loss")]
     assert sorted(history) == list(range(1, 41)), history  # each step once, none missing
