@@ -36,6 +36,8 @@ from transformers import (
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "LATENTBRIDGE_CACHE"
+CPU_COMPILERS = ("g++", "clang++", "c++")
+"""What torch.compile's CPU backend (inductor) builds its kernels with; one must be on PATH."""
 COMPLETE_MARKER = "latentbridge-complete.json"
 """Written last into a cache directory; a directory without it is never used."""
 
@@ -167,6 +169,11 @@ class FrozenLM:
         layers = getattr(self.model.base_model, "layers", None)
         if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
             raise ValueError(f"{self.name}: no decoder layers at base_model.layers to compile")
+        if self.device.type == "cpu" and not any(shutil.which(cxx) for cxx in CPU_COMPILERS):
+            raise RuntimeError(
+                f"compiling {self.name} on the CPU needs a C++ compiler ({', '.join(CPU_COMPILERS)}) and none "
+                "is on PATH: install one, or set train.compile_frozen=false"
+            )
         for layer in layers:
             layer.compile()
         logger.info("Compiling the %d decoder blocks of %s on first use", len(layers), self.name)

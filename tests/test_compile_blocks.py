@@ -84,3 +84,13 @@ def test_the_trainer_compiles_both_frozen_models_only_when_asked(tiny_config, tm
     assert not any(compiled_layers(Trainer(tiny_config, tmp_path / "plain")))
     on = tiny_config.override("train.compile_frozen=true")
     assert all(compiled_layers(Trainer(on, tmp_path / "compiled")))
+
+
+def test_compiling_on_a_cpu_without_a_compiler_is_refused_before_any_run(eager_and_compiled, monkeypatch):
+    import shutil
+
+    eager, _ = eager_and_compiled
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler .*train.compile_frozen=false"):
+        eager.compile_blocks()
+    assert all(layer._compiled_call_impl is None for layer in eager.model.base_model.layers)
