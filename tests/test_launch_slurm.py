@@ -169,6 +169,18 @@ def test_status_and_logs_read_the_submission_record(array_submission):
 
 
 # --------------------------------------------------------------------------- requeue and preemption
+def _submit_no_wait(suite: Suite, runs_dir: Path, gpus: int):
+    """Submit a suite to the local Slurm cluster without waiting; its submission record."""
+    from launch.record import find
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(SUITES, suite.name, suite)
+        rc, out = run_cli(["submit", "--suite", suite.name, "--cluster", "slurm", "--no-wait",
+                           "--gpus-per-node", str(gpus), "--runs-dir", str(runs_dir)])
+    assert rc == 0, out
+    return find(runs_dir)
+
+
 def _wait_for_step(run_id: str, at_least: int, sub, what: str, deadline_s: float = 120) -> int:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
@@ -185,27 +197,20 @@ def test_requeued_and_preempted_job_finishes_in_the_same_run(store, tiny_pair, t
     base = _tiny_base(tiny_pair, train__steps=40, train__checkpoint_every=5, train__eval_every=20)
     suite = Suite("e2e_requeue", "one tiny 2-task run, interrupted twice", base, {"main": {}})
     urgent = None
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(SUITES, suite.name, suite)
-        rc, out = run_cli(["submit", "--suite", suite.name, "--cluster", "slurm", "--no-wait",
-                                       "--gpus-per-node", "2", "--runs-dir", str(runs_dir)])
-        assert rc == 0, out
-        from launch.record import find
-
-        sub = find(runs_dir)
-        entry = sub.runs[0]
-        try:
-            first = _wait_for_step(entry.mlflow_run_id, 7, sub, "scontrol requeue")
-            slurm_queue.requeue(entry.job_id)  # 1: an admin/user requeue (SIGTERM, job COMPLETING)
-            second = _wait_for_step(entry.mlflow_run_id, 22, sub, "the preemption")
-            urgent = subprocess.run(  # 2: a higher-priority partition needs all 4 GPUs: preemption
-                ["sbatch", "--parsable", "-p", "urgent", "--gpus-per-node=4", "-n1", "--time=1",
-                 f"--output={tmp_path / 'urgent.out'}", "--wrap", "sleep 1"],
-                capture_output=True, text=True, check=True, timeout=30,
-            ).stdout.strip()
-            rc, out = run_cli(["wait", "--runs-dir", str(runs_dir), "--timeout", str(WAIT_S), "--poll", "1"])
-        finally:
-            slurm_queue.scancel([entry.job_id] + ([urgent] if urgent else []))
+    sub = _submit_no_wait(suite, runs_dir, gpus=2)
+    entry = sub.runs[0]
+    try:
+        first = _wait_for_step(entry.mlflow_run_id, 7, sub, "scontrol requeue")
+        slurm_queue.requeue(entry.job_id)  # 1: an admin/user requeue (SIGTERM, job COMPLETING)
+        second = _wait_for_step(entry.mlflow_run_id, 22, sub, "the preemption")
+        urgent = subprocess.run(  # 2: a higher-priority partition needs all 4 GPUs: preemption
+            ["sbatch", "--parsable", "-p", "urgent", "--gpus-per-node=4", "-n1", "--time=1",
+             f"--output={tmp_path / 'urgent.out'}", "--wrap", "sleep 1"],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout.strip()
+        rc, out = run_cli(["wait", "--runs-dir", str(runs_dir), "--timeout", str(WAIT_S), "--poll", "1"])
+    finally:
+        slurm_queue.scancel([entry.job_id] + ([urgent] if urgent else []))
     assert rc == 0, out + _debug(sub)
     run = _client().get_run(entry.mlflow_run_id)
     assert run.info.status == "FINISHED"
@@ -247,28 +252,23 @@ def test_a_job_with_a_killed_rank_resumes_with_launch_resume(store, tiny_pair, t
     runs_dir = tmp_path / "runs"
     base = _tiny_base(tiny_pair, train__steps=40, train__checkpoint_every=5, train__eval_every=20)
     suite = Suite("e2e_kill_rank", "one tiny 2-task run, a rank killed", base, {"main": {}})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(SUITES, suite.name, suite)
-        rc, out = run_cli(["submit", "--suite", suite.name, "--cluster", "slurm", "--no-wait",
-                           "--gpus-per-node", "2", "--runs-dir", str(runs_dir)])
-        assert rc == 0, out
-        from launch.record import find
+    from launch.record import find
 
+    sub = _submit_no_wait(suite, runs_dir, gpus=2)
+    entry, first_job = sub.runs[0], sub.runs[0].job_id
+    try:
+        killed_at = _wait_for_step(entry.mlflow_run_id, 12, sub, "killing rank 1")
+        pid = _task_pid(sub.submitit_folder, rank=1)
+        assert pid is not None, "rank 1's process not found\n" + _debug(sub)
+        os.kill(pid, signal.SIGKILL)
+        rc, out = run_cli(["wait", "--runs-dir", str(runs_dir), "--timeout", "120", "--poll", "1"])
+        assert rc != 0 and _client().get_run(entry.mlflow_run_id).info.status == "FAILED", out
+        rc, resumed = run_cli(["resume", "--runs-dir", str(runs_dir)])
+        assert rc == 0 and f"(was {first_job})" in resumed, resumed
         sub = find(runs_dir)
-        entry, first_job = sub.runs[0], sub.runs[0].job_id
-        try:
-            killed_at = _wait_for_step(entry.mlflow_run_id, 12, sub, "killing rank 1")
-            pid = _task_pid(sub.submitit_folder, rank=1)
-            assert pid is not None, "rank 1's process not found\n" + _debug(sub)
-            os.kill(pid, signal.SIGKILL)
-            rc, out = run_cli(["wait", "--runs-dir", str(runs_dir), "--timeout", "120", "--poll", "1"])
-            assert rc != 0 and _client().get_run(entry.mlflow_run_id).info.status == "FAILED", out
-            rc, resumed = run_cli(["resume", "--runs-dir", str(runs_dir)])
-            assert rc == 0 and f"(was {first_job})" in resumed, resumed
-            sub = find(runs_dir)
-            rc, out = run_cli(["wait", "--runs-dir", str(runs_dir), "--timeout", str(WAIT_S), "--poll", "1"])
-        finally:
-            slurm_queue.scancel([first_job, sub.runs[0].job_id])
+        rc, out = run_cli(["wait", "--runs-dir", str(runs_dir), "--timeout", str(WAIT_S), "--poll", "1"])
+    finally:
+        slurm_queue.scancel([first_job, sub.runs[0].job_id])
     assert rc == 0, out + _debug(sub)
     assert sub.runs[0].earlier_job_ids == [first_job] and sub.runs[0].job_id != first_job
     assert find(runs_dir, first_job).id == sub.id  # the job id it had before still names it
@@ -353,16 +353,9 @@ def test_cancel_stops_the_job_and_marks_the_run_killed(store, tiny_pair, tmp_pat
     runs_dir = tmp_path / "runs"
     base = _tiny_base(tiny_pair, train__steps=400, train__checkpoint_every=50, train__eval_every=200)
     suite = Suite("e2e_cancel", "one long tiny run", base, {"main": {}})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(SUITES, suite.name, suite)
-        rc, out = run_cli(["submit", "--suite", suite.name, "--cluster", "slurm", "--no-wait",
-                                       "--gpus-per-node", "1", "--runs-dir", str(runs_dir)])
-        assert rc == 0, out
-        from launch.record import find
-
-        sub = find(runs_dir)
-        _wait_for_step(sub.runs[0].mlflow_run_id, 2, sub, "the cancel", deadline_s=120)
-        rc, out = run_cli(["cancel", "--runs-dir", str(runs_dir), "--timeout", "90"])
+    sub = _submit_no_wait(suite, runs_dir, gpus=1)
+    _wait_for_step(sub.runs[0].mlflow_run_id, 2, sub, "the cancel", deadline_s=120)
+    rc, out = run_cli(["cancel", "--runs-dir", str(runs_dir), "--timeout", "90"])
     assert rc == 0, out + _debug(sub)
     assert "main: CANCELLED" in out, out
     assert _client().get_run(sub.runs[0].mlflow_run_id).info.status == "KILLED"
