@@ -50,3 +50,8 @@ def test_local_submit_waits_and_prints_the_mlflow_run(tiny_pair, mlflow_store, t
     assert sorted(m.step for m in client().get_metric_history(run_id, "loss")) == list(range(1, 7))
     rc, out = _cli(["status", "--runs-dir", str(runs_dir)])
     assert rc == 0 and "COMPLETED" in out and "FINISHED" in out, out
+    # a finished run has nothing to resume; a run name the submission lacks is a clear error
+    rc, out = _cli(["resume", "--runs-dir", str(runs_dir)])
+    assert rc == 0 and "local_one/main: finished, nothing to resume" in out and "nothing to resume in" in out, out
+    rc, out = _cli(["resume", "--runs-dir", str(runs_dir), "--run", "nope"])
+    assert rc == cli.EXIT_USAGE and "has no run 'nope'" in out, out
