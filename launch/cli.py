@@ -19,6 +19,7 @@ Resuming: preemption, requeues and timeouts resume by themselves; a job that end
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -459,12 +460,9 @@ def resume(args: argparse.Namespace) -> int:
     specs = [pickle_load(task_paths(sub, entry.job_id).submitted_pickle).args[0] for entry in todo]
     resources = Resources(**sub.resources)
     executor = make_executor(resources, Path(sub.submitit_folder), f"lb-{sub.suite}", sub.snapshot["root"])
-    with run_from(sub.snapshot["root"]):
-        if sub.cluster == "slurm":
-            with executor.batch():
-                jobs = [executor.submit(TrainJob(), spec) for spec in specs]
-        else:
-            jobs = [executor.submit(TrainJob(), spec) for spec in specs]
+    array = executor.batch() if sub.cluster == "slurm" else contextlib.nullcontext()  # one array on Slurm
+    with run_from(sub.snapshot["root"]), array:
+        jobs = [executor.submit(TrainJob(), spec) for spec in specs]
     for entry, job in zip(todo, jobs):
         print(f"resumed {sub.suite}/{entry.name}: job {job.job_id} (was {entry.job_id}), "
               f"MLflow run {entry.mlflow_run_id}, from its last checkpoint in {entry.run_dir}")
