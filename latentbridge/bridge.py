@@ -3,7 +3,8 @@
 Both LLMs are frozen; only the translator trains. With `prepend` injection the target reads
 `[BOS] [K soft tokens] [text]`; with `adapter` injection the soft tokens are added (times a
 scale) to the first K text embeddings instead. The text is the answer cue (mode
-`soft_only`) or the full few-shot prompt (mode `soft_plus_text`). In training the gold
+`soft_only`), the question and the cue (`soft_plus_question`) or the full few-shot
+prompt (`soft_plus_text`). In training the gold
 solution follows and is the only part with labels, so training and evaluation give the
 target the same input.
 """
@@ -160,13 +161,32 @@ class Bridge(nn.Module):
         return self.prompt(question) if reads == "fewshot_prompt" else question
 
     def target_text(self, question: str) -> str:
-        """The text after the soft tokens: the cue alone, or the full prompt."""
-        return ANSWER_CUE if self.config.eval.prompt_mode == "soft_only" else self.prompt(question)
+        """The text after the soft tokens: the cue alone, the question and cue, or the full prompt."""
+        mode = self.config.eval.prompt_mode
+        if mode == "soft_only":
+            return ANSWER_CUE
+        return question_block(question) if mode == "soft_plus_question" else self.prompt(question)
+
+    def no_question_text(self) -> str:
+        """What the target reads in this prompt mode when there is no question at all."""
+        if self.config.eval.prompt_mode == "soft_plus_text":
+            return fewshot_prompt(self.exemplars, None)
+        return ANSWER_CUE
+
+    @property
+    def reads_source(self) -> bool:
+        return getattr(self.translator, "reads_source", True)
 
     # --------------------------------------------------------------- pieces
     @torch.no_grad()
     def encode_source(self, questions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The source's hidden states at `translator.source_layer` and their mask."""
+        """The source's hidden states at `translator.source_layer` and their mask.
+
+        A translator that reads nothing (the soft-prompt controls) gets one zero state a row.
+        """
+        if not self.reads_source:
+            states = torch.zeros(len(questions), 1, self.source.hidden_size, device=self.source.device)
+            return states.to(self.source.dtype), torch.ones(len(questions), 1, device=self.source.device, dtype=torch.long)
         batch = text_ids(self.source, [self.source_text(q) for q in questions])
         states = self.source.hidden_states(
             batch.input_ids, batch.attention_mask, layer=self.config.translator.source_layer
@@ -198,8 +218,15 @@ class Bridge(nn.Module):
         )
 
     @torch.no_grad()
-    def bridged_inputs(self, questions: Sequence[str]) -> TargetInputs:
+    def soft_tokens(self, questions: Sequence[str]) -> torch.Tensor:
+        """The translator's K soft tokens for each question, float32 (B, K, target_dim)."""
         states, mask = self.encode_source(questions)
         with translator_autocast(states.device, self.source.dtype):
             soft = self.translator(states, mask)
-        return self.target_inputs(questions, soft.float())
+        return soft.float()
+
+    @torch.no_grad()
+    def bridged_inputs(self, questions: Sequence[str], soft_from: Sequence[str] | None = None) -> TargetInputs:
+        """The target's inputs for `questions`; the soft tokens come from `soft_from` (default:
+        the same questions; another question's for the mismatched control)."""
+        return self.target_inputs(questions, self.soft_tokens(soft_from or questions))

@@ -70,7 +70,8 @@ class DataConfig:
 class TranslatorConfig:
     """The translator that turns source hidden states into K soft tokens."""
 
-    kind: Literal["cross_attention", "dit", "passthrough"] = "cross_attention"
+    # soft_prompt: K learned vectors that read nothing (the no-source and trained-text controls)
+    kind: Literal["cross_attention", "dit", "passthrough", "soft_prompt"] = "cross_attention"
     num_tokens: int = 64  # K
     width: int = 1024  # bottleneck width d
     depth: int = 8
@@ -181,15 +182,28 @@ class EvalConfig:
     split: Literal["validation", "test"] = "validation"  # model selection uses validation
     batch_size: int = 16
     max_new_tokens: int = 256
-    prompt_mode: Literal["soft_only", "soft_plus_text"] = "soft_only"
+    # what the target reads after the soft tokens: the answer cue alone, the question and the
+    # cue (no exemplars), or the whole 8-shot prompt
+    prompt_mode: Literal["soft_only", "soft_plus_question", "soft_plus_text"] = "soft_only"
     baselines: bool = True
     test_questions: int = 0  # after training: the best translator on this many test questions
+    # what crosses the bridge (latentbridge.content): teacher-forced NLLs of the gold solution
+    # under the text, own, another question's and no soft tokens, and mismatched generation
+    content_metrics: bool = True
+    content_negatives: int = 15  # other questions' soft tokens each question is ranked against
+    content_seed: int = 0  # of the derangement and the negatives: the same every evaluation
 
     def __post_init__(self) -> None:
         _check_literals(self, "eval")
         _check_positive("eval", "test_questions", self.test_questions, allow_zero=True)
-        for name in ("num_questions", "batch_size", "max_new_tokens"):
+        for name in ("num_questions", "batch_size", "max_new_tokens", "content_negatives"):
             _check_positive("eval", name, getattr(self, name))
+        if self.content_metrics and (self.num_questions < 2 or self.test_questions == 1):
+            raise ConfigError(
+                f"eval.content_metrics needs at least 2 questions to swap soft tokens between (got"
+                f" eval.num_questions={self.num_questions}, eval.test_questions={self.test_questions});"
+                " evaluate more questions or set eval.content_metrics=false"
+            )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from latentbridge import baseline_cache, distributed, generation
 from latentbridge.bridge import Bridge, build_inputs, tokenize
 from latentbridge.config import EvalConfig
+from latentbridge.content import MISMATCHED_FOLLOWS, ContentResult
 from latentbridge.data import Example
 from latentbridge.generation import generate
 from latentbridge.models import FrozenLM
@@ -25,7 +26,7 @@ from latentbridge.scoring import INVALID, extract_answer, is_correct
 
 log = logging.getLogger(__name__)
 
-SYSTEMS = ("source", "target", "bridged")
+SYSTEMS = ("source", "target", "bridged", "mismatched")
 
 
 @dataclass(frozen=True)
@@ -89,30 +90,48 @@ def text_baselines(bridge: Bridge, examples: Sequence[Example], config: EvalConf
     return out if distributed.is_main() else None
 
 
-def bridged_answers(bridge: Bridge, examples: Sequence[Example], config: EvalConfig) -> list[str] | None:
+def bridged_answers(
+    bridge: Bridge, examples: Sequence[Example], config: EvalConfig, soft_from: Sequence[int] | None = None
+) -> list[str] | None:
+    """The target's answers from the soft tokens; with `soft_from`, question i reads the soft
+    tokens of question `soft_from[i]` (the mismatched control)."""
     questions = [ex.question for ex in examples]
+    sources = [questions[j] for j in soft_from] if soft_from is not None else questions
+    pairs = list(zip(questions, sources))
     was_training = bridge.translator.training
     bridge.translator.eval()
     try:
-        # bucket by what varies: the source's text and (soft_plus_text) the target's text after the soft tokens
+        # bucket by what varies: the source's text and (soft_plus_*) the target's text after the soft tokens
         lengths = [
             len(s) + len(t)
             for s, t in zip(
-                tokenize(bridge.source, [bridge.source_text(q) for q in questions]),
+                tokenize(bridge.source, [bridge.source_text(q) for q in sources]),
                 tokenize(bridge.target, [bridge.target_text(q) for q in questions]),
             )
         ]
-        return _gathered(_answer(questions, bridge.bridged_inputs, bridge.target, config, "bridged", lengths))
+        make_inputs = lambda items: bridge.bridged_inputs([q for q, _ in items], [s for _, s in items])  # noqa: E731
+        label = "bridged" if soft_from is None else "mismatched"
+        return _gathered(_answer(pairs, make_inputs, bridge.target, config, label, lengths))
     finally:
         bridge.translator.train(was_training)
 
 
 def score(
-    examples: Sequence[Example], outputs: dict[str, list[str]], step: int
+    examples: Sequence[Example],
+    outputs: dict[str, list[str]],
+    step: int,
+    content: ContentResult | None = None,
 ) -> Evaluation:
-    """One record a question and the accuracy and invalid count of each system."""
+    """One record a question and the accuracy and invalid count of each system.
+
+    With `content` (latentbridge.content), each record holds the question's content values
+    under "content", the "mismatched" answer says whose soft tokens it read (`soft_from`) and
+    whether it gave that question's gold (`matches_soft_source`), and the metrics hold the
+    content metrics.
+    """
     records = []
     totals = {name: {"correct": 0, "invalid": 0} for name in outputs}
+    follows = 0
     for index, ex in enumerate(examples):
         record = {"step": step, "index": index, "question": ex.question, "gold_solution": ex.answer, "gold": ex.gold}
         for name, texts in outputs.items():
@@ -121,11 +140,22 @@ def score(
             record[name] = {"output": texts[index], "answer": answer, "correct": correct}
             totals[name]["correct"] += correct
             totals[name]["invalid"] += answer == INVALID
+        if content is not None:
+            record["content"] = content.records[index]
+            if "mismatched" in record:
+                partner = content.records[index]["mismatched_with"]
+                matches = is_correct(record["mismatched"]["answer"], examples[partner].gold)
+                record["mismatched"].update(soft_from=partner, matches_soft_source=matches)
+                follows += matches
         records.append(record)
     metrics = {}
     for name, total in totals.items():
         metrics[f"{name}_accuracy"] = total["correct"] / max(len(examples), 1)
         metrics[f"{name}_invalid"] = float(total["invalid"])
+    if content is not None:
+        metrics.update(content.metrics)
+        if "mismatched" in outputs:
+            metrics[MISMATCHED_FOLLOWS] = follows / max(len(examples), 1)
     return Evaluation(metrics=metrics, records=records)
 
 

@@ -27,6 +27,26 @@ from latentbridge.models import FrozenLM
 from latentbridge.prompts import answer_target, question_block
 
 
+def _answer_positions(lm: FrozenLM, inputs: TargetInputs):
+    """The target's last hidden states before each labelled token, those labels, each one's
+    1-based position within its row's answer and its row, for the labelled positions only."""
+    hidden = lm.model.base_model(
+        inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, use_cache=False
+    ).last_hidden_state
+    labels = inputs.labels[:, 1:]
+    keep = labels != IGNORE_INDEX
+    order = keep.long().cumsum(dim=1)
+    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(labels)
+    return hidden[:, :-1], labels, keep, order, rows
+
+
+def _lm_head(lm: FrozenLM, hidden: torch.Tensor) -> torch.Tensor:
+    """float32 logits of hidden states, with the model's final soft-capping where it has one."""
+    logits = lm.model.get_output_embeddings()(hidden).float()
+    cap = getattr(lm.model.config.get_text_config(), "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
 def answer_logits(
     lm: FrozenLM, inputs: TargetInputs, first_n: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -35,19 +55,27 @@ def answer_logits(
 
     With `first_n`, only the first n labelled positions of each row are computed.
     """
-    hidden = lm.model.base_model(
-        inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, use_cache=False
-    ).last_hidden_state
-    labels = inputs.labels[:, 1:]
-    keep = labels != IGNORE_INDEX
-    order = keep.long().cumsum(dim=1)
+    hidden, labels, keep, order, _ = _answer_positions(lm, inputs)
     if first_n is not None:
         keep = keep & (order <= first_n)
-    logits = lm.model.get_output_embeddings()(hidden[:, :-1][keep]).float()
-    cap = getattr(lm.model.config.get_text_config(), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits, labels[keep], order[keep]
+    return _lm_head(lm, hidden[keep]), labels[keep], order[keep]
+
+
+@torch.no_grad()
+def answer_nll(lm: FrozenLM, inputs: TargetInputs, chunk_tokens: int = 4096) -> torch.Tensor:
+    """Each row's negative log-likelihood of its labelled tokens, summed, in nats (B,) float32.
+
+    The LM head runs over `chunk_tokens` positions at a time, so a 262k vocabulary does not
+    hold every answer token's logits at once.
+    """
+    hidden, labels, keep, _, rows = _answer_positions(lm, inputs)
+    hidden, labels, rows = hidden[keep], labels[keep], rows[keep]
+    total = torch.zeros(inputs.labels.shape[0], device=labels.device, dtype=torch.float32)
+    for start in range(0, labels.shape[0], chunk_tokens):
+        part = slice(start, start + chunk_tokens)
+        nll = F.cross_entropy(_lm_head(lm, hidden[part]), labels[part], reduction="none")
+        total.index_add_(0, rows[part], nll)
+    return total
 
 
 def info_nce(soft: torch.Tensor, positives: torch.Tensor, positive_mask: torch.Tensor, temperature: float) -> torch.Tensor:

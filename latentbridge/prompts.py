@@ -36,12 +36,16 @@ def question_block(question: str) -> str:
     return f"Q: {question.strip()}\n{ANSWER_CUE}"
 
 
-def fewshot_prompt(exemplars: Sequence[Example], question: str) -> str:
-    """Header, the exemplars with their worked solutions, then the question and the cue."""
+def fewshot_prompt(exemplars: Sequence[Example], question: str | None) -> str:
+    """Header, the exemplars with their worked solutions, then the question and the cue.
+
+    With `question=None` the prompt ends with the cue alone (no question at all: what the
+    content metrics compare against).
+    """
     shots = "".join(
         f"{question_block(ex.question)} {clean_solution(ex.answer)}\n\n" for ex in exemplars
     )
-    return HEADER + shots + question_block(question)
+    return HEADER + shots + (ANSWER_CUE if question is None else question_block(question))
 
 
 def answer_target(example: Example) -> str:

@@ -34,6 +34,7 @@ from latentbridge.checkpoint import (
 )
 from latentbridge.config import OptimConfig, RunConfig
 from latentbridge.data import Splits, load_splits
+from latentbridge.content import content_metrics, derangement
 from latentbridge.evaluate import bridged_answers, score, text_baselines, write_jsonl
 from latentbridge.losses import compute_losses
 from latentbridge.models import FrozenLM, load_frozen_lm
@@ -151,6 +152,7 @@ class Trainer:
         self.collapse_flags: list[str] = []
         self.last_invalid_rate: float | None = None
         self.baselines: dict[str, list[str]] | None = None
+        self.content_fixed: dict[int, dict] = {}  # translator-independent NLLs of the eval questions
         self.stop_signal: int | None = None
 
     # ------------------------------------------------------------ state
@@ -202,20 +204,36 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------ evaluation
+    def answer_and_measure(self, examples, baselines: dict[str, list[str]] | None, step: int, fixed: dict):
+        """Bridged answers, and (with eval.content_metrics) the mismatched answers and the
+        content metrics, scored with `baselines` on rank 0; None on the other ranks."""
+        cfg = self.config.eval
+        outputs = {"bridged": bridged_answers(self.bridge, examples, cfg)}
+        content = None
+        if cfg.content_metrics:
+            partner = derangement(len(examples), cfg.content_seed)
+            outputs["mismatched"] = bridged_answers(self.bridge, examples, cfg, soft_from=partner)
+            content = content_metrics(
+                self.bridge, examples, negatives_count=cfg.content_negatives, seed=cfg.content_seed,
+                batch_size=cfg.batch_size, fixed=fixed,
+            )
+        if not distributed.is_main():
+            return None
+        return score(examples, {**(baselines or {}), **outputs}, step, content)
+
     def evaluate(self) -> dict[str, float]:
-        """Bridged answers now (baselines once); rank 0 writes the JSONL and reports."""
+        """Bridged answers and content now (baselines once); rank 0 writes the JSONL and reports."""
         cfg = self.config.eval
         if cfg.baselines and self.baselines is None:
             self.baselines = text_baselines(self.bridge, self.eval_examples, cfg) or {}
-        bridged = bridged_answers(self.bridge, self.eval_examples, cfg)
+        evaluation = self.answer_and_measure(self.eval_examples, self.baselines, self.step, self.content_fixed)
         metrics = None
         if distributed.is_main():
-            outputs = {**(self.baselines or {}), "bridged": bridged}
-            evaluation = score(self.eval_examples, outputs, self.step)
             path = write_jsonl(evaluation.records, self.run_dir / "evals" / f"eval_step_{self.step:06d}.jsonl")
             self.reporter.log_artifact(path, "evals")
             self.reporter.log_metrics(evaluation.metrics, self.step)
             metrics = evaluation.metrics
+            bridged = [r["bridged"]["output"] for r in evaluation.records]
             self.check_collapse(bridged, metrics["bridged_invalid"] / len(self.eval_examples))
             log.info("step %d: %s", self.step, json.dumps(metrics))
         metrics = distributed.broadcast_from_main(metrics)
@@ -365,10 +383,9 @@ class Trainer:
         cfg = self.config.eval
         examples = self.splits.test[: cfg.test_questions]
         outputs = text_baselines(self.bridge, examples, cfg) if cfg.baselines else {}
-        bridged = bridged_answers(self.bridge, examples, cfg)
+        evaluation = self.answer_and_measure(examples, outputs, self.best_step, {})
         if not distributed.is_main():
             return {}
-        evaluation = score(examples, {**(outputs or {}), "bridged": bridged}, self.best_step)
         path = write_jsonl(evaluation.records, self.run_dir / "test" / "test_eval.jsonl")
         self.reporter.log_artifact(path, "test")
         metrics = {f"test_{k}": v for k, v in evaluation.metrics.items()}

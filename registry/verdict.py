@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from latentbridge.stats import bootstrap_mean_interval
+
 VERDICTS = ("headline", "control", "ablation", "negative", "unstable")
 TESTS = ("both", "bootstrap", "mcnemar")
 DEFAULTS_FILE = Path(__file__).with_name("verdict_defaults.json")
@@ -148,15 +150,7 @@ def paired_bootstrap(
     if len(a) != len(b) or not len(a):
         raise ValueError("paired bootstrap needs two equal, non-empty answer lists")
     diffs = np.asarray(a, dtype=np.int8) - np.asarray(b, dtype=np.int8)
-    rng = np.random.default_rng(seed)
-    means = np.empty(samples)
-    chunk = max(1, 2_000_000 // len(diffs))  # bound memory for large evaluations
-    for start in range(0, samples, chunk):
-        rows = min(chunk, samples - start)
-        means[start : start + rows] = diffs[rng.integers(0, len(diffs), size=(rows, len(diffs)))].mean(axis=1)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
+    return bootstrap_mean_interval(diffs, samples, confidence, seed)
 
 
 def accuracy_interval(correct: Sequence[bool], samples: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:

@@ -17,7 +17,7 @@ def test_overrides_are_typed_and_nested():
     [
         ("translator.num_tokens=0", "translator.num_tokens=0 must be > 0"),
         ("translator.num_tokens=-3", "translator.num_tokens=-3 must be > 0"),
-        ("eval.prompt_mode=everything", "choose one of ['soft_only', 'soft_plus_text']"),
+        ("eval.prompt_mode=everything", "choose one of ['soft_only', 'soft_plus_question', 'soft_plus_text']"),
         ("translator.colour=red", "unknown config key 'translator.colour'"),
         ("optim.lr=fast", "optim.lr='fast' is not a valid float"),
         ("translator.width=100", "divisible by translator.heads"),

@@ -8,11 +8,13 @@ from latentbridge.config import TranslatorConfig
 from latentbridge.translators.cross_attention import CrossAttentionTranslator
 from latentbridge.translators.dit import DiTBridgeTranslator, teacher_batch
 from latentbridge.translators.passthrough import PassthroughTranslator
+from latentbridge.translators.soft_prompt import SoftPromptTranslator
 
 KINDS = {
     "cross_attention": CrossAttentionTranslator,
     "dit": DiTBridgeTranslator,
     "passthrough": PassthroughTranslator,
+    "soft_prompt": SoftPromptTranslator,
 }
 
 
@@ -32,5 +34,6 @@ __all__ = [
     "CrossAttentionTranslator",
     "DiTBridgeTranslator",
     "PassthroughTranslator",
+    "SoftPromptTranslator",
     "teacher_batch",
 ]
