@@ -44,19 +44,10 @@ from latentbridge import distributed
 from latentbridge.bridge import Bridge, build_inputs
 from latentbridge.data import Example
 from latentbridge.losses import answer_nll
+from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, FRACTION, RETRIEVAL, RETRIEVAL_CHANCE
 from latentbridge.prompts import answer_target
 from latentbridge.stats import bootstrap_mean_interval
 
-BITS = "content/bits_transmitted"
-BITS_LOW = "content/bits_transmitted_low"
-BITS_HIGH = "content/bits_transmitted_high"
-FRACTION = "content/fraction_recovered"
-RETRIEVAL = "content/retrieval_top1"
-RETRIEVAL_CHANCE = "content/retrieval_chance"
-MISMATCHED_ACCURACY = "mismatched_accuracy"  # generation from another question's soft tokens
-# the share of mismatched answers that give the gold of the question whose soft tokens were read
-MISMATCHED_FOLLOWS = "content/mismatched_follows_soft_source"
-METRICS = (BITS, BITS_LOW, BITS_HIGH, FRACTION, RETRIEVAL, RETRIEVAL_CHANCE)
 BOOTSTRAP_SAMPLES = 2000
 NATS_PER_BIT = math.log(2)
 

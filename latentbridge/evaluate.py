@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 from latentbridge import baseline_cache, distributed, generation
 from latentbridge.bridge import Bridge, build_inputs, tokenize
 from latentbridge.config import EvalConfig
-from latentbridge.content import MISMATCHED_FOLLOWS, ContentResult
+from latentbridge.content import ContentResult
+from latentbridge.metric_names import MISMATCHED_FOLLOWS
 from latentbridge.data import Example
 from latentbridge.generation import generate
 from latentbridge.models import FrozenLM

@@ -31,7 +31,16 @@ from typing import Any
 
 from latentbridge.config import ConfigError, parse_assignments
 from launch.cluster import CLUSTERS, ResourceError, parse_slurm_args, resolve_cluster, resources_for, sbatch_preview
-from launch.record import RecordError, RunEntry, Submission, all_records, find, mark_latest, new_folder
+from launch.record import (
+    RecordError,
+    RunEntry,
+    Submission,
+    all_records,
+    find,
+    load_own_pickle,
+    mark_latest,
+    new_folder,
+)
 from launch.suites import SUITES, get_suite
 from launch.user_config import CONFIG_ENV, DEFAULT_PATH, UserConfigError, load_user_config, resolve
 
@@ -92,7 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds to wait at most (default 3600); the jobs go on after it")
     submit.add_argument("--dry-run", action="store_true",
                         help="print each run's config, the resources and the sbatch script; submit nothing")
-    submit.add_argument("--only", nargs="*", default=None, help="run only these members of the suite")
+    submit.add_argument("--only", action="append", default=None, metavar="NAME[,NAME...]",
+                        help="run only these members of the suite (repeatable, or comma-separated; it takes one "
+                             "value, so overrides after it stay overrides)")
+    submit.add_argument("--local-parallel", type=int, default=1, metavar="N",
+                        help="local runs: this many at once on this machine, sharing its GPUs (default 1: one "
+                             "after another, each with every GPU); for small models on one large GPU")
     submit.add_argument("overrides", nargs="*", help="config overrides key=value")
     _add_common(submit)
 
@@ -212,7 +226,10 @@ def submit(args: argparse.Namespace) -> int:
     settings = _settings(args)
     suite = get_suite(args.suite)
     configs = suite.configs(parse_assignments(args.overrides))
+    if args.local_parallel < 1:
+        raise ConfigError(f"--local-parallel {args.local_parallel} must be >= 1")
     if args.only:
+        args.only = [name.strip() for item in args.only for name in item.split(",") if name.strip()]
         unknown = sorted(set(args.only) - set(configs))
         if unknown:
             raise ConfigError(f"--only names runs not in suite {suite.name!r}: {unknown}; runs: {sorted(configs)}")
@@ -293,26 +310,31 @@ def submit(args: argparse.Namespace) -> int:
         states, timed_out = wait_for(Monitor(sub), wait_timeout)
         return _finish_wait(sub, states, timed_out, wait_timeout)
 
-    # local / debug: one run after another on this machine (each run uses all its GPUs)
+    # local / debug: one run after another on this machine (each run uses all its GPUs), or
+    # --local-parallel at once (they share the GPUs)
     print(_describe(sub))
     live: dict[str, Any] = {}
 
     deadline = time.monotonic() + wait_timeout
     states, timed_out = [], False
-    for entry, spec in zip(entries, specs):
-        with run_from(snapshot.root):
-            job = executor.submit(TrainJob(), spec)
-        entry.job_id, live[entry.name] = str(job.job_id), job
-        sub.save()
-        print(f"started {suite.name}/{entry.name}: job {entry.job_id} ({cluster}), MLflow run {entry.mlflow_run_id}")
+    width = 1 if cluster == "debug" else args.local_parallel
+    for first in range(0, len(entries), width):
+        group = list(zip(entries, specs))[first : first + width]
+        for entry, spec in group:
+            with run_from(snapshot.root):
+                job = executor.submit(TrainJob(), spec)
+            entry.job_id, live[entry.name] = str(job.job_id), job
+            sub.save()
+            print(f"started {suite.name}/{entry.name}: job {entry.job_id} ({cluster}), MLflow run {entry.mlflow_run_id}")
+            if cluster == "debug":
+                try:
+                    job.result()
+                except Exception as error:  # noqa: BLE001 - reported below from the record
+                    print(f"{suite.name}/{entry.name}: failed in-process: {error}")
         if cluster == "debug":
-            try:
-                job.result()
-            except Exception as error:  # noqa: BLE001 - reported below from the record
-                print(f"{suite.name}/{entry.name}: failed in-process: {error}")
             continue
         remaining = deadline - time.monotonic()
-        _, timed_out = wait_for(Monitor(sub, live, only={entry.name}), max(remaining, 0.0))
+        _, timed_out = wait_for(Monitor(sub, live, only={e.name for e, _ in group}), max(remaining, 0.0))
         if timed_out:
             break
     if cluster == "debug":
@@ -429,9 +451,8 @@ def resume(args: argparse.Namespace) -> int:
     """Send the runs of a submission that ended without finishing (a rank killed, a node lost,
     a failure, a cancel) out again: each job is the one submitted first (its pickled spec),
     from the same frozen code, into the same run dir, so it continues the same MLflow run from
-    its last checkpoint. Runs still queued or running, and finished ones, are left alone."""
-    from submitit.core.utils import pickle_load
-
+    its last checkpoint. Runs still queued or running, and finished ones, are left alone.
+    The job files are unpickled only if this user owns them and others cannot write them."""
     from launch.cluster import Resources, make_executor
     from launch.job import TrainJob
     from launch.monitor import Monitor, reconcile_mlflow, task_paths
@@ -457,7 +478,7 @@ def resume(args: argparse.Namespace) -> int:
     if not todo:
         print(f"nothing to resume in {sub.id}")
         return 0
-    specs = [pickle_load(task_paths(sub, entry.job_id).submitted_pickle).args[0] for entry in todo]
+    specs = [load_own_pickle(task_paths(sub, entry.job_id).submitted_pickle).args[0] for entry in todo]
     resources = Resources(**sub.resources)
     executor = make_executor(resources, Path(sub.submitit_folder), f"lb-{sub.suite}", sub.snapshot["root"])
     array = executor.batch() if sub.cluster == "slurm" else contextlib.nullcontext()  # one array on Slurm

@@ -30,13 +30,24 @@ from mlflow.exceptions import MlflowException
 
 from latentbridge.models import sha256_file
 from registry.errors import PreserveError, TamperedArchiveError
-from registry.facts import RunFacts, download_eval, get_run, is_training_run, run_facts
+from latentbridge.metric_names import (
+    BITS,
+    BITS_HIGH,
+    BITS_LOW,
+    FRACTION,
+    MISMATCHED_ACCURACY,
+    MISMATCHED_FOLLOWS,
+    RETRIEVAL,
+    RETRIEVAL_CHANCE,
+)
+from registry.facts import RunFacts, download_eval, eval_files, get_run, is_training_run, run_facts, suite_runs
 from registry.prompt_length import try_mean_prompt_tokens
 from registry.store import client, with_retries
 from registry.verdict import (
     Verdict,
     VerdictRules,
     accuracy_interval,
+    aligned_control,
     collapse_flags,
     judge,
 )
@@ -115,6 +126,30 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def _content_lines(facts: RunFacts, verdict: Verdict) -> list[str]:
+    """What crosses the bridge, and bridged against each control on the same questions."""
+    m = facts.metrics
+    lines = ["", "## What crosses the bridge (final evaluation)"]
+    if verdict.bits is None:
+        lines.append("- not measured (the run predates the content metrics, or eval.content_metrics=false)")
+    else:
+        bits, low, high = verdict.bits
+        lines += [
+            f"- bits transmitted: {bits:.3f} bits a question, 95% paired bootstrap interval [{low:.3f}, {high:.3f}]"
+            f" ({'above 0: question-specific content crosses' if low > 0 else 'includes 0: no content shown'})",
+            f"- fraction recovered: {_fmt(m.get(FRACTION))} (of the NLL gap between no question and the full text)",
+            f"- retrieval top-1: {_fmt(m.get(RETRIEVAL))} (chance {_fmt(m.get(RETRIEVAL_CHANCE))})",
+            f"- mismatched accuracy: {_fmt(m.get(MISMATCHED_ACCURACY))}; mismatched answers that give the soft"
+            f" tokens' own question's gold: {_fmt(m.get(MISMATCHED_FOLLOWS))}",
+        ]
+    names = {"no_source": "trained no-source control", "trained_text": "trained text control", "mismatched": "mismatched soft tokens"}
+    lines += ["", "## Bridged against the controls (same questions; difference with its 95% paired interval)"]
+    if not verdict.comparisons:
+        lines.append("- none: the suite has no finished trained control for this pair and task yet")
+    lines += [f"- vs {names.get(k, k)}: {c.text()}" for k, c in verdict.comparisons.items()]
+    return lines
+
+
 def note(facts: RunFacts, verdict: Verdict, rules: VerdictRules, interval: tuple[float, float] | None) -> str:
     """The preservation note: why the run exists, how to reproduce it, key metrics, verdict."""
     diff = facts.config_diff
@@ -156,6 +191,7 @@ def note(facts: RunFacts, verdict: Verdict, rules: VerdictRules, interval: tuple
         f"- bridged peak: {_fmt(facts.peak)} at step {facts.peak_step} (degradation {_fmt(facts.degradation)})",
         f"- bridged invalid rate: {_fmt(facts.invalid_rate)}",
         f"- compression ratio: {compression}",
+        *_content_lines(facts, verdict),
         "",
         f"## Verdict: **{verdict.verdict}**",
         f"Decided by rule `{verdict.decided_by}`: {verdict.rule}.",
@@ -170,6 +206,37 @@ def _description(text: str) -> str:
         return text
     tail = "\n\n(truncated: the full note is NOTE.md in this version's files)"
     return text[: DESCRIPTION_LIMIT - len(tail)] + tail
+
+
+# --------------------------------------------------------------------------- controls
+def control_role(params: dict[str, str], bridge_prompt_mode: str) -> str | None:
+    """'no_source' or 'trained_text' for a trained control, relative to a bridge's prompt mode."""
+    if params.get("translator.kind") != "soft_prompt":
+        return None
+    return "no_source" if params.get("eval.prompt_mode", "soft_only") == bridge_prompt_mode else "trained_text"
+
+
+def suite_controls(mlflow_client, facts: RunFacts, records: list[dict], dst: Path) -> dict[str, list[bool]]:
+    """The suite's finished trained controls for this run's pair and task, each as its
+    correctness on the same questions (the latest finished control of each role)."""
+    if facts.kind == "soft_prompt":
+        return {}
+    same = ("source_model", "target_model", "data.source", "data.synthetic_seed", "eval.split", "translator.num_tokens")
+    found: dict[str, list[bool]] = {}
+    for run in suite_runs(mlflow_client, [facts.experiment_id], facts.suite):
+        params = dict(run.data.params)
+        role = control_role(params, facts.prompt_mode)
+        if role is None or run.info.status != "FINISHED" or run.info.run_id == facts.run_id:
+            continue
+        if any(params.get(k) != facts.params.get(k) for k in same):
+            continue
+        files = eval_files(mlflow_client, run.info.run_id)
+        if not files:
+            continue
+        aligned = aligned_control(records, download_eval(mlflow_client, run.info.run_id, files[-1][1], dst / run.info.run_id))
+        if aligned is not None:
+            found[role] = aligned  # oldest first: the latest finished control wins
+    return found
 
 
 # --------------------------------------------------------------------------- preserve
@@ -219,8 +286,13 @@ def preserve(run_id: str, rules: VerdictRules | None = None) -> Preserved:
                 RunConfig.from_dict(config_record), [r["question"] for r in records]
             )
         flags = collapse_flags(records, rules, facts.raised_flags)
+        controls = suite_controls(mlflow_client, facts, records, local / "controls")
+        content = {k: facts.metrics[k] for k in (BITS, BITS_LOW, BITS_HIGH) if k in facts.metrics}
         try:
-            verdict = judge(records, peak_bridged=facts.peak or 0.0, collapse_flags=flags, rules=rules)
+            verdict = judge(
+                records, peak_bridged=facts.peak or 0.0, collapse_flags=flags, rules=rules,
+                content=content, controls=controls, is_control=facts.kind == "soft_prompt",
+            )
         except ValueError as error:
             raise PreserveError(f"run {run_id}: {error}") from None
         bridged = [bool(r["bridged"]["correct"]) for r in records]
@@ -289,8 +361,18 @@ def preserve(run_id: str, rules: VerdictRules | None = None) -> Preserved:
         "n_questions": str(verdict.n),
         "verdict": verdict.verdict,
         "verdict_rule": verdict.decided_by,
+        "bits_transmitted": opt(verdict.bits[0] if verdict.bits else None),
+        "bits_transmitted_interval": (
+            f"[{verdict.bits[1]:.4f}, {verdict.bits[2]:.4f}]" if verdict.bits else "unknown"
+        ),
+        "fraction_recovered": opt(facts.metrics.get(FRACTION)),
+        "retrieval_top1": opt(facts.metrics.get(RETRIEVAL)),
         "manifest_sha256": manifest_sha,
     }
+    # the verdict on the run too, so the runs table can show and filter it
+    with_retries(
+        lambda: mlflow_client.set_tag(run_id, "verdict", verdict.verdict), "tag the run's verdict"
+    )
     version = with_retries(
         lambda: mlflow_client.create_model_version(
             name,

@@ -1,11 +1,19 @@
 """Is a run publishable? Verdict rules over the final evaluation's per-question answers.
 
 Rules, checked in this order (the first that holds decides; `Verdict.decided_by` names it):
+  trained_control   control: the run is itself a trained control (a soft prompt that reads no
+                    source): it is what bridges are compared with, never a bridge;
   collapse          unstable: the run raised collapse flags (from the trainer, or the bridged
                     answers collapsed onto a few identical outputs);
   degradation       unstable: final bridged accuracy fell more than `unstable_margin` below
                     its peak;
+  no_content        negative: the content metrics were measured and the interval of
+                    content/bits_transmitted does not lie above 0: nothing question-specific
+                    crosses the bridge (whatever its accuracy, it is a soft prompt);
   below_source      negative: bridged is below source-alone;
+  not_above_no_source  ablation: the suite has a trained no-source control on the same
+                    questions and the bridge does not beat it with statistical support (the same
+                    test as for target-alone);
   beats_target      headline: bridged beats target-alone with statistical support on the same
                     questions (paired bootstrap interval of bridged - target above 0, or an exact
                     McNemar test, `test`), on at least `min_questions` questions;
@@ -28,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW
 from latentbridge.stats import bootstrap_mean_interval
 
 VERDICTS = ("headline", "control", "ablation", "negative", "unstable")
@@ -130,6 +139,10 @@ class Verdict:
     diff_vs_target: tuple[float, float] | None  # paired bootstrap interval of bridged - target
     p_value: float | None  # exact McNemar p-value of bridged vs target
     collapse_flags: tuple[str, ...] = ()
+    # content/bits_transmitted and its interval (low, high), when the run measured them
+    bits: tuple[float, float, float] | None = None
+    # each trained control (and the mismatched answers) against bridged on the same questions
+    comparisons: dict[str, Comparison] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,7 +153,50 @@ class Verdict:
         if values.get("diff_vs_target") is not None:
             values["diff_vs_target"] = tuple(values["diff_vs_target"])
         values["collapse_flags"] = tuple(values.get("collapse_flags", ()))
+        if values.get("bits") is not None:
+            values["bits"] = tuple(values["bits"])
+        values["comparisons"] = {k: Comparison.from_dict(v) for k, v in (values.get("comparisons") or {}).items()}
         return cls(**{f.name: values.get(f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Bridged against another system on the same questions: accuracies, the paired bootstrap
+    interval of bridged - other and the exact McNemar p-value."""
+
+    n: int
+    bridged: float
+    other: float
+    diff_interval: tuple[float, float]
+    p_value: float
+
+    @classmethod
+    def of(cls, bridged: Sequence[bool], other: Sequence[bool], rules: VerdictRules) -> Comparison:
+        return cls(
+            n=len(bridged),
+            bridged=sum(bridged) / len(bridged),
+            other=sum(other) / len(other),
+            diff_interval=paired_bootstrap(bridged, other, rules.bootstrap_samples, rules.confidence, rules.seed),
+            p_value=mcnemar_p(bridged, other),
+        )
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> Comparison:
+        values = dict(values)
+        values["diff_interval"] = tuple(values["diff_interval"])
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+    def supported(self, rules: VerdictRules) -> bool:
+        """bridged above the other with the rules' statistical support."""
+        by_interval = self.diff_interval[0] > 0
+        by_test = self.p_value < 1 - rules.confidence and self.bridged > self.other
+        return {"both": by_interval and by_test, "bootstrap": by_interval, "mcnemar": by_test}[rules.test]
+
+    def text(self) -> str:
+        return (
+            f"{self.bridged:.3f} vs {self.other:.3f}, difference {self.bridged - self.other:+.3f}"
+            f" [{self.diff_interval[0]:+.3f}, {self.diff_interval[1]:+.3f}], McNemar p={self.p_value:.4g}, n={self.n}"
+        )
 
 
 def paired_bootstrap(
@@ -185,14 +241,31 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def aligned_control(records: Sequence[dict], control_records: Sequence[dict]) -> list[bool] | None:
+    """The control's bridged correctness on the same questions as `records`, in their order
+    (None when the control did not answer every one of them)."""
+    by_question = {r.get("question"): bool((r.get("bridged") or {}).get("correct")) for r in control_records}
+    if not all(r.get("question") in by_question for r in records):
+        return None
+    return [by_question[r.get("question")] for r in records]
+
+
 def judge(
     records: Sequence[dict],
     *,
     peak_bridged: float,
     collapse_flags: Sequence[str] = (),
     rules: VerdictRules,
+    content: Mapping[str, float] | None = None,
+    controls: Mapping[str, Sequence[bool]] | None = None,
+    is_control: bool = False,
 ) -> Verdict:
-    """The verdict for a run whose final evaluation wrote `records` (one per question)."""
+    """The verdict for a run whose final evaluation wrote `records` (one per question).
+
+    `content`: the final evaluation's content metrics (latentbridge.content names);
+    `controls`: each trained control's correctness on the same questions, e.g.
+    {"no_source": [...], "trained_text": [...]}; `is_control`: the run is such a control.
+    """
     n = len(records)
     if n == 0:
         raise ValueError("the final evaluation has no records")
@@ -213,10 +286,19 @@ def judge(
         interval = paired_bootstrap(bridged, target, rules.bootstrap_samples, rules.confidence, rules.seed)
         p_value = mcnemar_p(bridged, target)
     flags = tuple(collapse_flags)
+    bits = None
+    if content and BITS in content and BITS_LOW in content and BITS_HIGH in content:
+        bits = (float(content[BITS]), float(content[BITS_LOW]), float(content[BITS_HIGH]))
+    comparisons = {name: Comparison.of(bridged, other, rules) for name, other in (controls or {}).items()}
+    mismatched = column("mismatched")
+    if mismatched is not None:
+        comparisons["mismatched"] = Comparison.of(bridged, mismatched, rules)
 
     def make(verdict: str, decided_by: str, rule: str) -> Verdict:
-        return Verdict(verdict, decided_by, rule, n, b, t, s, peak, interval, p_value, flags)
+        return Verdict(verdict, decided_by, rule, n, b, t, s, peak, interval, p_value, flags, bits, comparisons)
 
+    if is_control:
+        return make("control", "trained_control", "a trained control (soft tokens that read no source), not a bridge")
     if flags:
         return make("unstable", "collapse", f"collapse flags raised: {', '.join(flags)}")
     if peak - b > rules.unstable_margin:
@@ -225,8 +307,22 @@ def judge(
             "degradation",
             f"final bridged {b:.3f} is {peak - b:.3f} below its peak {peak:.3f} (margin {rules.unstable_margin})",
         )
+    if bits is not None and not bits[1] > 0:
+        return make(
+            "negative",
+            "no_content",
+            f"content/bits_transmitted {bits[0]:.3f} bits, 95% interval [{bits[1]:.3f}, {bits[2]:.3f}] does not lie"
+            " above 0: the soft tokens carry nothing specific to the question",
+        )
     if s is not None and b < s:
         return make("negative", "below_source", f"bridged {b:.3f} is below source-alone {s:.3f}")
+    no_source = comparisons.get("no_source")
+    if no_source is not None and not no_source.supported(rules):
+        return make(
+            "ablation",
+            "not_above_no_source",
+            f"bridged does not beat the trained no-source control with statistical support ({no_source.text()})",
+        )
     if t is not None and b > t:
         by_interval = interval[0] > 0
         by_test = p_value < 1 - rules.confidence

@@ -11,18 +11,8 @@ import torch
 
 from latentbridge.bridge import Bridge
 from latentbridge.config import ConfigError, RunConfig
-from latentbridge.content import (
-    BITS,
-    BITS_HIGH,
-    BITS_LOW,
-    FRACTION,
-    MISMATCHED_ACCURACY,
-    RETRIEVAL,
-    content_metrics,
-    derangement,
-    negatives,
-    summarize,
-)
+from latentbridge.content import content_metrics, derangement, negatives, summarize
+from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, FRACTION, MISMATCHED_ACCURACY, RETRIEVAL
 from latentbridge.data import load_splits
 from latentbridge.prompts import ANSWER_CUE, select_exemplars
 from latentbridge.reporting import MemoryReporter

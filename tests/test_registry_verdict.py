@@ -165,3 +165,37 @@ def test_summarize_both_formats_and_warns_on_malformed_lines(tmp_path, caplog, c
     assert "eval_step_000010.jsonl  bridged" in out and "eval_samples_step_200.jsonl" in out
     assert main(["summarize", str(tmp_path / "missing")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ content and trained controls
+CONTENT = {"content/bits_transmitted": 2.0, "content/bits_transmitted_low": 1.5, "content/bits_transmitted_high": 2.5}
+NO_CONTENT = {"content/bits_transmitted": 0.01, "content/bits_transmitted_low": -0.02, "content/bits_transmitted_high": 0.04}
+
+
+def test_a_bridge_whose_bits_interval_includes_zero_is_never_a_headline():
+    result = judge(records(200, 140, 120, 90), peak_bridged=0.7, rules=RULES, content=NO_CONTENT)
+    assert (result.verdict, result.decided_by) == ("negative", "no_content"), result.rule
+    assert "[-0.020, 0.040]" in result.rule and result.bits == (0.01, -0.02, 0.04)
+    assert judge(records(200, 140, 120, 90), peak_bridged=0.7, rules=RULES, content=CONTENT).verdict == "headline"
+
+
+def test_a_headline_must_beat_the_trained_no_source_control():
+    bridged = records(200, 140, 120, 90)
+    as_good = [i < 135 for i in range(200)]  # the control answers 135 of the same questions
+    result = judge(bridged, peak_bridged=0.7, rules=RULES, content=CONTENT, controls={"no_source": as_good})
+    assert (result.verdict, result.decided_by) == ("ablation", "not_above_no_source"), result.rule
+    assert result.comparisons["no_source"].other == pytest.approx(135 / 200)
+    weak = [i < 60 for i in range(200)]
+    result = judge(bridged, peak_bridged=0.7, rules=RULES, content=CONTENT, controls={"no_source": weak, "trained_text": as_good})
+    assert result.verdict == "headline" and result.comparisons["no_source"].diff_interval[0] > 0
+    assert set(result.comparisons) == {"no_source", "trained_text"}
+
+
+def test_a_trained_control_is_judged_a_control_and_the_verdict_round_trips():
+    result = judge(records(200, 140, 120, 90), peak_bridged=0.7, rules=RULES, content=NO_CONTENT, is_control=True)
+    assert (result.verdict, result.decided_by) == ("control", "trained_control")
+    with_controls = judge(records(200, 140, 120, 90), peak_bridged=0.7, rules=RULES, content=CONTENT,
+                          controls={"no_source": [i < 60 for i in range(200)]})
+    from registry.verdict import Verdict
+
+    assert Verdict.from_dict(json.loads(json.dumps(with_controls.to_dict()))) == with_controls
