@@ -34,3 +34,27 @@ def bootstrap_mean_interval(
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return float(low), float(high)
+
+
+def bootstrap_ratio_interval(
+    numerators: Sequence[float],
+    denominators: Sequence[float],
+    samples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile interval of sum(numerators) / sum(denominators) (a ratio of means), resampling
+    the (numerator, denominator) pairs; resamples whose denominator sum is <= 0 are dropped."""
+    num = np.asarray(numerators, dtype=np.float64)
+    den = np.asarray(denominators, dtype=np.float64)
+    if num.shape != den.shape or num.ndim != 1 or not len(num):
+        raise ValueError("a ratio interval needs two equal, non-empty lists of numbers")
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, len(num), size=(samples, len(num)))
+    top, bottom = num[index].sum(axis=1), den[index].sum(axis=1)
+    ratios = top[bottom > 0] / bottom[bottom > 0]
+    if not len(ratios):
+        return float("nan"), float("nan")
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(ratios, [tail, 1 - tail])
+    return float(low), float(high)

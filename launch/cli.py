@@ -190,6 +190,21 @@ def _follow_hint(sub: Submission) -> str:
     )
 
 
+def content_line(metrics: dict[str, float]) -> str:
+    """What crossed the bridge at the final evaluation, in one line ('' when not measured)."""
+    from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, FRACTION, RETRIEVAL, RETRIEVAL_CHANCE
+
+    if BITS not in metrics:
+        return ""
+    low, high = metrics.get(BITS_LOW, float("nan")), metrics.get(BITS_HIGH, float("nan"))
+    verdict = "question-specific content crosses" if low > 0 else "no question-specific content shown"
+    return (
+        f"what crossed the bridge: {BITS} = {metrics[BITS]:.3f} bits a question, 95% interval [{low:.3f}, {high:.3f}]"
+        f" ({verdict}); fraction recovered {metrics.get(FRACTION, float('nan')):.3f}; retrieval top-1"
+        f" {metrics.get(RETRIEVAL, float('nan')):.3f} (chance {metrics.get(RETRIEVAL_CHANCE, float('nan')):.3f})"
+    )
+
+
 def _report(sub: Submission, states) -> int:
     failures = 0
     for state in states:
@@ -198,6 +213,9 @@ def _report(sub: Submission, states) -> int:
             result = state.result
             metrics = json.dumps({k: round(v, 4) for k, v in (getattr(result, "metrics", {}) or {}).items()})
             print(f"{sub.suite}/{state.name}: {result.status}; MLflow run id {result.run_id}; {metrics}")
+            crossed = content_line(getattr(result, "metrics", {}) or {})
+            if crossed:
+                print(f"  {crossed}")
             if getattr(result, "preserved", ""):
                 print(f"  preserved in the model registry as {result.preserved} (python -m registry list)")
         else:

@@ -40,7 +40,16 @@ from latentbridge.metric_names import (
     RETRIEVAL,
     RETRIEVAL_CHANCE,
 )
-from registry.facts import RunFacts, download_eval, eval_files, get_run, is_training_run, run_facts, suite_runs
+from registry.facts import (
+    RunFacts,
+    control_role,
+    download_eval,
+    eval_files,
+    get_run,
+    is_training_run,
+    run_facts,
+    suite_runs,
+)
 from registry.prompt_length import try_mean_prompt_tokens
 from registry.store import client, with_retries
 from registry.verdict import (
@@ -209,26 +218,16 @@ def _description(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- controls
-def control_role(params: dict[str, str], bridge_prompt_mode: str) -> str | None:
-    """'no_source' or 'trained_text' for a trained control, relative to a bridge's prompt mode."""
-    if params.get("translator.kind") != "soft_prompt":
-        return None
-    return "no_source" if params.get("eval.prompt_mode", "soft_only") == bridge_prompt_mode else "trained_text"
-
-
 def suite_controls(mlflow_client, facts: RunFacts, records: list[dict], dst: Path) -> dict[str, list[bool]]:
     """The suite's finished trained controls for this run's pair and task, each as its
     correctness on the same questions (the latest finished control of each role)."""
     if facts.kind == "soft_prompt":
         return {}
-    same = ("source_model", "target_model", "data.source", "data.synthetic_seed", "eval.split", "translator.num_tokens")
     found: dict[str, list[bool]] = {}
     for run in suite_runs(mlflow_client, [facts.experiment_id], facts.suite):
         params = dict(run.data.params)
-        role = control_role(params, facts.prompt_mode)
+        role = control_role(params, facts.params)
         if role is None or run.info.status != "FINISHED" or run.info.run_id == facts.run_id:
-            continue
-        if any(params.get(k) != facts.params.get(k) for k in same):
             continue
         files = eval_files(mlflow_client, run.info.run_id)
         if not files:

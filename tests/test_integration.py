@@ -48,7 +48,14 @@ def test_embedded_pair_trains_logs_and_is_preserved(embedded_pair, tmp_path, mlf
     artifacts = {a.path for a in client().list_artifacts(run_id)}
     assert {"evals", "translator"} <= artifacts
 
+    # the five content metrics of issue 12, and the note that says what crossed
+    for name in ("content/bits_transmitted", "content/bits_transmitted_low", "content/bits_transmitted_high",
+                 "content/fraction_recovered", "content/retrieval_top1", "mismatched_accuracy"):
+        assert name in run.data.metrics, name
+
     preserved = preserve(run_id)
     assert preserved.created and preserved.model == "gemma3-270m__to__smollm2-135m__cross_attention"
+    version = client().get_model_version(preserved.model, preserved.version)
+    assert "## What crosses the bridge" in version.description and "bits transmitted:" in version.description
     again = preserve(run_id)
     assert not again.created and again.version == preserved.version

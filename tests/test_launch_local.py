@@ -55,3 +55,30 @@ def test_local_submit_waits_and_prints_the_mlflow_run(tiny_pair, mlflow_store, t
     assert rc == 0 and "local_one/main: finished, nothing to resume" in out and "nothing to resume in" in out, out
     rc, out = _cli(["resume", "--runs-dir", str(runs_dir), "--run", "nope"])
     assert rc == cli.EXIT_USAGE and "has no run 'nope'" in out, out
+
+
+def test_local_parallel_runs_share_the_machine_and_only_keeps_later_overrides(tiny_pair, mlflow_store, tmp_path, monkeypatch):
+    source, target = tiny_pair
+    base = {**dict(item.split("=", 1) for item in TINY_RUN), "source_model": source, "target_model": target,
+            "data.num_shots": "0"}
+    runs = {"a": {}, "b": {"seed": 7}, "c": {}}
+    monkeypatch.setitem(SUITES, "local_three", Suite("local_three", "three tiny runs", base, runs, tasks=None))
+    runs_dir = tmp_path / "runs"
+    # `--only` takes one value: the override after it is an override, not a run name
+    rc, out = _cli(["submit", "--suite", "local_three", "--cluster", "local", "--runs-dir", str(runs_dir),
+                    "--local-parallel", "2", "--wait-timeout", "300", "--only", "a,b", "train.steps=3"])
+    assert rc == 0, out
+    sub = find(runs_dir)
+    assert [e.name for e in sub.runs] == ["a", "b"]
+    from registry.store import client
+
+    a, b = (client().get_run(e.mlflow_run_id) for e in sub.runs)
+    assert a.data.params["train.steps"] == b.data.params["train.steps"] == "3"
+    # both trained at once: each logged its first loss before the other logged its last
+    times = {r.info.run_id: sorted(m.timestamp for m in client().get_metric_history(r.info.run_id, "loss")) for r in (a, b)}
+    ta, tb = times[a.info.run_id], times[b.info.run_id]
+    assert ta[0] <= tb[-1] and tb[0] <= ta[-1], times
+    assert "what crossed the bridge: content/bits_transmitted = " in out, out
+    rc, out = _cli(["submit", "--suite", "local_three", "--cluster", "local", "--runs-dir", str(runs_dir),
+                    "--local-parallel", "0"])
+    assert rc == cli.EXIT_USAGE and "--local-parallel 0 must be >= 1" in out, out

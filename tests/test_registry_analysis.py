@@ -94,9 +94,9 @@ def analysis(suite_store):
 
 def test_analysis_writes_every_asset(analysis):
     out = analysis.out
-    expected = ["ablation_results.json", "summary.md", "summary.csv", "paper.tex"]
+    expected = ["ablation_results.json", "summary.md", "summary.csv", "content_summary.json", "paper.tex"]
     expected += [f"tables/{t}.tex" for t in ("main_results", "ablations", "compression")]
-    expected += [f"figures/{f}.{ext}" for f in ("training_curves", "stability", "sequence_length", "compression_quality") for ext in ("pdf", "png")]
+    expected += [f"figures/{f}.{ext}" for f in ("training_curves", "stability", "sequence_length", "compression_quality", "content_vs_k") for ext in ("pdf", "png")]
     for name in expected:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert sorted(p.relative_to(out).as_posix() for p in analysis.files) == sorted(expected)

