@@ -3,13 +3,20 @@
 A translator checkpoint is a folder: `translator.safetensors` and `translator.json`
 (the run config and the widths it was built for). A training checkpoint adds optimizer,
 scheduler, RNG states and the step, written atomically so a crash never leaves half a file.
+
+`state.pt` is read with `torch.load(weights_only=True)`: only tensors and plain Python values
+(dicts, lists, tuples, numbers, strings, None) are accepted, so a crafted file cannot run code
+on resume. A file that holds anything else, or that is corrupt or truncated, is refused with a
+`CheckpointError` naming the file and the way out.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,8 +82,15 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def python_random_state(value: Any) -> tuple:
+    """`random.getstate()` as saved (a tuple; lists if a serializer turned tuples into lists)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(python_random_state(v) if isinstance(v, (list, tuple)) else v for v in value)
+    raise CheckpointError(f"the saved Python random state is a {type(value).__name__}, not a tuple")
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
+    random.setstate(python_random_state(state["python"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -90,7 +104,51 @@ def save_training_state(path: Path, state: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+class CheckpointError(RuntimeError):
+    """A training checkpoint cannot be used (unsafe or corrupt); the message names the file."""
+
+
+def _way_out(path: Path) -> str:
+    run_dir = path.parent.parent if path.parent.name == "checkpoint" else path.parent
+    return (
+        f"either start over into a new run dir (not {run_dir}), or put a good copy of {path.name} back "
+        f"at {path} and resume"
+    )
+
+
 def load_training_state(path: Path) -> dict[str, Any] | None:
+    """The training state saved at `path`, or None if there is none.
+
+    Loaded with `weights_only=True`; an unsafe, corrupt or truncated file raises CheckpointError.
+    """
+    path = Path(path)
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        text = str(error)
+        found = re.search(r"unsupported GLOBAL (\S+)", text, re.IGNORECASE)
+        if found or "Unsupported global" in text:
+            what = found.group(1) if found else "a Python object"
+            raise CheckpointError(
+                f"refusing to load training checkpoint {path}: it holds {what}, not only tensors and plain "
+                f"values, and unpickling it could run code. It was not written by this trainer (or was "
+                f"tampered with); {_way_out(path)}"
+            ) from None
+        raise CheckpointError(f"training checkpoint {path} is corrupt ({_first_line(text)}); {_way_out(path)}") from None
+    except (EOFError, RuntimeError, ValueError, OSError) as error:
+        reason = _first_line(str(error)) or ("the file is empty" if isinstance(error, EOFError) else type(error).__name__)
+        raise CheckpointError(f"training checkpoint {path} is corrupt or truncated ({reason}); {_way_out(path)}") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{path} is not a training checkpoint of this trainer (no step recorded); {_way_out(path)}")
+    return state
+
+
+def _first_line(text: str) -> str:
+    """The informative part of torch's long error messages."""
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if found:
+        return found.group(1).strip()[:160]
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return line.split(". ")[0][:160]

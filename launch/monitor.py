@@ -6,6 +6,10 @@ running; then the job's submitit result file (success or the error's traceback);
 limit); and a job that neither knows "left the queue without a result" (LOST). Local jobs
 are processes of this machine (their job id is the pid). Runs that ended badly but whose
 MLflow run still says RUNNING/SCHEDULED are marked KILLED (cancelled, lost) or FAILED.
+
+Result files are pickles, and unpickling can run code: they are read with
+`launch.record.load_own_pickle`, which refuses a file not owned by this user or writable by
+others; a refused file makes the run FAILED with the reason, and nothing in it is run.
 """
 
 from __future__ import annotations
@@ -16,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from submitit.core.utils import JobPaths, pickle_load
+from submitit.core.utils import JobPaths
 
 from launch import slurm_queue
-from launch.record import RunEntry, Submission
+from launch.record import RunEntry, Submission, UnsafeFileError, load_own_pickle
 
 LOST_GRACE_S = 10.0  # a job gone from the queue gets this long for its result file to appear
 
@@ -55,7 +59,9 @@ def read_result(submission: Submission, entry: RunEntry) -> tuple[str, Any] | No
         if not path.is_file():
             continue
         try:
-            kind, value = pickle_load(path)
+            kind, value = load_own_pickle(path)
+        except UnsafeFileError as error:  # someone else's file: never unpickled
+            return "error", str(error)
         except Exception as error:  # noqa: BLE001 - a half-written or foreign file
             kind, value = "error", f"unreadable result file {path}: {error}"
         if kind == "error":

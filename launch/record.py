@@ -5,6 +5,12 @@ One submission = one folder `<runs_dir>/<suite>/<stamp>/` holding `submission.js
 MLflow run id and job id), the code snapshot `code/`, submitit's logs and pickles
 `submitit/`, and one folder per run. `<runs_dir>/LATEST` names the newest submission.
 A submission is named by its id `<suite>/<stamp>`, its folder, or any of its job ids.
+
+The submission folder and its `submitit/` folder are made private to their owner (0700) when
+created: `status`, `wait` and `resume` unpickle submitit's result and job files (which can
+run code), so nobody else may write there. `load_own_pickle` reads such a file only if it is a
+regular file owned by the current user and not writable by others (nor by the group, unless
+its folder is private), and otherwise refuses it with an `UnsafeFileError`.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import pickle
 import secrets
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +31,14 @@ LATEST = "LATEST"
 
 class RecordError(LookupError):
     """No submission matches, or its record is unreadable."""
+
+
+class UnsafeFileError(RecordError):
+    """A pickle under the runs folder that someone else could have written: not unpickled."""
+
+
+PRIVATE_DIR_MODE = 0o700
+SUBMITIT_DIR = "submitit"
 
 
 @dataclass
@@ -90,9 +106,12 @@ def new_folder(runs_dir: Path, suite: str) -> tuple[str, Path]:
         name = f"{stamp}-{secrets.token_hex(2)}"
         folder = Path(runs_dir) / suite / name
         try:
-            folder.mkdir(parents=True, exist_ok=False)
+            folder.mkdir(parents=True, exist_ok=False, mode=PRIVATE_DIR_MODE)
         except FileExistsError:
             continue
+        os.chmod(folder, PRIVATE_DIR_MODE)  # mkdir's mode is masked by the umask; chmod is not
+        (folder / SUBMITIT_DIR).mkdir(mode=PRIVATE_DIR_MODE)
+        os.chmod(folder / SUBMITIT_DIR, PRIVATE_DIR_MODE)
         return f"{suite}/{name}", folder
     raise RecordError(f"could not make a fresh submission folder under {runs_dir}/{suite}")
 
@@ -131,3 +150,53 @@ def find(runs_dir: Path, ref: str | None = None) -> Submission:
             if any(i == job or i.split("_", 1)[0] == base for i in ids):
                 return submission
     raise RecordError(f"no submission {ref!r} under {runs_dir} (give an id like suite/stamp, a folder or a job id)")
+
+
+def _private_dir(st: os.stat_result) -> bool:
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+
+def check_own_file(path: Path, st: os.stat_result | None = None) -> None:
+    """Raise UnsafeFileError unless `path` is a regular file of this user that others cannot write."""
+    path = Path(path)
+    st = st or os.lstat(path)
+    me = os.geteuid()
+    way_out = f"check who else can write under {path.parent}, and delete the file if you do not trust it"
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafeFileError(f"refusing to unpickle {path}: not a regular file (a link or device); {way_out}")
+    if st.st_uid != me:
+        raise UnsafeFileError(
+            f"refusing to unpickle {path}: it is owned by uid {st.st_uid}, not by you (uid {me}), and unpickling "
+            f"can run code; {way_out}"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & stat.S_IWOTH:
+        raise UnsafeFileError(
+            f"refusing to unpickle {path}: it is writable by everyone (mode {mode:o}), and unpickling can run "
+            f"code; {way_out}"
+        )
+    if mode & stat.S_IWGRP:
+        try:
+            folder_private = _private_dir(os.stat(path.parent))
+        except OSError:
+            folder_private = False
+        if not folder_private:
+            raise UnsafeFileError(
+                f"refusing to unpickle {path}: it is writable by its group (mode {mode:o}) in a folder others can "
+                f"enter, and unpickling can run code; `chmod go-w {path}` if you trust it, else {way_out}"
+            )
+
+
+def load_own_pickle(path: Path):
+    """Unpickle a submitit file (result or job), but only one this user wrote (`check_own_file`)."""
+    path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as error:
+        if os.path.islink(path):
+            raise UnsafeFileError(f"refusing to unpickle {path}: it is a symbolic link") from None
+        raise RecordError(f"cannot read {path}: {error.strerror or error}") from None
+    with os.fdopen(fd, "rb") as handle:
+        check_own_file(path, os.fstat(handle.fileno()))  # the file that is read, not one swapped in later
+        return pickle.load(handle)

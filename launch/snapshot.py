@@ -4,17 +4,34 @@
 untracked files git does not ignore (new modules not yet committed) -- into the submission
 folder, and the jobs run from that copy (it is their working directory, hence first on
 `sys.path`). Files are made read-only; untracked files over 2 MB (results, data) are left
-out and listed. The copy records its git state in CODE_SNAPSHOT.json
-(commit, branch, dirty) and `uncommitted.diff` holds every change against the commit
-(tracked edits and new files), so `git checkout <commit> && git apply uncommitted.diff`
-rebuilds exactly the code that ran. submitit's `helpers.RsyncSnapshot` was not used: it
-needs rsync, makes a git clone, and leaves out untracked files, so a job would crash on a
-module that is written but not yet committed.
+out and listed. The copy records its git state in CODE_SNAPSHOT.json (commit, branch,
+dirty, the untracked files copied, what was left out or refused) and `uncommitted.diff`
+holds the tracked changes against the commit, so `git checkout <commit> && git apply
+uncommitted.diff` (plus the untracked files, which are in the copy) rebuilds the code that
+ran. submitit's `helpers.RsyncSnapshot` was not used: it needs rsync, makes a git clone,
+and leaves out untracked files, so a job would crash on a module that is written but not
+yet committed.
+
+What is never taken, and who can read what:
+
+- Files that look like secrets (`SECRET_PATTERNS`: .env, .env.*, *.pem, *.key, id_rsa*,
+  credentials*, .netrc, .pypirc, *.p12, ..., and anything under .ssh/, .aws/, .gnupg/) are
+  neither copied nor put in the diff, tracked or not; they are listed in `refused`.
+- A symlink is followed only when it resolves to a file inside the repo; a link that leaves
+  the repo (to ~/.netrc, say) is refused and listed.
+- Untracked files are copied, but kept out of `uncommitted.diff` (which is also logged to
+  MLflow as `code/uncommitted.diff`) unless the user opts in: `take_snapshot(...,
+  diff_untracked=True)` or the environment variable `LATENTBRIDGE_SNAPSHOT_DIFF_UNTRACKED=1`.
+- Each copied file keeps its source's read and execute bits (write bits removed), and each
+  folder of the copy its source folder's, so a private (0600) source gives a private copy.
+  The diff is written 0600 when an untracked file or a source file not readable by group and
+  others went into it, else 0640.
 """
 
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import json
 import os
 import shutil
@@ -22,7 +39,7 @@ import stat
 import subprocess
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from registry.runs import CODE_SNAPSHOT_FILE
@@ -31,6 +48,16 @@ DIFF_FILE = "uncommitted.diff"
 MAX_UNTRACKED_BYTES = 2_000_000  # bigger untracked files (results, data) are left out and listed
 # Without git, copy these (the packages and the build files).
 FALLBACK_ITEMS = ("latentbridge", "launch", "registry", "setup.cfg", "pyproject.toml")
+DIFF_UNTRACKED_ENV = "LATENTBRIDGE_SNAPSHOT_DIFF_UNTRACKED"
+# File names (matched case-insensitively against the last path component) never copied or diffed.
+SECRET_PATTERNS = (
+    ".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore",
+    "*.ppk", "*.kdbx", "*.gpg", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "credentials*",
+    "*credentials.json", ".netrc", "_netrc", ".pypirc", ".npmrc", ".git-credentials", ".pgpass",
+    ".htpasswd", "secrets.*", "*.secret", "*.secrets", "*service-account*.json", "*service_account*.json",
+)
+SECRET_DIRS = (".ssh", ".aws", ".gnupg", ".docker", ".kube")  # nothing under these is taken
+DIFF_MODE_PRIVATE, DIFF_MODE_SHARED = 0o600, 0o640
 
 
 @dataclass
@@ -46,6 +73,8 @@ class Snapshot:
     bytes: int = 0
     diff_file: str | None = None
     taken_at: str = ""
+    refused: list[str] = field(default_factory=list)  # "path (why)": secret-looking files, links out of the repo
+    diff_untracked: bool = False  # whether the untracked files' contents went into the diff
 
     def tags(self) -> dict[str, str]:
         """What the MLflow run records about its code."""
@@ -71,18 +100,81 @@ def is_git_repo(repo: Path) -> bool:
         return False
 
 
+def looks_secret(rel: str) -> bool:
+    """Whether a repo-relative path names a file that looks like it holds a secret."""
+    parts = [part.lower() for part in PurePosixPath(rel).parts]
+    if not parts:
+        return False
+    if any(part in SECRET_DIRS for part in parts[:-1]):
+        return True
+    return any(fnmatch.fnmatchcase(parts[-1], pattern) for pattern in SECRET_PATTERNS)
+
+
+def diff_untracked_default() -> bool:
+    return os.environ.get(DIFF_UNTRACKED_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class _Selection:
+    files: dict[str, Path] = field(default_factory=dict)  # relative path in the copy -> real source file
+    untracked: list[str] = field(default_factory=list)  # copied untracked files
+    left_out: list[str] = field(default_factory=list)  # untracked files too big
+    refused: dict[str, str] = field(default_factory=dict)  # path -> why
+
+    def refused_lines(self) -> list[str]:
+        return [f"{rel} ({why})" for rel, why in sorted(self.refused.items())]
+
+
+def _check(repo: Path, rel: str) -> tuple[Path | None, str | None]:
+    """(the real file to copy for `rel`, None) or (None, why it is refused); (None, None): no file."""
+    if looks_secret(rel):
+        return None, "looks like a secret"
+    path = repo / rel
+    if not os.path.lexists(path):
+        return None, None  # deleted
+    real = Path(os.path.realpath(path))
+    if real != repo and repo not in real.parents:
+        return None, "symlink to outside the repo"
+    if real != path and looks_secret(real.relative_to(repo).as_posix()):
+        return None, "symlink to a file that looks like a secret"
+    if not real.is_file():
+        return None, None  # a link to a folder, a dangling link, a submodule
+    return real, None
+
+
+def _select(repo: Path, tracked: list[str], untracked: list[str]) -> _Selection:
+    chosen = _Selection()
+    tracked_set = set(tracked)
+    for rel in dict.fromkeys(tracked + untracked):
+        real, why = _check(repo, rel)
+        if why:
+            chosen.refused[rel] = why
+            continue
+        if real is None:
+            continue
+        if rel not in tracked_set:
+            if real.stat().st_size > MAX_UNTRACKED_BYTES:
+                chosen.left_out.append(rel)
+                continue
+            chosen.untracked.append(rel)
+        chosen.files[rel] = real
+    chosen.untracked.sort()
+    chosen.left_out.sort()
+    return chosen
+
+
+def _ls(repo: Path, *args: str) -> list[str]:
+    return [p for p in _git(repo, "ls-files", "-z", *args).split("\0") if p]
+
+
 def code_files(repo: Path) -> tuple[list[str], list[str]]:
     """(all files to copy, the untracked ones among them), relative to `repo`."""
-    tracked = [p for p in _git(repo, "ls-files", "-z", "--cached").split("\0") if p]
-    untracked = [p for p in _git(repo, "ls-files", "-z", "--others", "--exclude-standard").split("\0") if p]
-    small = [p for p in untracked if (repo / p).is_file() and (repo / p).stat().st_size <= MAX_UNTRACKED_BYTES]
-    keep = [p for p in dict.fromkeys(tracked + small) if (repo / p).is_file()]  # drops deleted files
-    return keep, sorted(small)
+    chosen = _select(Path(repo).resolve(), _ls(repo, "--cached"), _ls(repo, "--others", "--exclude-standard"))
+    return list(chosen.files), chosen.untracked
 
 
 def large_untracked(repo: Path) -> list[str]:
-    untracked = [p for p in _git(repo, "ls-files", "-z", "--others", "--exclude-standard").split("\0") if p]
-    return sorted(p for p in untracked if (repo / p).is_file() and (repo / p).stat().st_size > MAX_UNTRACKED_BYTES)
+    return _select(Path(repo).resolve(), [], _ls(repo, "--others", "--exclude-standard")).left_out
 
 
 def _fallback_files(repo: Path) -> list[str]:
@@ -96,12 +188,66 @@ def _fallback_files(repo: Path) -> list[str]:
     return out
 
 
-def uncommitted_diff(repo: Path, untracked: list[str]) -> str:
-    """Every change against HEAD: tracked edits (staged or not) and new untracked files."""
-    diff = _git(repo, "diff", "HEAD", "--binary")
+def _is_private(path: Path) -> bool:
+    """Not readable by both group and others."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode) & 0o044 != 0o044
+    except OSError:
+        return False
+
+
+def uncommitted_diff(repo: Path, untracked: list[str], *, exclude: list[str] = ()) -> tuple[str, bool]:
+    """(the changes against HEAD, whether a private source went in): tracked edits (staged or
+    not) except the `exclude`d paths, then the given untracked files as new files."""
+    repo = Path(repo)
+    changed = [p for p in _git(repo, "diff", "HEAD", "--name-only", "-z").split("\0") if p]
+    skip = set(exclude) | {p for p in changed if looks_secret(p)}
+    pathspec = (["--", "."] + [f":(exclude,literal){p}" for p in sorted(skip)]) if skip else []
+    diff = _git(repo, "diff", "HEAD", "--binary", *pathspec)
+    private = any(_is_private(repo / p) for p in changed if p not in skip)
     for path in untracked:
         diff += _git(repo, "diff", "--no-index", "--binary", "/dev/null", path, ok=(0, 1))
-    return diff
+        private = True  # untracked contents are whatever lies in the work tree: keep the diff private
+    return diff, private
+
+
+def _dir_mode(source: Path) -> int:
+    try:
+        return (stat.S_IMODE(os.stat(source).st_mode) & 0o755) | 0o700
+    except OSError:
+        return 0o700
+
+
+def _make_dirs(repo: Path, dest: Path, rel_dir: PurePosixPath, made: set[Path]) -> None:
+    """Create `dest/rel_dir` folder by folder, each with its source folder's read bits."""
+    src, dst = repo, dest
+    for part in rel_dir.parts:
+        src, dst = src / part, dst / part
+        if dst in made:
+            continue
+        dst.mkdir(exist_ok=True)
+        os.chmod(dst, _dir_mode(src))
+        made.add(dst)
+
+
+def _copy_file(real: Path, target: Path) -> int:
+    """Copy the contents of `real` to a new `target` (never through a link), mode = the source's
+    read and execute bits; the file is never readable by others while it is written."""
+    st = os.stat(real)
+    source_fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    target_fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(source_fd, "rb") as src, os.fdopen(target_fd, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.chmod(target, (stat.S_IMODE(st.st_mode) & 0o555) | stat.S_IRUSR)
+    return target.stat().st_size
+
+
+def _write_private(path: Path, text: str, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), mode)
+        out.write(text)
 
 
 def _freeze(path: Path) -> None:
@@ -109,46 +255,62 @@ def _freeze(path: Path) -> None:
     path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
-def take_snapshot(repo: Path, dest: Path) -> Snapshot:
-    """Copy the code of `repo` into `dest` (which must not exist) and describe it."""
+def take_snapshot(repo: Path, dest: Path, *, diff_untracked: bool | None = None) -> Snapshot:
+    """Copy the code of `repo` into `dest` (which must not exist) and describe it.
+
+    `diff_untracked`: put the untracked files' contents into `uncommitted.diff` too (default:
+    the `LATENTBRIDGE_SNAPSHOT_DIFF_UNTRACKED` environment variable, else no).
+    """
     repo, dest = Path(repo).resolve(), Path(dest).resolve()
-    dest.mkdir(parents=True, exist_ok=False)
+    if diff_untracked is None:
+        diff_untracked = diff_untracked_default()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.mkdir(exist_ok=False)
+    os.chmod(dest, _dir_mode(repo))
+    private_diff = False
     if is_git_repo(repo):
-        files, untracked = code_files(repo)
+        chosen = _select(repo, _ls(repo, "--cached"), _ls(repo, "--others", "--exclude-standard"))
         commit = _git(repo, "rev-parse", "HEAD").strip()
         branch = _git(repo, "rev-parse", "--abbrev-ref", "HEAD").strip()
-        diff = uncommitted_diff(repo, untracked)
-        left_out = large_untracked(repo)
+        untracked_in_diff = chosen.untracked if diff_untracked else []
+        diff, private_diff = uncommitted_diff(repo, untracked_in_diff, exclude=list(chosen.refused))
     else:
-        files, untracked, commit, branch, diff = _fallback_files(repo), [], "unknown", "unknown", ""
-        left_out = []
+        chosen = _Selection()
+        for rel in _fallback_files(repo):
+            real, why = _check(repo, rel)
+            if why:
+                chosen.refused[rel] = why
+            elif real is not None:
+                chosen.files[rel] = real
+        commit, branch, diff = "unknown", "unknown", ""
     total = 0
-    for rel in files:
+    made: set[Path] = set()
+    for rel, real in chosen.files.items():
         target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(repo / rel, target, follow_symlinks=True)
-        total += target.stat().st_size
-        _freeze(target)
+        _make_dirs(repo, dest, PurePosixPath(rel).parent, made)
+        total += _copy_file(real, target)
     diff_file = None
     if diff:
         diff_path = dest.parent / DIFF_FILE
-        diff_path.write_text(diff)
+        _write_private(diff_path, diff, DIFF_MODE_PRIVATE if private_diff else DIFF_MODE_SHARED)
         diff_file = str(diff_path)
     snapshot = Snapshot(
         root=str(dest),
         source=str(repo),
         git_commit=commit,
         git_branch=branch,
-        dirty=bool(diff),
-        untracked=untracked,
-        left_out=left_out,
-        files=len(files),
+        dirty=bool(diff) or bool(chosen.untracked),
+        untracked=chosen.untracked,
+        left_out=chosen.left_out,
+        files=len(chosen.files),
         bytes=total,
         diff_file=diff_file,
         taken_at=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        refused=chosen.refused_lines(),
+        diff_untracked=bool(diff_untracked),
     )
     record = dest / CODE_SNAPSHOT_FILE
-    record.write_text(json.dumps(asdict(snapshot), indent=2))
+    _write_private(record, json.dumps(asdict(snapshot), indent=2), 0o600 | (_dir_mode(repo) & 0o044))
     _freeze(record)
     return snapshot
 

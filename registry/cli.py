@@ -75,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("import", help="replay FileReporter run records (params.json, metrics.jsonl, ...) into MLflow runs")
     p.add_argument("folders", nargs="+", metavar="FOLDER", help="a record folder, or a folder holding records below it")
     p.add_argument("--experiment", help="MLflow experiment (default: each run's suite)")
+
+    p = commands.add_parser("export", help="write MLflow runs out as FileReporter run records (the inverse of import)")
+    p.add_argument("--experiment", required=True, help="the MLflow experiment (the suite's name for launched runs)")
+    p.add_argument("--run-id", dest="run_ids", action="append", default=[], metavar="ID",
+                   help="export this run only (repeatable; default: every training run of the experiment)")
+    p.add_argument("--out", required=True, help="records go to OUT/<run name>-<run id[:8]>/")
+    p.add_argument("--skip-artifacts", nargs="*", default=["checkpoint"], metavar="PATH",
+                   help="leave out artifacts whose first path component is one of these (default: checkpoint; "
+                        "give the flag alone to export every artifact)")
     return parser
 
 
@@ -153,6 +162,16 @@ def _import(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from registry.export_runs import export_runs
+
+    for done in export_runs(args.experiment, Path(args.out), args.run_ids, args.skip_artifacts):
+        skipped = f"; skipped artifacts: {', '.join(done.skipped)}" if done.skipped else ""
+        print(f"{done.run_id}: exported to {done.folder} ({done.name}, {done.status}, "
+              f"{done.metric_points} metric points, {done.artifacts} artifact files{skipped})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -163,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(noisy).setLevel(logging.ERROR)
     handler = {
         "preserve": _preserve, "promote": _promote, "list": _list, "reproduce": _reproduce,
-        "analyze": _analyze, "summarize": _summarize, "import": _import,
+        "analyze": _analyze, "summarize": _summarize, "import": _import, "export": _export,
     }[args.command]
     try:
         return handler(args)

@@ -1,10 +1,17 @@
-"""`python -m registry list`: the archive as a table (model, version, aliases, verdict, metrics)."""
+"""`python -m registry list`: the archive as a table (model, version, aliases, verdict, metrics).
+
+An alias forced onto a version against its verdict (`promote --force`) shows as
+`alias(forced)`, and the table is followed by one line per forced alias with its reason.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from registry.promote import FORCED_TAG, forced_aliases
 from registry.store import client
+
+FORCED_MARK = "(forced)"
 
 COLUMNS = (
     ("model", "model"),
@@ -37,7 +44,10 @@ def archive_rows(model: str | None = None) -> list[dict[str, str]]:
         for version in sorted(versions, key=lambda v: int(v.version)):
             tags = version.tags
             row = {"model": registered.name, "version": str(version.version)}
-            row["aliases"] = ",".join(sorted(by_version.get(str(version.version), [])))
+            current = sorted(by_version.get(str(version.version), []))
+            forced = forced_aliases(tags)
+            row["aliases"] = ",".join(a + (FORCED_MARK if a in forced else "") for a in current)
+            row[FORCED_TAG] = "; ".join(f"@{a}: {forced[a]}" for a in current if a in forced)
             for key, _ in COLUMNS[3:]:
                 row[key] = tags.get(key, "")
             row["run_id"] = version.run_id or ""
@@ -63,4 +73,9 @@ def format_table(rows: Sequence[dict[str, str]]) -> str:
     body = [[_short(key, row.get(key, "")) or "-" for key, _ in COLUMNS] for row in rows]
     widths = [max(len(x) for x in column) for column in zip(header, *body)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in body)])
+    table = [line(header), line(["-" * w for w in widths]), *(line(r) for r in body)]
+    forced = [row for row in rows if row.get(FORCED_TAG)]
+    if forced:
+        table += ["", "forced promotions (against the archived verdict):"]
+        table += [f"  {row['model']} v{row['version']} {row[FORCED_TAG]}" for row in forced]
+    return "\n".join(table)

@@ -142,7 +142,7 @@ def test_snapshot_freezes_the_code_as_it_is_on_disk(tmp_path):
     (repo / "big.bin").write_bytes(b"0" * 2_100_000)  # untracked but too big: left out, listed
     (repo / "gone.py").unlink()
 
-    snap = take_snapshot(repo, tmp_path / "sub" / "code")
+    snap = take_snapshot(repo, tmp_path / "sub" / "code", diff_untracked=True)
     code = Path(snap.root)
     assert (code / "pkg" / "mod.py").read_text() == "X = 2\n"
     assert (code / "pkg" / "new.py").read_text() == "Y = 3\n"
