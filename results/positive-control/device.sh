@@ -33,6 +33,7 @@ start)
   (cd "$LB/wheels" && awk '{print $2"  "$3}' "$OLDPWD/.carry/mchunks/WHEELS.txt" | sha256sum -c) || exit 1
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$LB"/wheels/*.whl || exit 1
   rm -f "$LB/all.bin"
+  echo "code: git commit ${CODE_COMMIT:?set CODE_COMMIT=\$(git rev-parse HEAD) for a clean tree}"
   rm -rf "$LB/repo"; mkdir -p "$LB/repo"; tar cf - --exclude=./.carry --exclude=./.whl --exclude=./.git . | tar xf - -C "$LB/repo"
   cd "$LB/repo"
   for m in smollm2-135m gemma3-270m; do python3 -c "from latentbridge.models import load_frozen_lm; load_frozen_lm('$m')" & done; wait
