@@ -1,4 +1,5 @@
-"""`python -m registry list`: the archive as a table (model, version, aliases, verdict, metrics).
+"""`python -m registry list`: the archive as a table (model, version, aliases, verdict, metrics,
+and what crossed the bridge: bits transmitted with its interval, fraction recovered, retrieval).
 
 An alias forced onto a version against its verdict (`promote --force`) shows as
 `alias(forced)`, and the table is followed by one line per forced alias with its reason.
@@ -27,6 +28,10 @@ COLUMNS = (
     ("bridged_peak", "peak"),
     ("bridged_final", "final"),
     ("invalid_rate", "invalid"),
+    ("bits_transmitted", "bits"),
+    ("bits_transmitted_interval", "bits 95% CI"),
+    ("fraction_recovered", "recovered"),
+    ("retrieval_top1", "retrieval"),
 )
 
 
@@ -57,7 +62,8 @@ def archive_rows(model: str | None = None) -> list[dict[str, str]]:
 
 def _short(key: str, value: str) -> str:
     try:
-        if key in {"source_alone", "target_alone", "bridged_peak", "bridged_final", "invalid_rate"}:
+        if key in {"source_alone", "target_alone", "bridged_peak", "bridged_final", "invalid_rate",
+                   "bits_transmitted", "fraction_recovered", "retrieval_top1"}:
             return f"{float(value):.3f}"
         if key == "compression_ratio":
             return f"{value}x"  # as stored (2 decimals): re-rounding could disagree with the analysis

@@ -152,6 +152,12 @@ def test_list_shows_the_archive(store, preserved, capsys):
     assert header.split()[:5] == ["model", "v", "aliases", "verdict", "suite"]
     assert row.startswith(preserved.model) and "listed" in row and " 4 " in row
     assert f" {SUITE} " in row  # runs of different suites share a model: the suite tells them apart
+    # what crossed the bridge, with its interval, as the version's tags hold it
+    assert "bits 95% CI" in header and "recovered" in header and "retrieval" in header
+    from registry.store import client
+
+    version = client().get_model_version(preserved.model, preserved.version)
+    assert version.tags["bits_transmitted_interval"] in row and version.tags["bits_transmitted_interval"].startswith("[")
 
 
 def test_cli_runs_as_a_module(store, preserved):
