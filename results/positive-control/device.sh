@@ -58,7 +58,7 @@ collect)
     python3 -m registry export --experiment positive-control --out "$LB/records" --skip-artifacts checkpoint translator best_translator
     tar czf "$OUT/records.tgz" -C "$LB" records
   fi
-  tar czf "$OUT/logs.tgz" -C "$LB" submit.log repo/runs 2>/dev/null --exclude='*.pt' --exclude='*.safetensors'
+  tar czf "$OUT/logs.tgz" --exclude='*.pt' --exclude='*.safetensors' --exclude='*/code/*' -C "$LB" submit.log repo/runs 2>/dev/null
   ls -la "$OUT"
   ;;
 *) echo "usage: device.sh install | chunk NN | start | collect"; exit 2 ;;
