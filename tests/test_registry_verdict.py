@@ -199,3 +199,21 @@ def test_a_trained_control_is_judged_a_control_and_the_verdict_round_trips():
     from registry.verdict import Verdict
 
     assert Verdict.from_dict(json.loads(json.dumps(with_controls.to_dict()))) == with_controls
+
+
+def test_a_bridge_below_the_trained_text_control_is_a_control_not_a_headline():
+    bridged = records(200, 140, 120, 90)
+    text = [i < 190 for i in range(200)]  # the target reading the question with K trained vectors
+    result = judge(bridged, peak_bridged=0.7, rules=RULES, content=CONTENT, controls={"trained_text": text})
+    assert (result.verdict, result.decided_by) == ("control", "below_trained_text"), result.rule
+    as_good = [i < 140 for i in range(200)]
+    assert judge(bridged, peak_bridged=0.7, rules=RULES, content=CONTENT, controls={"trained_text": as_good}).verdict == "headline"
+
+
+def test_gpu_noise_above_zero_is_not_content():
+    """A soft prompt on a GPU: identical inputs differ by ~1e-5 bits, the interval can sit just above 0."""
+    noise = {"content/bits_transmitted": 3e-8, "content/bits_transmitted_low": 1e-9, "content/bits_transmitted_high": 6e-8}
+    result = judge(records(200, 140, 120, 90), peak_bridged=0.7, rules=RULES, content=noise)
+    assert result.decided_by == "no_content"
+    assert judge(records(200, 140, 120, 90), peak_bridged=0.7, rules=VerdictRules.load(min_bits_transmitted=0.0),
+                 content=noise).verdict == "headline"
