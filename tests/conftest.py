@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -57,3 +58,27 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("LATENTBRIDGE_ARTIFACT_ROOT", (tmp_path / "artifacts").as_uri())
     return uri
+
+
+@contextlib.contextmanager
+def private_store(root: Path):
+    """MLFLOW_TRACKING_URI and the artifact root pointed at `root` while the block runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        patch.setenv("LATENTBRIDGE_ARTIFACT_ROOT", (root / "artifacts").as_uri())
+        patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        yield patch
+
+
+def train_tiny_run(root: Path, tiny_pair: tuple[str, str], suite: str, tags: dict[str, str] | None = None) -> tuple[str, RunConfig]:
+    """A FINISHED tiny training run named 'tiny' of `suite` in the current store: (run id, config)."""
+    from latentbridge.train import train
+    from registry.reporter import MlflowReporter
+    from registry.runs import close_run, open_run
+
+    source, target = tiny_pair
+    config = RunConfig().override(f"source_model={source}", f"target_model={target}", *TINY_RUN, "name=tiny", f"suite={suite}")
+    run_id = open_run(root / "run", "tiny", suite, tags={"suite": suite, **(tags or {})})
+    train(config, root / "run", MlflowReporter(run_id))
+    close_run(run_id, "FINISHED")
+    return run_id, config

@@ -16,7 +16,7 @@ from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, FRACTION, MISMA
 from latentbridge.data import load_splits
 from latentbridge.prompts import ANSWER_CUE, select_exemplars
 from latentbridge.reporting import MemoryReporter
-from latentbridge.train import Trainer, load_models, train
+from latentbridge.train import load_models, train
 
 FIVE = (BITS, BITS_LOW, BITS_HIGH, FRACTION, RETRIEVAL)
 

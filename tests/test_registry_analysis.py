@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RUN
+from conftest import TINY_RUN, private_store
 
 from latentbridge.config import RunConfig
 from latentbridge.data.synthetic import synthetic_examples
@@ -69,10 +69,7 @@ def _fake_run(root: Path, config: RunConfig, curve: list[int], tags: dict[str, s
 @pytest.fixture(scope="module")
 def suite_store(tmp_path_factory, tiny_pair):
     root = tmp_path_factory.mktemp("registry_analysis")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        patch.setenv("LATENTBRIDGE_ARTIFACT_ROOT", (root / "artifacts").as_uri())
-        patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with private_store(root):
         source, target = tiny_pair
         base = RunConfig().override(f"source_model={source}", f"target_model={target}", *TINY_RUN, f"suite={SUITE}",
                                     f"eval.num_questions={N}", "train.steps=300", "translator.num_tokens=64")

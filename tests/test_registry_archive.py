@@ -14,9 +14,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import TINY_RUN
+from conftest import private_store, train_tiny_run
 
-from latentbridge.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = "archive-suite"
@@ -26,19 +25,10 @@ SUITE = "archive-suite"
 def store(tmp_path_factory, tiny_pair):
     """A private store holding one FINISHED tiny run and one still RUNNING."""
     root = tmp_path_factory.mktemp("registry_archive")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        patch.setenv("LATENTBRIDGE_ARTIFACT_ROOT", (root / "artifacts").as_uri())
-        patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        from latentbridge.train import train
-        from registry.reporter import MlflowReporter
-        from registry.runs import close_run, open_run
+    with private_store(root):
+        from registry.runs import open_run
 
-        source, target = tiny_pair
-        config = RunConfig().override(f"source_model={source}", f"target_model={target}", *TINY_RUN, "name=tiny", f"suite={SUITE}")
-        run_id = open_run(root / "run", "tiny", SUITE, tags={"suite": SUITE, "slurm_job_id": "4242"})
-        train(config, root / "run", MlflowReporter(run_id))
-        close_run(run_id, "FINISHED")
+        run_id, config = train_tiny_run(root, tiny_pair, SUITE, {"slurm_job_id": "4242"})
         running = open_run(root / "running", "still-going", SUITE, tags={"suite": SUITE})
         yield {"root": root, "finished": run_id, "running": running, "config": config, "env": dict(os.environ)}
 

@@ -9,9 +9,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import TINY_RUN
+from conftest import private_store, train_tiny_run
 
-from latentbridge.config import RunConfig
 
 SUITE = "security-suite"
 
@@ -20,20 +19,10 @@ SUITE = "security-suite"
 def store(tmp_path_factory, tiny_pair):
     """A private store holding one preserved tiny run (a control/negative verdict: 6 questions)."""
     root = tmp_path_factory.mktemp("registry_security")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        patch.setenv("LATENTBRIDGE_ARTIFACT_ROOT", (root / "artifacts").as_uri())
-        patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        from latentbridge.train import train
+    with private_store(root):
         from registry.preserve import preserve
-        from registry.reporter import MlflowReporter
-        from registry.runs import close_run, open_run
 
-        source, target = tiny_pair
-        config = RunConfig().override(f"source_model={source}", f"target_model={target}", *TINY_RUN, "name=tiny", f"suite={SUITE}")
-        run_id = open_run(root / "run", "tiny", SUITE, tags={"suite": SUITE})
-        train(config, root / "run", MlflowReporter(run_id))
-        close_run(run_id, "FINISHED")
+        run_id, _ = train_tiny_run(root, tiny_pair, SUITE)
         preserved = preserve(run_id)
         yield {"root": root, "run_id": run_id, "preserved": preserved}
 
