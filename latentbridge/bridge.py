@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from latentbridge.config import RunConfig
+from latentbridge.config import ConfigError, RunConfig
 from latentbridge.data import Example
 from latentbridge.models import FrozenLM
 from latentbridge.prompts import ANSWER_CUE, answer_target, fewshot_prompt, question_block
@@ -25,6 +25,16 @@ from latentbridge.translators import build_translator
 from latentbridge.translators.dit import teacher_batch
 
 IGNORE_INDEX = -100
+
+
+def _check_source_layer(layer: int, source: FrozenLM) -> None:
+    """`translator.source_layer` must name a hidden state the source model has (checked once it is loaded)."""
+    n = source.num_layers
+    if not -(n + 1) <= layer <= n:
+        raise ConfigError(
+            f"translator.source_layer={layer} is out of range for the source model {source.name!r}"
+            f" with {n} layers: choose from {-(n + 1)} to {n} (0 = embeddings, {n} or -1 = last layer)"
+        )
 
 
 @dataclass
@@ -144,6 +154,7 @@ class Bridge(nn.Module):
         self.config = config
         self.source, self.target = source, target
         self.exemplars = exemplars
+        _check_source_layer(config.translator.source_layer, source)
         self.translator = build_translator(
             config.translator,
             source_dim=source.hidden_size,

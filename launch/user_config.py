@@ -26,6 +26,7 @@ command line > config file > built-in defaults. Example:
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -59,6 +60,22 @@ class UserConfigError(ValueError):
     """The launch config file is unreadable or holds an unknown or mistyped setting."""
 
 
+def _check_wait_timeout(value: Any, where: str) -> None:
+    """`wait_timeout` is a number of seconds: finite and > 0 (a negative one never waits)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise UserConfigError(f"{where} = {value!r} must be a number of seconds > 0")
+
+
+def _check_slurm_args(value: dict[str, Any], where: str) -> None:
+    """Each extra sbatch option is a string, a number or true (a bare flag): never a list or table."""
+    for option, setting in value.items():
+        if not isinstance(setting, (str, int, float)):
+            raise UserConfigError(
+                f"{where}.{option} = {setting!r} should be a string, a number or true"
+                f" (it becomes #SBATCH --{option}=VALUE)"
+            )
+
+
 def config_path(explicit: str | None = None) -> tuple[Path, bool]:
     """(path, whether it was asked for explicitly)."""
     if explicit:
@@ -76,13 +93,22 @@ def load_user_config(explicit: str | None = None) -> tuple[dict[str, Any], Path 
             raise UserConfigError(f"launch config file {path} does not exist")
         return {}, None
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserConfigError(
+            f"cannot read launch config {path}: not UTF-8 text (byte {error.object[error.start]:#04x}"
+            f" at offset {error.start}); save it as UTF-8"
+        ) from None
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise UserConfigError(f"cannot read launch config {path}: {error}") from None
     unknown_tables = sorted(set(data) - {"submit"})
     if unknown_tables:
         raise UserConfigError(f"{path}: unknown table(s) {unknown_tables}; settings go under [submit]")
     section = data.get("submit", {})
+    if not isinstance(section, dict):
+        raise UserConfigError(
+            f"{path}: submit = {section!r} should be a table: write [submit] and the settings under it"
+        )
     settings: dict[str, Any] = {}
     for key, value in section.items():
         if key not in SETTINGS:
@@ -94,6 +120,10 @@ def load_user_config(explicit: str | None = None) -> tuple[dict[str, Any], Path 
             value = str(value)  # time = 90
         if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
             raise UserConfigError(f"{path}: submit.{key} = {value!r} should be a {kind.__name__}")
+        if key == "wait_timeout":
+            _check_wait_timeout(value, f"{path}: submit.{key}")
+        if key == "slurm_args":
+            _check_slurm_args(value, f"{path}: submit.{key}")
         settings[key] = value
     return settings, path
 
@@ -109,6 +139,8 @@ def resolve(cli: dict[str, Any], file_settings: dict[str, Any]) -> dict[str, Any
         if key == "slurm_args":
             continue
         if value is not None:
+            if key == "wait_timeout":
+                _check_wait_timeout(value, "command-line --wait-timeout (wait --timeout)")
             out[key] = value
     out["slurm_args"] = {**(file_settings.get("slurm_args") or {}), **(cli.get("slurm_args") or {})}
     return out

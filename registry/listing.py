@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from registry.errors import RegistryError
 from registry.promote import FORCED_TAG, forced_aliases
 from registry.store import client
 
@@ -36,10 +37,20 @@ COLUMNS = (
 
 
 def archive_rows(model: str | None = None) -> list[dict[str, str]]:
-    """One row per preserved version, newest model versions last; aliases read from the model."""
+    """One row per preserved version, newest model versions last; aliases read from the model.
+
+    A `model` the archive does not hold is a `RegistryError` naming the models it does hold.
+    """
     mlflow_client = client()
+    registered_models = sorted(mlflow_client.search_registered_models(), key=lambda m: m.name)
+    if model and model not in {registered.name for registered in registered_models}:
+        known = ", ".join(registered.name for registered in registered_models)
+        raise RegistryError(
+            f"the archive has no model named {model!r}; "
+            + (f"it holds: {known}" if known else "it is empty: preserve a finished run with `python -m registry preserve RUN_ID`")
+        )
     rows = []
-    for registered in sorted(mlflow_client.search_registered_models(), key=lambda m: m.name):
+    for registered in registered_models:
         if model and registered.name != model:
             continue
         by_version: dict[str, list[str]] = {}

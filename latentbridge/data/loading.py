@@ -24,12 +24,24 @@ def read_jsonl(path: str | Path) -> list[Example]:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     examples = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{path}:{number}: not UTF-8 text (byte {raw[error.start]:#04x} at column {error.start + 1});"
+                    " save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError(f"a record is a JSON object, got {type(record).__name__}")
+                for key in ("question", "answer"):
+                    if not isinstance(record[key], str):
+                        raise ValueError(f'"{key}" must be a string, got {record[key]!r}')
                 examples.append(Example(question=record["question"], answer=record["answer"]))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
                 raise DataError(f"{path}:{number}: malformed GSM8K record ({error})") from None
