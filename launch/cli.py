@@ -205,6 +205,22 @@ def content_line(metrics: dict[str, float]) -> str:
     )
 
 
+def _result_failed(result: Any) -> bool:
+    """A job that returned, but whose run did not finish (NAN_LOSS: MLflow says FAILED)."""
+    from launch.job import RUN_STATUS
+
+    return RUN_STATUS.get(getattr(result, "status", "FINISHED"), "FINISHED") != "FINISHED"
+
+
+def _result_why(result: Any) -> str:
+    detail = getattr(result, "detail", "")
+    if detail:
+        return detail
+    if getattr(result, "status", "") == "NAN_LOSS":
+        return "the loss became NaN or infinite; the run stopped and its MLflow run is FAILED (tag stop_reason)"
+    return f"the run ended as {getattr(result, 'status', '?')}"
+
+
 def _report(sub: Submission, states) -> int:
     failures = 0
     for state in states:
@@ -213,6 +229,11 @@ def _report(sub: Submission, states) -> int:
             result = state.result
             metrics = json.dumps({k: round(v, 4) for k, v in (getattr(result, "metrics", {}) or {}).items()})
             print(f"{sub.suite}/{state.name}: {result.status}; MLflow run id {result.run_id}; {metrics}")
+            if _result_failed(result):
+                failures += 1
+                print(f"  failed: {_result_why(result)}")
+                print(f"  logs: python launch logs {sub.id} --run {state.name} --err")
+                continue
             crossed = content_line(getattr(result, "metrics", {}) or {})
             if crossed:
                 print(f"  {crossed}")
@@ -371,6 +392,9 @@ def _debug_report(sub: Submission, live: dict[str, Any]) -> int:
             continue
         metrics = json.dumps({k: round(v, 4) for k, v in result.metrics.items()})
         print(f"{sub.suite}/{entry.name}: {result.status}; MLflow run id {result.run_id}; {metrics}")
+        if _result_failed(result):
+            failures += 1
+            print(f"  failed: {_result_why(result)}")
     print(_ui_hint(sub.tracking_uri))
     return EXIT_FAILED if failures else 0
 

@@ -75,6 +75,14 @@ class JobResult:
     code_dir: str = ""
     restarts: int = 0
     preserved: str = ""  # "MODEL version N: verdict" when the run was preserved
+    detail: str = ""  # why a run that ended by itself did not finish (e.g. the loss became NaN)
+
+
+def _failure_detail(result: Any) -> str:
+    if result.status == "NAN_LOSS":
+        return (f"the loss became NaN or infinite at step {result.step}; the run stopped and its MLflow run is FAILED "
+                "(tag stop_reason); lower optim.lr or set optim.grad_clip, then submit again")
+    return ""
 
 
 class Interrupted(BaseException):
@@ -265,4 +273,5 @@ class TrainJob(submitit.helpers.Checkpointable):
             code_dir=CODE_DIR,
             restarts=restarts,
             preserved=preserved,
+            detail=_failure_detail(result),
         )

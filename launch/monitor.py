@@ -4,8 +4,10 @@ A run's state comes from, in order: Slurm's queue (squeue) while the job is queu
 running; then the job's submitit result file (success or the error's traceback); then
 `scontrol show job` for a job that ended without a result (cancelled, node failure, time
 limit); and a job that neither knows "left the queue without a result" (LOST). Local jobs
-are processes of this machine (their job id is the pid). Runs that ended badly but whose
-MLflow run still says RUNNING/SCHEDULED are marked KILLED (cancelled, lost) or FAILED.
+are processes of this machine (their job id is the controller's pid): one whose controller and
+tasks are all gone without a result file was killed or crashed, and is LOST at once. Runs that
+ended badly but whose MLflow run still says RUNNING/SCHEDULED are marked KILLED (cancelled,
+lost) or FAILED.
 
 Result files are pickles, and unpickling can run code: they are read with
 `launch.record.load_own_pickle`, which refuses a file not owned by this user or writable by
@@ -84,6 +86,33 @@ def _pid_alive(pid: str) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
+def _controller_alive(job_id: str) -> bool:
+    """The local job's submitit controller (its pid is the job id) still runs (a reused pid does not count)."""
+    if not _pid_alive(job_id):
+        return False
+    try:
+        cmdline = Path(f"/proc/{int(job_id)}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return True  # alive, but its command line cannot be read: assume it is ours
+    return b"submitit" in cmdline
+
+
+def _task_pids(job_id: str) -> list[int]:
+    """Live processes of this user that are tasks of local job `job_id` (submitit sets SUBMITIT_LOCAL_JOB_ID)."""
+    marker = f"SUBMITIT_LOCAL_JOB_ID={job_id}".encode()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if proc.stat().st_uid != os.geteuid():
+                continue
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0") and _pid_alive(proc.name):
+            found.append(int(proc.name))
+    return found
+
+
 class Monitor:
     """Computes run states; remembers when each job was first seen gone (for LOST)."""
 
@@ -109,8 +138,13 @@ class Monitor:
         if sub.cluster == "slurm" and queued and queued.active and not (result and queued.state == "COMPLETING"):
             detail = queued.reason if queued.state == "PENDING" and queued.reason not in ("", "None") else ""
             return RunState(entry.name, entry.job_id, queued.state, done=False, detail=detail)
-        if sub.cluster == "local" and self._local_running(entry):
-            return RunState(entry.name, entry.job_id, "RUNNING", done=False)
+        if sub.cluster == "local":
+            if self._local_running(entry):
+                return RunState(entry.name, entry.job_id, "RUNNING", done=False)
+            # its processes are gone; a task writes its result before it exits, so read it again now
+            result = read_result(sub, entry)
+            if result is None:
+                return self._local_lost(entry)
         if result is not None:
             kind, value = result
             if kind == "success":
@@ -119,10 +153,25 @@ class Monitor:
         return self._ended_without_result(entry)
 
     def _local_running(self, entry: RunEntry) -> bool:
+        """A local job runs while its controller (pid = job id) or any of its tasks is alive.
+
+        The tasks are checked too: a controller killed with SIGKILL leaves its tasks running."""
         job = self.live_jobs.get(entry.name)
-        if job is not None:
-            return not job.done()
-        return _pid_alive(entry.job_id)
+        if job is not None and not job.done():
+            return True
+        return _controller_alive(entry.job_id) or bool(_task_pids(entry.job_id))
+
+    def _local_lost(self, entry: RunEntry) -> RunState:
+        """A local job whose processes are all gone and that left no result: killed or crashed."""
+        sub = self.submission
+        if entry.name in sub.cancelled:
+            return RunState(entry.name, entry.job_id, "CANCELLED", done=True, detail="cancelled with `launch cancel`")
+        return RunState(
+            entry.name, entry.job_id, "LOST", done=True,
+            detail=(f"its processes (job {entry.job_id}) ended without a result: killed (kill -9, a SIGTERM before "
+                    f"it could stop cleanly, out of memory) or crashed; see `python launch logs {sub.id} --run "
+                    f"{entry.name} --err`; `python launch resume {sub.id}` continues it from its last checkpoint"),
+        )
 
     def _ended_without_result(self, entry: RunEntry) -> RunState:
         sub = self.submission

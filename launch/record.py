@@ -94,9 +94,36 @@ class Submission:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as error:
-            raise RecordError(f"cannot read submission record {path}: {error}") from None
-        data["runs"] = [RunEntry(**r) for r in data.get("runs", [])]
+            raise RecordError(f"cannot read submission record {path}: {error}{_WAY_OUT.format(folder=path.parent)}") from None
+        if not isinstance(data, dict):
+            raise RecordError(f"submission record {path} is not a JSON object{_WAY_OUT.format(folder=path.parent)}")
+        _check_fields(path, cls, data, "")
+        runs = data.get("runs", [])
+        if not isinstance(runs, list):
+            raise RecordError(f"submission record {path}: 'runs' is not a list{_WAY_OUT.format(folder=path.parent)}")
+        for index, run in enumerate(runs):
+            if not isinstance(run, dict):
+                raise RecordError(f"submission record {path}: runs[{index}] is not a JSON object"
+                                  f"{_WAY_OUT.format(folder=path.parent)}")
+            _check_fields(path, RunEntry, run, f"runs[{index}] ")
+        data["runs"] = [RunEntry(**r) for r in runs]
         return cls(**data)
+
+
+_WAY_OUT = ("; the record is damaged: restore {folder}/submission.json from a backup, or remove the folder {folder} "
+            "(its MLflow runs stay in the store) and submit again")
+
+
+def _check_fields(path: Path, kind: type, data: dict[str, Any], where: str) -> None:
+    """RecordError naming the file and the fields if `data` cannot make a `kind`."""
+    from dataclasses import MISSING, fields
+
+    known = {f.name for f in fields(kind)}
+    required = {f.name for f in fields(kind) if f.default is MISSING and f.default_factory is MISSING}
+    missing, unknown = sorted(required - set(data)), sorted(set(data) - known)
+    if missing or unknown:
+        parts = ([f"missing field(s) {missing}"] if missing else []) + ([f"unknown field(s) {unknown}"] if unknown else [])
+        raise RecordError(f"submission record {path}: {where}{' and '.join(parts)}{_WAY_OUT.format(folder=path.parent)}")
 
 
 def new_folder(runs_dir: Path, suite: str) -> tuple[str, Path]:
@@ -145,7 +172,10 @@ def find(runs_dir: Path, ref: str | None = None) -> Submission:
     if job.replace("_", "").isdigit():
         base = job.split("_", 1)[0]
         for record in all_records(runs_dir):
-            submission = Submission.load(record)
+            try:
+                submission = Submission.load(record)
+            except RecordError:  # a damaged record elsewhere must not hide this job's
+                continue
             ids = [i for r in submission.runs for i in (r.job_id, *r.earlier_job_ids) if i]
             if any(i == job or i.split("_", 1)[0] == base for i in ids):
                 return submission

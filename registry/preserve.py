@@ -12,7 +12,9 @@ One registered model per source->target pair and translator kind. A version's fi
     manifest.json      sha256 of every file above
 
 The version's tags hold the key facts and `manifest_sha256`, so a changed manifest is caught
-too. Preserving a run that already has a version returns that version and changes nothing.
+too. Preserving a run that already has a version returns that version and changes nothing;
+preserving is atomic per run (an exclusive lock beside the store), so concurrent preserves of
+one run never overwrite each other's archive.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from registry.facts import (
     suite_runs,
 )
 from registry.prompt_length import try_mean_prompt_tokens
-from registry.store import client, with_retries
+from registry.store import client, exclusive, with_retries
 from registry.verdict import (
     Verdict,
     VerdictRules,
@@ -249,7 +251,17 @@ def _download(mlflow_client, run_id: str, path: str, dst: Path, required: bool) 
 
 
 def preserve(run_id: str, rules: VerdictRules | None = None) -> Preserved:
-    """Archive a finished run as a registered model version (idempotent)."""
+    """Archive a finished run as a registered model version (idempotent).
+
+    Atomic per run: the whole of it runs under the store's exclusive lock for this run, so two
+    concurrent preserves of one run (even with different rules) make one version, and the
+    second finds it and changes nothing -- it never overwrites the archive the version's
+    `manifest_sha256` tag vouches for."""
+    with exclusive(f"preserve-{run_id}"):
+        return _preserve(run_id, rules)
+
+
+def _preserve(run_id: str, rules: VerdictRules | None) -> Preserved:
     mlflow_client = client()
     run = get_run(mlflow_client, run_id)
     if run.info.status != "FINISHED":

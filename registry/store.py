@@ -21,14 +21,17 @@ writers can corrupt the file. `check_local_disk` refuses such a path; there, run
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import random
+import re
 import sqlite3
+import tempfile
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -116,6 +119,43 @@ def _store_ready(path: Path) -> bool:
         return False
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:300] if text else ''}"
+
+
+def _corrupt_way_out(path: Path) -> str:
+    return (
+        f"move it aside to start a new, empty store (`mv {path} {path}.corrupt`, and its -wal/-shm files if any), "
+        f"or restore it from a backup; `sqlite3 {path} .recover | sqlite3 {path}.recovered` may save the runs of a "
+        "partly damaged file; or point MLFLOW_TRACKING_URI (tracking_uri in the launch config) at another store"
+    )
+
+
+def _refuse_corrupt(path: Path) -> None:
+    """StoreError if `path` holds something that is not a readable SQLite database (empty or absent is fine)."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return
+        with open(path, "rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except OSError as error:
+        raise StoreError(f"cannot read the MLflow store {path}: {error.strerror or error}") from None
+    if header != SQLITE_HEADER:
+        raise StoreError(f"the MLflow store {path} is not an SQLite database (corrupt or another file); "
+                         f"{_corrupt_way_out(path)}")
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as conn:
+            conn.execute("SELECT name FROM sqlite_master").fetchall()
+    except sqlite3.Error as error:
+        if is_transient(error):
+            return  # locked by a writer: not corrupt
+        raise StoreError(f"the MLflow store {path} is corrupt ({error}); {_corrupt_way_out(path)}") from None
+
+
 def ensure_store(uri: str | None = None) -> str:
     """Create the store's schema once (under a file lock) and switch SQLite to WAL. Idempotent."""
     uri = uri or tracking_uri()
@@ -124,18 +164,51 @@ def ensure_store(uri: str | None = None) -> str:
         return uri
     path.parent.mkdir(parents=True, exist_ok=True)
     if not _store_ready(path):
+        _refuse_corrupt(path)
         with open(path.with_name(path.name + ".lock"), "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one process migrates; the others wait, then see it done
             try:
                 if not _store_ready(path):
                     log.info("preparing the MLflow store %s (schema, WAL)", path)
-                    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # runs the migrations
-                    with closing(sqlite3.connect(path, timeout=30)) as conn:
-                        conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
+                    try:
+                        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # runs the migrations
+                        with closing(sqlite3.connect(path, timeout=30)) as conn:
+                            conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
+                    except Exception as error:  # noqa: BLE001 - SQLAlchemy, alembic, sqlite3: say which file
+                        if is_transient(error):
+                            raise
+                        raise StoreError(
+                            f"cannot prepare the MLflow store {path}: {_first_line(error)}; {_corrupt_way_out(path)}"
+                        ) from None
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
     _READY.add(uri)
     return uri
+
+
+def lock_folder(uri: str | None = None) -> Path:
+    """Where the store's named locks live: `<db>-locks/` beside a SQLite store; for a tracking
+    server, a folder of this host's temp dir named after its URI (it serialises this host only)."""
+    uri = uri or tracking_uri()
+    path = sqlite_path(uri)
+    if path is not None:
+        return path.with_name(path.name + "-locks")
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"latentbridge-locks-{os.geteuid()}-{digest}"
+
+
+@contextmanager
+def exclusive(name: str, uri: str | None = None) -> Iterator[Path]:
+    """Hold the store's exclusive lock `name` (a file lock: across processes and threads) while the block runs."""
+    folder = lock_folder(uri)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / (re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:200] + ".lock")
+    with open(path, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def client() -> MlflowClient:
