@@ -123,6 +123,13 @@ def load_training_state(path: Path) -> dict[str, Any] | None:
     """
     path = Path(path)
     if not path.is_file():
+        if path.parent.is_dir() and not any(path.parent.iterdir()):
+            # the folder is made by the first save and only ever holds this file (or a temp file
+            # of a save cut off mid-write): empty means the checkpoint was deleted
+            raise CheckpointError(
+                f"training checkpoint {path} is missing from its folder: it was deleted after it was saved,"
+                f" so this run cannot continue where it stopped; {_way_out(path)}"
+            )
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

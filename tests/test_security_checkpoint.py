@@ -100,3 +100,16 @@ def test_a_random_state_saved_as_lists_still_restores(tmp_path):
     expected = [random.random() for _ in range(3)]
     set_rng_state(load_training_state(path)["rng"])
     assert [random.random() for _ in range(3)] == expected
+
+
+def test_a_deleted_checkpoint_is_not_a_silent_restart(tmp_path):
+    from latentbridge.checkpoint import CheckpointError, load_training_state, save_training_state
+
+    path = tmp_path / "run" / "checkpoint" / "state.pt"
+    assert load_training_state(path) is None  # never saved: a fresh start
+    save_training_state(path, {"step": 5})
+    assert load_training_state(path)["step"] == 5
+    path.unlink()
+    with pytest.raises(CheckpointError, match="missing from its folder: it was deleted") as error:
+        load_training_state(path)
+    assert "start over into a new run dir" in str(error.value)
