@@ -82,3 +82,23 @@ def train_tiny_run(root: Path, tiny_pair: tuple[str, str], suite: str, tags: dic
     train(config, root / "run", MlflowReporter(run_id))
     close_run(run_id, "FINISHED")
     return run_id, config
+
+
+@pytest.fixture
+def no_user_config(tmp_path, monkeypatch):
+    """An empty launch config and no NUM_GPUS: the launcher's built-in defaults."""
+    (tmp_path / "launch.toml").write_text("")
+    monkeypatch.setenv("LATENTBRIDGE_LAUNCH_CONFIG", str(tmp_path / "launch.toml"))
+    monkeypatch.delenv("NUM_GPUS", raising=False)
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    """`python launch ARGV` in this process: (exit code, stdout and stderr together)."""
+    import io
+
+    from launch import cli
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        rc = cli.main(argv)
+    return rc, buffer.getvalue()

@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 
 import pytest
-from conftest import TINY_RUN
+from conftest import TINY_RUN, run_cli
 
 from launch import cli
 from launch.record import find
 from launch.suites import SUITES, Suite
 
 
-@pytest.fixture(autouse=True)
-def no_user_config(tmp_path, monkeypatch):
-    (tmp_path / "launch.toml").write_text("")
-    monkeypatch.setenv("LATENTBRIDGE_LAUNCH_CONFIG", str(tmp_path / "launch.toml"))
-    monkeypatch.delenv("NUM_GPUS", raising=False)
-
-
-def _cli(argv: list[str]) -> tuple[int, str]:
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-        rc = cli.main(argv)
-    return rc, buffer.getvalue()
+pytestmark = pytest.mark.usefixtures("no_user_config")
+_cli = run_cli
 
 
 def test_local_submit_waits_and_prints_the_mlflow_run(tiny_pair, mlflow_store, tmp_path, monkeypatch):
