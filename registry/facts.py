@@ -12,7 +12,7 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +99,28 @@ def control_role(control: dict[str, str], bridge: dict[str, str]) -> str | None:
         return None
     mode = control.get("eval.prompt_mode", "soft_only")
     return "no_source" if mode == bridge.get("eval.prompt_mode", "soft_only") else "trained_text"
+
+
+def matched_controls(
+    bridge_params: dict[str, str],
+    records: Sequence[dict],
+    candidates: Iterable[tuple[dict[str, str], Callable[[], list[dict] | None]]],
+) -> dict[str, list[bool]]:
+    """Each trained control of the bridge among `candidates` (params, and a loader of the run's
+    final eval records, called only for a control; None when it has none), oldest first, as its
+    correctness on the bridge's questions: {role: [...]}; the latest control of a role wins."""
+    from registry.verdict import aligned_control
+
+    found: dict[str, list[bool]] = {}
+    for params, load in candidates:
+        role = control_role(params, bridge_params)
+        if role is None:
+            continue
+        control_records = load()
+        aligned = aligned_control(records, control_records) if control_records else None
+        if aligned is not None:
+            found[role] = aligned
+    return found
 
 
 @dataclass

@@ -44,11 +44,11 @@ from latentbridge.metric_names import (
 )
 from registry.facts import (
     RunFacts,
-    control_role,
     download_eval,
     eval_files,
     get_run,
     is_training_run,
+    matched_controls,
     run_facts,
     suite_runs,
 )
@@ -58,7 +58,6 @@ from registry.verdict import (
     Verdict,
     VerdictRules,
     accuracy_interval,
-    aligned_control,
     collapse_flags,
     judge,
 )
@@ -223,21 +222,17 @@ def _description(text: str) -> str:
 def suite_controls(mlflow_client, facts: RunFacts, records: list[dict], dst: Path) -> dict[str, list[bool]]:
     """The suite's finished trained controls for this run's pair and task, each as its
     correctness on the same questions (the latest finished control of each role)."""
-    if facts.kind == "soft_prompt":
-        return {}
-    found: dict[str, list[bool]] = {}
-    for run in suite_runs(mlflow_client, [facts.experiment_id], facts.suite):
-        params = dict(run.data.params)
-        role = control_role(params, facts.params)
-        if role is None or run.info.status != "FINISHED" or run.info.run_id == facts.run_id:
-            continue
-        files = eval_files(mlflow_client, run.info.run_id)
-        if not files:
-            continue
-        aligned = aligned_control(records, download_eval(mlflow_client, run.info.run_id, files[-1][1], dst / run.info.run_id))
-        if aligned is not None:
-            found[role] = aligned  # oldest first: the latest finished control wins
-    return found
+
+    def final_records(run_id: str):
+        files = eval_files(mlflow_client, run_id)
+        return download_eval(mlflow_client, run_id, files[-1][1], dst / run_id) if files else None
+
+    finished = [
+        run for run in suite_runs(mlflow_client, [facts.experiment_id], facts.suite)
+        if run.info.status == "FINISHED" and run.info.run_id != facts.run_id
+    ]
+    candidates = ((dict(run.data.params), lambda run_id=run.info.run_id: final_records(run_id)) for run in finished)
+    return matched_controls(facts.params, records, candidates)
 
 
 # --------------------------------------------------------------------------- preserve

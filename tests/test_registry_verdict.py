@@ -217,3 +217,21 @@ def test_gpu_noise_above_zero_is_not_content():
     assert result.decided_by == "no_content"
     assert judge(records(200, 140, 120, 90), peak_bridged=0.7, rules=VerdictRules.load(min_bits_transmitted=0.0),
                  content=noise).verdict == "headline"
+
+
+def test_controls_are_matched_by_pair_task_and_k_and_the_latest_wins():
+    from registry.facts import matched_controls
+
+    bridge = {"translator.kind": "cross_attention", "eval.prompt_mode": "soft_only", "source_model": "a",
+              "target_model": "b", "translator.num_tokens": "64"}
+    own = [{"question": f"q{i}"} for i in range(4)]
+
+    def control(mode, correct, **changes):
+        params = {**bridge, "translator.kind": "soft_prompt", "eval.prompt_mode": mode, **changes}
+        return params, lambda: [{"question": f"q{i}", "bridged": {"correct": i < correct}} for i in range(4)]
+
+    loaded = []
+    other_pair = (control("soft_only", 4, target_model="c")[0], lambda: loaded.append("other") or [])
+    found = matched_controls(bridge, own, [control("soft_only", 1), control("soft_plus_question", 3), control("soft_only", 2), other_pair])
+    assert found == {"no_source": [True, True, False, False], "trained_text": [True, True, True, False]}
+    assert loaded == []  # a run that is no control of this bridge is never read

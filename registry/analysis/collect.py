@@ -14,14 +14,14 @@ from latentbridge.stats import bootstrap_ratio_interval
 from registry.facts import (
     RunFacts,
     config_from_params,
-    control_role,
     download_eval,
+    matched_controls,
     run_facts,
     suite_runs,
 )
 from registry.prompt_length import try_mean_prompt_tokens
 from registry.store import client
-from registry.verdict import VerdictRules, accuracy_interval, aligned_control, collapse_flags, judge
+from registry.verdict import VerdictRules, accuracy_interval, collapse_flags, judge
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +107,9 @@ def collect(suite: str, *, rules: VerdictRules | None = None, count_prompt_token
                 fact.prompt_tokens_mean = try_mean_prompt_tokens(
                     config_from_params(fact.params), [r["question"] for r in records]
                 )
-            controls = {}
-            for other in facts:  # oldest first: the latest finished control of each role wins
-                role = control_role(other.params, fact.params)
-                if role is not None and other.run_id in records_of:
-                    aligned = aligned_control(records, records_of[other.run_id])
-                    if aligned is not None:
-                        controls[role] = aligned
+            controls = matched_controls(
+                fact.params, records, ((other.params, lambda o=other: records_of.get(o.run_id)) for other in facts)
+            )
             try:
                 verdict = judge(
                     records, peak_bridged=fact.peak or 0.0, collapse_flags=collapse_flags(records, rules, fact.raised_flags),
