@@ -242,13 +242,24 @@ def with_retries(action: Callable[[], T], what: str, attempts: int = 10) -> T:
     raise AssertionError("unreachable")
 
 
+# MLflow 3 opens an experiment in its GenAI view (traces) unless this tag names another kind;
+# with it the UI opens the model-training view, where runs, metrics and charts are.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+
+
 def experiment_id(name: str = DEFAULT_EXPERIMENT) -> str:
-    """The id of experiment `name`, created (with the project's artifact root) if missing."""
+    """The id of experiment `name`, created (with the project's artifact root) if missing, and
+    tagged to open in the MLflow UI's model-training view."""
     mlflow_client = client()
     found = with_retries(lambda: mlflow_client.get_experiment_by_name(name), "find experiment")
-    if found is not None:
-        return found.experiment_id
-    try:
-        return mlflow_client.create_experiment(name, artifact_location=f"{artifact_root()}/{name}")
-    except MlflowException:  # another process created it first
-        return with_retries(lambda: mlflow_client.get_experiment_by_name(name), "find experiment").experiment_id
+    if found is None:
+        try:
+            return mlflow_client.create_experiment(
+                name, artifact_location=f"{artifact_root()}/{name}", tags={EXPERIMENT_KIND_TAG: TRAINING_KIND}
+            )
+        except MlflowException:  # another process created it first
+            found = with_retries(lambda: mlflow_client.get_experiment_by_name(name), "find experiment")
+    if EXPERIMENT_KIND_TAG not in found.tags:  # made before the tag, or by another tool: a user's choice stays
+        mlflow_client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    return found.experiment_id

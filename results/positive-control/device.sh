@@ -13,7 +13,7 @@
 # The suite itself is exactly: python launch submit --suite positive-control --cluster local --local-parallel 6
 # (ONLY=a,b,c adds --only a,b,c; MODELS names the models to convert first.)
 set -u
-OUT=${OUT:-/tmp/out}; LB=${LB:-/root/lb}; SITE=$LB/site; WAIT_S=${WAIT_S:-560}
+OUT=${OUT:-/tmp/out}; LB=${LB:-/root/lb}; SITE=$LB/site; WAIT_S=${WAIT_S:-540}
 export PYTHONPATH=$SITE LATENTBRIDGE_CACHE=$LB/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
   OMP_NUM_THREADS=2 MLFLOW_TRACKING_URI=sqlite:///$LB/mlflow.db LATENTBRIDGE_BASELINE_CACHE=0
 mkdir -p "$LB/parts" "$SITE"
@@ -54,10 +54,11 @@ collect)
   nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
   grep -v "it/s\]" "$LB/submit.log" | tail -n 30
   for f in runs/positive-control/*/*/; do :; done
-  if ! pgrep -f "launch submit" > /dev/null; then
-    python3 -m registry export --experiment positive-control --out "$LB/records" --skip-artifacts checkpoint translator best_translator
-    tar czf "$OUT/records.tgz" -C "$LB" records
-  fi
+  # exported even when the suite is still running (the last call of a session's device time):
+  # finished runs come home whole, a running one with its status and what it logged so far
+  rm -rf "$LB/records"
+  python3 -m registry export --experiment positive-control --out "$LB/records" --skip-artifacts checkpoint translator best_translator
+  tar czf "$OUT/records.tgz" -C "$LB" records
   tar czf "$OUT/logs.tgz" --exclude='*.pt' --exclude='*.safetensors' --exclude='*/code/*' -C "$LB" submit.log repo/runs 2>/dev/null
   ls -la "$OUT"
   ;;
