@@ -13,6 +13,14 @@
 #
 # The suite itself is exactly: python launch submit --suite positive-control --cluster local --local-parallel 6
 # (ONLY=a,b,c adds --only a,b,c; MODELS names the models to convert first.)
+# .whl (cp312 wheels, `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`), as in
+# session 5: alembic 1.20.1, annotated_types 0.8.0, cachetools 8.0.2, cffi 2.1.1, cryptography 46.0.3,
+# databricks_sdk 0.167.0, fastapi 0.165.0, gguf 0.19.0, gitdb 4.0.12, gitpython 3.2.1, google_auth
+# 2.63.0, importlib_metadata 8.7.0 (9.x needs lazy_importer, absent there), mako 1.4.3, mlflow_skinny
+# 3.17.2, opentelemetry api/proto/sdk 1.45.2 and semantic_conventions 0.66b2, pyasn1 0.6.5,
+# pyasn1_modules 0.4.2, pycparser 3.12, pydantic 2.14.4, pydantic_core 2.50.5, python_dotenv 1.2.4,
+# smmap 5.0.3, sqlalchemy 2.1.9, sqlparse 0.6.1, starlette 1.10.0, submitit 1.5.4, transformers
+# 5.24.0, typing_extensions 4.16.0, typing_inspection 0.4.5, uvicorn 0.55.0.
 set -u
 OUT=${OUT:-/tmp/out}; LB=${LB:-/root/lb}; SITE=$LB/site; WAIT_S=${WAIT_S:-540}
 export PYTHONPATH=$SITE LATENTBRIDGE_CACHE=$LB/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
