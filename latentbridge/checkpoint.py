@@ -1,13 +1,19 @@
 """Saving and loading translators (weights + config) and full training state.
 
 A translator checkpoint is a folder: `translator.safetensors` and `translator.json`
-(the run config and the widths it was built for). A training checkpoint adds optimizer,
-scheduler, RNG states and the step, written atomically so a crash never leaves half a file.
+(the run config and the widths it was built for). A training checkpoint is a folder too:
+`state.pt`, the state every rank shares (weights, optimizer, scheduler, step, bookkeeping),
+written by rank 0, and `rank_state/step{N}_rank{R}.pt`, what each rank draws on its own (its
+data order and RNG states), written by every rank. Every file is written atomically, so a
+crash never leaves half a file. The rank files of step N are all written before `state.pt`
+of step N: `state.pt` commits a save, and a resume reads the rank files of its step, never
+those of another (older steps' rank files are removed once a newer `state.pt` is in place).
 
-`state.pt` is read with `torch.load(weights_only=True)`: only tensors and plain Python values
-(dicts, lists, tuples, numbers, strings, None) are accepted, so a crafted file cannot run code
-on resume. A file that holds anything else, or that is corrupt or truncated, is refused with a
-`CheckpointError` naming the file and the way out.
+`state.pt` and the rank files are read with `torch.load(weights_only=True)`: only tensors and
+plain Python values (dicts, lists, tuples, numbers, strings, None) are accepted, so a crafted
+file cannot run code on resume. A file that holds anything else, or that is corrupt or
+truncated, is refused with a `CheckpointError` naming the file and the way out; so is a
+checkpoint saved by another number of ranks than the one resuming it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ from latentbridge.config import RunConfig
 from latentbridge.translators import build_translator
 
 WEIGHTS, META = "translator.safetensors", "translator.json"
+STATE = "state.pt"  # the state all ranks share, in a training checkpoint folder
+TMP_MARK = ".tmp"  # in the name of a file still being written
+RANK_STATE = "rank_state"  # the checkpoint's folder of per-rank files
+RANK_FILE = "step{step:08d}_rank{rank}.pt"
+_RANK_FILE = re.compile(r"step(\d+)_rank(\d+)\.pt")
 
 
 @dataclass(frozen=True)
@@ -99,19 +110,37 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
     """torch.save to a temp file then rename: the old checkpoint survives a crash mid-write."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp = path.with_name(path.name + f"{TMP_MARK}{os.getpid()}")
     torch.save(state, tmp)
     tmp.replace(path)
+
+
+def rank_state_path(checkpoint_dir: Path, step: int, rank: int) -> Path:
+    """Where `rank` keeps its own state for the checkpoint of `step`."""
+    return Path(checkpoint_dir) / RANK_STATE / RANK_FILE.format(step=step, rank=rank)
+
+
+def remove_rank_states_before(checkpoint_dir: Path, step: int) -> None:
+    """Delete the rank files of checkpoints older than `step` (superseded by its state.pt)."""
+    folder = Path(checkpoint_dir) / RANK_STATE
+    for path in folder.iterdir() if folder.is_dir() else ():
+        found = _RANK_FILE.fullmatch(path.name)
+        if found and int(found.group(1)) < step:
+            path.unlink(missing_ok=True)
 
 
 class CheckpointError(RuntimeError):
     """A training checkpoint cannot be used (unsafe or corrupt); the message names the file."""
 
 
+def _run_dir(path: Path) -> Path:
+    """The run dir of a file in its `checkpoint` folder (or the file's own folder)."""
+    return next((p.parent for p in path.parents if p.name == "checkpoint"), path.parent)
+
+
 def _way_out(path: Path) -> str:
-    run_dir = path.parent.parent if path.parent.name == "checkpoint" else path.parent
     return (
-        f"either start over into a new run dir (not {run_dir}), or put a good copy of {path.name} back "
+        f"either start over into a new run dir (not {_run_dir(path)}), or put a good copy of {path.name} back "
         f"at {path} and resume"
     )
 
@@ -123,16 +152,73 @@ def load_training_state(path: Path) -> dict[str, Any] | None:
     """
     path = Path(path)
     if not path.is_file():
-        if path.parent.is_dir() and not any(path.parent.iterdir()):
-            # the folder is made by the first save and only ever holds this file (or a temp file
-            # of a save cut off mid-write): empty means the checkpoint was deleted
-            raise CheckpointError(
-                f"training checkpoint {path} is missing from its folder: it was deleted after it was saved,"
-                f" so this run cannot continue where it stopped; {_way_out(path)}"
-            )
+        if path.parent.is_dir():
+            # the folder is made by the first save and holds only checkpoint files: empty, or
+            # holding files other than temp files of a first save cut off mid-write, means that
+            # this file was deleted after it was saved
+            files = [p for p in path.parent.rglob("*") if p.is_file()]
+            kept = sorted(p for p in files if TMP_MARK not in p.name)
+            if kept or not files:
+                held = f" (the folder still holds {kept[0]})" if kept else ""
+                raise CheckpointError(
+                    f"training checkpoint {path} is missing from its folder: it was deleted after it was saved{held},"
+                    f" so this run cannot continue where it stopped; {_way_out(path)}"
+                )
         return None
+    state = _load(path)
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{path} is not a training checkpoint of this trainer (no step recorded); {_way_out(path)}")
+    return state
+
+
+def check_world_size(path: Path, state: dict[str, Any], world_size: int) -> None:
+    """Refuse the state.pt at `path` if another number of ranks saved it: each rank's data
+    order and RNG state cannot be handed to another number of ranks."""
+    saved, step = state.get("world_size"), state["step"]
+    new_run = f"start over into a new run dir (not {_run_dir(path)})"
+    if saved is None:
+        raise CheckpointError(
+            f"{path} was saved by an older trainer that kept one data order and RNG state for all ranks, so it"
+            f" cannot be resumed exactly; {new_run}"
+        )
+    if saved != world_size:
+        files = path.parent / RANK_STATE / RANK_FILE.format(step=step, rank="*")
+        raise CheckpointError(
+            f"{path} and its per-rank files {files} were saved by {saved} ranks, but this job has {world_size}:"
+            f" each rank's data order and RNG state cannot be handed to another number of ranks. Either resume"
+            f" with {saved} tasks (one per GPU: `--gpus-per-node {saved}` with `python launch`), or {new_run}"
+        )
+
+
+def load_rank_state(checkpoint_dir: Path, step: int, rank: int, world_size: int) -> dict[str, Any]:
+    """The state `rank` saved with the checkpoint of `step` (of `world_size` ranks).
+
+    Read like `state.pt`; a missing file, or one recording another step, rank or world size,
+    raises CheckpointError naming it.
+    """
+    path = rank_state_path(checkpoint_dir, step, rank)
+    shared = Path(checkpoint_dir) / STATE
+    if not path.is_file():
+        raise CheckpointError(
+            f"per-rank state {path} is missing: {shared} is at step {step}, and each of its {world_size} ranks"
+            f" saved its data order and RNG state beside it, so rank {rank} cannot continue exactly where it"
+            f" stopped; {_way_out(path)}"
+        )
+    state = _load(path)
+    expected = {"step": step, "rank": rank, "world_size": world_size}
+    recorded = {k: state.get(k) for k in expected} if isinstance(state, dict) else None
+    if recorded != expected:
+        raise CheckpointError(
+            f"per-rank state {path} records {recorded}, not {expected} as {shared} needs (it was copied or"
+            f" renamed); {_way_out(path)}"
+        )
+    return state
+
+
+def _load(path: Path) -> Any:
+    """torch.load(weights_only=True), with an unsafe, corrupt or truncated file a CheckpointError."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         text = str(error)
         found = re.search(r"unsupported GLOBAL (\S+)", text, re.IGNORECASE)
@@ -147,9 +233,6 @@ def load_training_state(path: Path) -> dict[str, Any] | None:
     except (EOFError, RuntimeError, ValueError, OSError) as error:
         reason = _first_line(str(error)) or ("the file is empty" if isinstance(error, EOFError) else type(error).__name__)
         raise CheckpointError(f"training checkpoint {path} is corrupt or truncated ({reason}); {_way_out(path)}") from None
-    if not isinstance(state, dict) or "step" not in state:
-        raise CheckpointError(f"{path} is not a training checkpoint of this trainer (no step recorded); {_way_out(path)}")
-    return state
 
 
 def _first_line(text: str) -> str:

@@ -46,7 +46,7 @@ from latentbridge import distributed
 from latentbridge.bridge import Bridge, build_inputs
 from latentbridge.data import Example
 from latentbridge.losses import answer_nll
-from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, FRACTION, RETRIEVAL, RETRIEVAL_CHANCE
+from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, FRACTION, RETRIEVAL, RETRIEVAL_CHANCE, ContentRecord
 from latentbridge.prompts import answer_target
 from latentbridge.stats import bootstrap_mean_interval
 
@@ -80,7 +80,7 @@ def negatives(n: int, count: int, seed: int) -> list[list[int]]:
 @dataclass(frozen=True)
 class ContentResult:
     metrics: dict[str, float]
-    records: list[dict]  # one per question, in question order: goes into the eval record
+    records: list[ContentRecord]  # one per question, in question order: goes into the eval record
 
 
 def _rows_nll(bridge: Bridge, texts: Sequence[str], answers: Sequence[str], soft: torch.Tensor | None) -> torch.Tensor:
@@ -160,23 +160,24 @@ def content_metrics(
 def summarize(nlls: Sequence[dict], others: Sequence[Sequence[int]], seed: int) -> ContentResult:
     """Metrics and per-question records from each question's NLLs in nats (see the module doc)."""
     bits = lambda nats: nats / NATS_PER_BIT  # noqa: E731
-    records, gains, own_best = [], [], []
+    records: list[ContentRecord] = []
+    gains, own_best = [], []
     for nll, negs in zip(nlls, others):
         mismatched = nll["negatives"][0]
         best = all(nll["own"] < other for other in nll["negatives"])
         gains.append(bits(mismatched - nll["own"]))
         own_best.append(best)
         records.append(
-            {
-                "nll_bits_text": bits(nll["text"]),
-                "nll_bits_own": bits(nll["own"]),
-                "nll_bits_mismatched": bits(mismatched),
-                "nll_bits_no_question": bits(nll["no_question"]),
-                "bits_transmitted": gains[-1],
-                "mismatched_with": int(negs[0]),
-                "own_ranked_first": best,
-                "negatives": len(negs),
-            }
+            ContentRecord(
+                nll_bits_text=bits(nll["text"]),
+                nll_bits_own=bits(nll["own"]),
+                nll_bits_mismatched=bits(mismatched),
+                nll_bits_no_question=bits(nll["no_question"]),
+                bits_transmitted=gains[-1],
+                mismatched_with=int(negs[0]),
+                own_ranked_first=best,
+                negatives=len(negs),
+            )
         )
     mean = lambda key: sum(r[key] for r in records) / len(records)  # noqa: E731
     low, high = bootstrap_mean_interval(gains, BOOTSTRAP_SAMPLES, 0.95, seed)

@@ -19,21 +19,19 @@ from latentbridge import baseline_cache, distributed, generation
 from latentbridge.bridge import Bridge, build_inputs, tokenize
 from latentbridge.config import EvalConfig
 from latentbridge.content import ContentResult
-from latentbridge.metric_names import MISMATCHED_FOLLOWS
 from latentbridge.data import Example
 from latentbridge.generation import generate
+from latentbridge.metric_names import ACCURACY, INVALID_COUNT, MISMATCHED, MISMATCHED_FOLLOWS, Answer, EvalRecord
 from latentbridge.models import FrozenLM
 from latentbridge.scoring import INVALID, extract_answer, is_correct
 
 log = logging.getLogger(__name__)
 
-SYSTEMS = ("source", "target", "bridged", "mismatched")
-
 
 @dataclass(frozen=True)
 class Evaluation:
     metrics: dict[str, float]
-    records: list[dict]
+    records: list[EvalRecord]
 
 
 def _answer(
@@ -125,42 +123,43 @@ def score(
 ) -> Evaluation:
     """One record a question and the accuracy and invalid count of each system.
 
-    With `content` (latentbridge.content), each record holds the question's content values
-    under "content", the "mismatched" answer says whose soft tokens it read (`soft_from`) and
-    whether it gave that question's gold (`matches_soft_source`), and the metrics hold the
-    content metrics.
+    `outputs` holds each system's texts, by `latentbridge.metric_names.SYSTEMS` name. With `content`
+    (latentbridge.content), each record holds the question's content values, the mismatched
+    answer says whose soft tokens it read and whether it gave that question's gold, and the
+    metrics hold the content metrics.
     """
-    records = []
+    records: list[EvalRecord] = []
     totals = {name: {"correct": 0, "invalid": 0} for name in outputs}
     follows = 0
     for index, ex in enumerate(examples):
-        record = {"step": step, "index": index, "question": ex.question, "gold_solution": ex.answer, "gold": ex.gold}
+        answers: dict[str, Answer] = {}
         for name, texts in outputs.items():
             answer = extract_answer(texts[index])
             correct = is_correct(answer, ex.gold)
-            record[name] = {"output": texts[index], "answer": answer, "correct": correct}
+            answers[name] = Answer(output=texts[index], answer=answer, correct=correct)
             totals[name]["correct"] += correct
             totals[name]["invalid"] += answer == INVALID
+        record = EvalRecord(step=step, index=index, question=ex.question, gold_solution=ex.answer, gold=ex.gold, **answers)
         if content is not None:
             record["content"] = content.records[index]
-            if "mismatched" in record:
+            if MISMATCHED in record:
                 partner = content.records[index]["mismatched_with"]
-                matches = is_correct(record["mismatched"]["answer"], examples[partner].gold)
-                record["mismatched"].update(soft_from=partner, matches_soft_source=matches)
+                matches = is_correct(record[MISMATCHED]["answer"], examples[partner].gold)
+                record[MISMATCHED].update(soft_from=partner, matches_soft_source=matches)
                 follows += matches
         records.append(record)
     metrics = {}
     for name, total in totals.items():
-        metrics[f"{name}_accuracy"] = total["correct"] / max(len(examples), 1)
-        metrics[f"{name}_invalid"] = float(total["invalid"])
+        metrics[ACCURACY[name]] = total["correct"] / max(len(examples), 1)
+        metrics[INVALID_COUNT[name]] = float(total["invalid"])
     if content is not None:
         metrics.update(content.metrics)
-        if "mismatched" in outputs:
+        if MISMATCHED in outputs:
             metrics[MISMATCHED_FOLLOWS] = follows / max(len(examples), 1)
     return Evaluation(metrics=metrics, records=records)
 
 
-def write_jsonl(records: Sequence[dict], path: Path) -> Path:
+def write_jsonl(records: Sequence[EvalRecord], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8") as handle:

@@ -222,6 +222,9 @@ class FrozenLM:
 
 # --------------------------------------------------------------------------- loading
 
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The torch dtype each `RunConfig.dtype` names."""
+
 
 def load_frozen_lm(
     name_or_path: str,

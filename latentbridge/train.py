@@ -25,8 +25,13 @@ from tqdm.auto import tqdm
 from latentbridge import distributed
 from latentbridge.bridge import Bridge, TranslatorStep, bos_ids, tokenize
 from latentbridge.checkpoint import (
+    STATE,
     TranslatorMeta,
+    check_world_size,
+    load_rank_state,
     load_training_state,
+    rank_state_path,
+    remove_rank_states_before,
     rng_state,
     save_training_state,
     save_translator,
@@ -37,14 +42,12 @@ from latentbridge.data import Splits, load_splits
 from latentbridge.content import content_metrics, derangement
 from latentbridge.evaluate import bridged_answers, score, text_baselines, write_jsonl
 from latentbridge.losses import compute_losses
-from latentbridge.models import FrozenLM, load_frozen_lm
+from latentbridge.metric_names import COMPRESSION_RATIO, PROMPT_TOKENS_MEAN, compression_ratio
+from latentbridge.models import DTYPES, FrozenLM, load_frozen_lm
 from latentbridge.prompts import select_exemplars
 from latentbridge.reporting import NullReporter, Reporter
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
@@ -157,21 +160,35 @@ class Trainer:
 
     # ------------------------------------------------------------ state
     @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoint"
+
+    @property
     def state_path(self) -> Path:
-        return self.run_dir / "checkpoint" / "state.pt"
+        return self.checkpoint_dir / STATE
 
     def save_state(self) -> None:
+        """Every rank saves what it draws on its own (data order, RNG), then rank 0 the shared state.
+
+        `state.pt` of a step is written only once every rank's file of that step is in place, so
+        a resume never pairs the shared state of one step with a rank's state of another.
+        """
+        rank, world = distributed.rank(), distributed.world_size()
+        save_training_state(
+            rank_state_path(self.checkpoint_dir, self.step, rank),
+            {"step": self.step, "rank": rank, "world_size": world, "sampler": self.sampler.getstate(), "rng": rng_state()},
+        )
+        distributed.barrier()
         if not distributed.is_main():
             return
         save_training_state(
             self.state_path,
             {
                 "step": self.step,
+                "world_size": world,
                 "translator": self.translator.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "sampler": self.sampler.getstate(),
-                "rng": rng_state(),
                 "best_step": self.best_step,
                 "best_accuracy": self.best_accuracy,
                 "best_state": self.best_state,
@@ -183,18 +200,22 @@ class Trainer:
                 "config": self.config.to_dict(),
             },
         )
+        remove_rank_states_before(self.checkpoint_dir, self.step)
 
     def try_resume(self) -> bool:
+        """Load the shared state and this rank's own state of the same step; False if none saved."""
         state = load_training_state(self.state_path)
         if state is None:
             return False
         if state["config"] != self.config.to_dict():
             raise ValueError(f"{self.state_path} was written by a different config; use a new run dir")
+        check_world_size(self.state_path, state, distributed.world_size())
+        mine = load_rank_state(self.checkpoint_dir, state["step"], distributed.rank(), distributed.world_size())
         self.translator.load_state_dict(state["translator"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.sampler.setstate(state["sampler"])
-        set_rng_state(state["rng"])
+        self.sampler.setstate(mine["sampler"])
+        set_rng_state(mine["rng"])
         self.step = state["step"]
         self.best_step, self.best_accuracy = state["best_step"], state["best_accuracy"]
         self.best_state, self.baselines = state["best_state"], state["baselines"]
@@ -247,11 +268,12 @@ class Trainer:
         return metrics
 
     def prompt_lengths(self) -> dict[str, float]:
-        """Mean tokens of the text prompt the target would read, and the compression ratio to K."""
+        """Mean tokens of the text prompt the target would read, and the compression ratio."""
         prompts = [self.bridge.prompt(ex.question) for ex in self.eval_examples]
         lengths = [len(ids) + len(bos_ids(self.bridge.target)) for ids in tokenize(self.bridge.target, prompts)]
         mean = sum(lengths) / len(lengths)
-        return {"prompt_tokens_mean": mean, "compression_ratio": mean / self.config.translator.num_tokens}
+        ratio = compression_ratio(mean, self.config.translator.num_tokens, self.config.eval.prompt_mode)
+        return {PROMPT_TOKENS_MEAN: mean, COMPRESSION_RATIO: ratio}
 
     def check_collapse(self, outputs: list[str], invalid_rate: float) -> None:
         """Flag constant outputs and jumps in the invalid rate (the verdict reads the flags)."""

@@ -6,6 +6,12 @@ and sends the suite out through submitit: on Slurm as ONE job array (one job per
 task per GPU), locally one run after another. It leaves a record that `status`, `logs`,
 `wait` and `cancel` read later (they default to the latest submission).
 
+Provenance: every MLflow run is tagged when it is opened with `command` (the submit command
+line as typed, shell-quoted), `reproduce_command` (that command narrowed to the run with
+`--only NAME`, or the same command when it submitted this run alone) and `config_diff` (JSON:
+each dotted key whose value differs from the suite's base, the member's changes and the
+overrides); the resolved config is logged as its artifact `config.json`.
+
 Waiting: `submit` waits for the results when the jobs run on this machine
 (--cluster local/debug: they are children of this process) or when the suite has a single
 run (e.g. the demo); otherwise it returns at once with the job ids. --wait / --no-wait
@@ -23,13 +29,15 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from latentbridge.config import ConfigError, parse_assignments
+from latentbridge.config import ConfigError, RunConfig, parse_assignments
 from launch.cluster import CLUSTERS, ResourceError, parse_slurm_args, resolve_cluster, resources_for, sbatch_preview
 from launch.record import (
     RecordError,
@@ -41,10 +49,12 @@ from launch.record import (
     mark_latest,
     new_folder,
 )
-from launch.suites import SUITES, get_suite
+from launch.suites import SUITES, config_diff, get_suite
 from launch.user_config import CONFIG_ENV, DEFAULT_PATH, UserConfigError, load_user_config, resolve
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PROG = "python launch"
+CONFIG_ARTIFACT = "config.json"
 EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 1, 2, 3
 
 
@@ -62,7 +72,7 @@ def _add_ref(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -104,9 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--only", action="append", default=None, metavar="NAME[,NAME...]",
                         help="run only these members of the suite (repeatable, or comma-separated; it takes one "
                              "value, so overrides after it stay overrides)")
-    submit.add_argument("--local-parallel", type=int, default=1, metavar="N",
-                        help="local runs: this many at once on this machine, sharing its GPUs (default 1: one "
-                             "after another, each with every GPU); for small models on one large GPU")
+    submit.add_argument("--runs-per-device", type=int, default=1, metavar="N",
+                        help="local runs: N at once on each GPU (each run pinned to its own GPUs, a job's width), "
+                             "or N at once on the CPU; the next starts as one ends (default 1); for small "
+                             "models on a large GPU. Slurm jobs get their own GPUs: 1 there")
     submit.add_argument("overrides", nargs="*", help="config overrides key=value")
     _add_common(submit)
 
@@ -261,12 +272,58 @@ def _finish_wait(sub: Submission, states, timed_out: bool, timeout: float) -> in
 
 
 # --------------------------------------------------------------------------- submit
+def shell_command(argv: Sequence[str]) -> str:
+    """`python launch ARGV`, shell-quoted so that it can be pasted."""
+    return shlex.join([*PROG.split(), *argv])
+
+
+def narrowed_to(argv: Sequence[str], name: str) -> list[str]:
+    """A `submit` command line (`argv`, "submit" first) that runs only the member `name`: its
+    --only options (or the abbreviations argparse takes for it, --o, --on, --onl) are replaced
+    by `--only NAME` after "submit"; everything else stays as it was."""
+    kept: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--":  # the rest are overrides
+            kept += [token, *tokens]
+            break
+        option, has_value, _ = token.partition("=")
+        if len(option) >= 3 and "--only".startswith(option):
+            if not has_value:
+                next(tokens, None)  # its value
+            continue
+        kept.append(token)
+    return [kept[0], "--only", name, *kept[1:]]
+
+
+def provenance_tags(argv: Sequence[str], name: str, alone: bool, diff: dict[str, Any]) -> dict[str, str]:
+    """What the run records of its submit: the command as typed, the command that reproduces
+    this run alone (`alone`: the submit ran no other run) and its config diff against the
+    suite's base (JSON)."""
+    from registry.facts import COMMAND_TAG, CONFIG_DIFF_TAG, REPRODUCE_TAG
+
+    return {
+        COMMAND_TAG: shell_command(argv),
+        REPRODUCE_TAG: shell_command(argv if alone else narrowed_to(argv, name)),
+        CONFIG_DIFF_TAG: json.dumps(diff, sort_keys=True),
+    }
+
+
+def _log_config(run_id: str, run_dir: Path, config: RunConfig) -> None:
+    """The resolved config, as the run's artifact `config.json` (also left in the run dir)."""
+    from registry.store import client, with_retries
+
+    path = run_dir / CONFIG_ARTIFACT
+    path.write_text(config.to_json())
+    with_retries(lambda: client().log_artifact(run_id, str(path)), "log config")
+
+
 def submit(args: argparse.Namespace) -> int:
     settings = _settings(args)
     suite = get_suite(args.suite)
     configs = suite.configs(parse_assignments(args.overrides))
-    if args.local_parallel < 1:
-        raise ConfigError(f"--local-parallel {args.local_parallel} must be >= 1")
+    if args.runs_per_device < 1:
+        raise ConfigError(f"--runs-per-device {args.runs_per_device} must be >= 1")
     if args.only:
         args.only = [name.strip() for item in args.only for name in item.split(",") if name.strip()]
         unknown = sorted(set(args.only) - set(configs))
@@ -297,7 +354,7 @@ def submit(args: argparse.Namespace) -> int:
             print(sbatch_preview(resources, folder / "submitit", job_name, len(configs), str(folder / "code")))
         return 0
 
-    from launch.cluster import make_executor
+    from launch.cluster import device_slots, local_gpu_ids, make_executor, pin_gpus
     from launch.job import JobSpec, TrainJob
     from launch.monitor import Monitor
     from launch.monitor import wait as wait_for
@@ -311,18 +368,21 @@ def submit(args: argparse.Namespace) -> int:
     experiment_id(suite.name)  # create the store and experiment once, before jobs fan out
     sub_id, folder = new_folder(runs_dir, suite.name)
     snapshot = take_snapshot(REPO_ROOT, folder / "code")
+    base = suite.base_config()
     entries, specs = [], []
     for name, config in configs.items():
         run_dir = folder / name
-        tags = {**suite.tags(name), "submission": sub_id, "cluster": cluster, **snapshot.tags()}
+        tags = {**suite.tags(name), "submission": sub_id, "cluster": cluster, **snapshot.tags(),
+                **provenance_tags(args.argv, name, len(configs) == 1, config_diff(config, base))}
         run_id = open_run(run_dir, name, suite.name, tags, status="SCHEDULED")
         record_code(run_id, {}, Path(snapshot.diff_file) if snapshot.diff_file else None)
+        _log_config(run_id, run_dir, config)
         entries.append(RunEntry(name=name, run_dir=str(run_dir), mlflow_run_id=run_id))
         specs.append(JobSpec(config.to_dict(), str(run_dir), suite.name, uri, artifact_root(), tags, suite.preserve_each))
     sub = Submission(
         id=sub_id, suite=suite.name, folder=str(folder), created=snapshot.taken_at, cluster=cluster,
         resources=resources.to_dict(), tracking_uri=uri, snapshot={k: v for k, v in vars(snapshot).items()},
-        submitit_folder=str(folder / "submitit"), runs=entries, command=sys.argv[:],
+        submitit_folder=str(folder / "submitit"), runs=entries, command=[*PROG.split(), *args.argv],
     )
     sub.save()
     mark_latest(runs_dir, sub)
@@ -349,33 +409,44 @@ def submit(args: argparse.Namespace) -> int:
         states, timed_out = wait_for(Monitor(sub), wait_timeout)
         return _finish_wait(sub, states, timed_out, wait_timeout)
 
-    # local / debug: one run after another on this machine (each run uses all its GPUs), or
-    # --local-parallel at once (they share the GPUs)
+    # local / debug: a pool of device slots (`--runs-per-device` runs on each GPU group, or on
+    # the CPU); the next run starts as soon as one ends. debug runs in this process, one by one.
     print(_describe(sub))
     live: dict[str, Any] = {}
-
+    slots = device_slots(resources, args.runs_per_device, local_gpu_ids()) if cluster == "local" else [()]
+    queue, busy = list(zip(entries, specs)), {}  # busy: slot -> run name
+    seen: dict[str, str] = {}
     deadline = time.monotonic() + wait_timeout
-    states, timed_out = [], False
-    width = 1 if cluster == "debug" else args.local_parallel
-    for first in range(0, len(entries), width):
-        group = list(zip(entries, specs))[first : first + width]
-        for entry, spec in group:
+    timed_out = False
+    while queue or busy:
+        for slot, gpus in enumerate(slots):
+            if slot in busy or not queue:
+                continue
+            entry, spec = queue.pop(0)
+            if cluster == "local":
+                pin_gpus(executor, gpus)
             with run_from(snapshot.root):
                 job = executor.submit(TrainJob(), spec)
-            entry.job_id, live[entry.name] = str(job.job_id), job
+            entry.job_id, live[entry.name], busy[slot] = str(job.job_id), job, entry.name
             sub.save()
-            print(f"started {suite.name}/{entry.name}: job {entry.job_id} ({cluster}), MLflow run {entry.mlflow_run_id}")
+            where = f", GPU {','.join(map(str, gpus))}" if gpus else ""
+            print(f"started {suite.name}/{entry.name}: job {entry.job_id} ({cluster}{where}), MLflow run {entry.mlflow_run_id}")
             if cluster == "debug":
                 try:
                     job.result()
                 except Exception as error:  # noqa: BLE001 - reported below from the record
                     print(f"{suite.name}/{entry.name}: failed in-process: {error}")
         if cluster == "debug":
+            busy.clear()
             continue
-        remaining = deadline - time.monotonic()
-        _, timed_out = wait_for(Monitor(sub, live, only={e.name for e, _ in group}), max(remaining, 0.0))
+        states, timed_out = wait_for(
+            Monitor(sub, live, only=set(busy.values())), max(deadline - time.monotonic(), 0.0),
+            until=lambda states: any(s.done for s in states), seen=seen,
+        )
         if timed_out:
             break
+        ended = {s.name for s in states if s.done}
+        busy = {slot: name for slot, name in busy.items() if name not in ended}
     if cluster == "debug":
         return _debug_report(sub, live)
     return _finish_wait(sub, Monitor(sub, live).states(), timed_out, wait_timeout)
@@ -560,7 +631,9 @@ COMMANDS = {"submit": submit, "status": status, "logs": logs, "wait": wait, "can
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line as typed, for the runs' provenance
     from launch.slurm_queue import SlurmCommandError
     from registry.store import StoreError
 

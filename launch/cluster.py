@@ -175,6 +175,37 @@ def resources_for(settings: dict[str, Any], suite_tasks: int | None, cluster: st
     )
 
 
+def local_gpu_ids() -> list[int]:
+    """This machine's GPU ids as CUDA numbers them for a child process: CUDA_VISIBLE_DEVICES when
+    it lists ids, else 0..count-1; none without a GPU."""
+    count, source = detect_local_gpus()
+    if source.startswith("default"):
+        return []
+    listed = [item.strip() for item in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if item.strip()]
+    if listed and all(item.isdigit() for item in listed):
+        return [int(item) for item in listed][:count]
+    return list(range(count))
+
+
+def device_slots(res: Resources, runs_per_device: int, gpu_ids: list[int]) -> list[tuple[int, ...]]:
+    """The local runs that may run at once, as the GPUs each sees: the machine's GPUs cut into
+    groups of one job's width (`gpus_per_node`), each group shared by `runs_per_device` runs,
+    spread over the groups first; without GPUs, `runs_per_device` runs on the CPU (empty tuples)."""
+    if runs_per_device < 1:
+        raise ResourceError(f"--runs-per-device {runs_per_device} must be >= 1")
+    width = res.gpus_per_node
+    if width == 0 or not gpu_ids:
+        return [()] * runs_per_device
+    groups = [tuple(gpu_ids[i : i + width]) for i in range(0, len(gpu_ids) - width + 1, width)]
+    return [group for _ in range(runs_per_device) for group in groups]
+
+
+def pin_gpus(executor: submitit.LocalExecutor, gpus: tuple[int, ...]) -> None:
+    """Jobs this executor submits from now on see exactly `gpus` (unchanged when empty)."""
+    if gpus:
+        executor.update_parameters(visible_gpus=list(gpus))
+
+
 def slurm_parameters(res: Resources, job_name: str, workdir: str | None = None) -> dict[str, Any]:
     """submitit SlurmExecutor parameters (sbatch option names) for `res`."""
     params: dict[str, Any] = {
@@ -199,8 +230,18 @@ def slurm_parameters(res: Resources, job_name: str, workdir: str | None = None) 
     return params
 
 
-def make_executor(res: Resources, folder: Path, job_name: str, workdir: str | None = None) -> submitit.AutoExecutor:
-    """A submitit AutoExecutor for `res`, its logs and pickles under `folder`."""
+def make_executor(
+    res: Resources, folder: Path, job_name: str, workdir: str | None = None
+) -> submitit.AutoExecutor | submitit.LocalExecutor:
+    """A submitit executor for `res`, its logs and pickles under `folder`: submitit's own
+    LocalExecutor for local runs (it can pin a job to chosen GPUs: `pin_gpus`), else an
+    AutoExecutor."""
+    if res.cluster == "local":
+        local = submitit.LocalExecutor(folder=folder, max_num_timeout=res.max_timeouts)
+        local.update_parameters(
+            timeout_min=res.time_min, nodes=1, tasks_per_node=res.tasks_per_node, gpus_per_node=res.gpus_per_node
+        )
+        return local
     executor = submitit.AutoExecutor(
         folder=folder,
         cluster=res.cluster,

@@ -216,10 +216,14 @@ def wait(
     timeout_s: float,
     poll_s: float = 2.0,
     echo: Callable[[str], None] = print,
+    until: Callable[[list[RunState]], bool] = lambda states: all(s.done for s in states),
+    seen: dict[str, str] | None = None,
 ) -> tuple[list[RunState], bool]:
-    """Poll until every run is done or `timeout_s` passes: (states, timed_out). Never cancels."""
+    """Poll until `until(states)` (default: every run is done) or `timeout_s` passes:
+    (states, timed_out). Never cancels. Each run's state is echoed when it changes (`seen`:
+    the last state echoed per run, shared across calls)."""
     deadline = time.monotonic() + timeout_s
-    seen: dict[str, str] = {}
+    seen = {} if seen is None else seen
     while True:
         states = monitor.states()
         for state in states:
@@ -228,7 +232,7 @@ def wait(
                 seen[state.name] = key
                 job = f" [job {state.job_id}]" if state.job_id else ""
                 echo(f"  {monitor.submission.suite}/{state.line()}{job}")
-        if all(s.done for s in states):
+        if until(states):
             return states, False
         if time.monotonic() >= deadline:
             return states, True

@@ -26,6 +26,10 @@ What is never taken, and who can read what:
   folder of the copy its source folder's, so a private (0600) source gives a private copy.
   The diff is written 0600 when an untracked file or a source file not readable by group and
   others went into it, else 0640.
+
+Submitting (`run_from`): jobs inherit the submitting process's environment, so the variables
+of an enclosing Slurm job or torch.distributed process group are hidden while submitting
+(`hidden_while_submitting`); the Slurm client settings in `SLURM_CLIENT_VARS` are kept.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import subprocess
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from registry.runs import CODE_SNAPSHOT_FILE
 
@@ -58,6 +62,29 @@ SECRET_PATTERNS = (
 )
 SECRET_DIRS = (".ssh", ".aws", ".gnupg", ".docker", ".kube")  # nothing under these is taken
 DIFF_MODE_PRIVATE, DIFF_MODE_SHARED = 0o600, 0o640
+
+# Hidden while submitting: what an enclosing Slurm job, srun step or submitit job sets
+# (SLURM_JOB_ID, SLURM_PROCID, SLURM_NTASKS, ...; a job submitted with them would inherit
+# the enclosing job's shape) and torch.distributed's rendezvous of an enclosing process group.
+ENCLOSING_JOB_PREFIXES = ("SLURM_", "SLURMD_", "SRUN_", "SBATCH_", "SUBMITIT_")
+DISTRIBUTED_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+# Kept while submitting: the input variables of sbatch/squeue (sbatch(1), INPUT ENVIRONMENT
+# VARIABLES) that locate or configure the Slurm client and describe no job. Slurm sets none of
+# them in a job, except SLURM_CONF, which slurmd sets to the config it runs with (on a
+# configless cluster the only config there is). The other SBATCH_* inputs (SBATCH_ACCOUNT,
+# SBATCH_TIMELIMIT, SBATCH_OUTPUT, ...) stay hidden: sbatch lets them override the #SBATCH
+# lines submitit writes (log paths, array, time, GPUs); the launcher's --account, --qos,
+# --partition and --slurm-arg (or the launch config file) set those instead.
+SLURM_CLIENT_VARS = frozenset(
+    {
+        "SLURM_CONF",  # where slurm.conf is, when not at the compiled-in default path
+        "SLURM_CLUSTERS",  # which cluster(s) the clients talk to (sbatch/squeue --clusters)
+        "SBATCH_CLUSTERS",  # the same, for sbatch alone
+        "SLURM_DEBUG_FLAGS",  # the clients' DebugFlags
+        "SBATCH_DEBUG",  # sbatch --verbose
+        "SLURM_EXIT_ERROR",  # the exit code of a Slurm error
+    }
+)
 
 
 @dataclass
@@ -321,21 +348,30 @@ def python_path_for(snapshot_root: str | Path) -> str:
     return str(snapshot_root) + (os.pathsep + rest if rest else "")
 
 
+def hidden_while_submitting(environ: Mapping[str, str]) -> list[str]:
+    """The names in `environ` to hide while submitting: those of an enclosing Slurm/submitit
+    job or torch.distributed process group, but never a Slurm client setting (`SLURM_CLIENT_VARS`)."""
+    return sorted(
+        name
+        for name in environ
+        if (name.startswith(ENCLOSING_JOB_PREFIXES) or name in DISTRIBUTED_VARS) and name not in SLURM_CLIENT_VARS
+    )
+
+
 @contextmanager
 def run_from(snapshot_root: str | Path) -> Iterator[None]:
-    """While submitting: cwd and PYTHONPATH point at the snapshot, Slurm/torch.distributed
-    variables of an enclosing job are hidden; the jobs inherit this environment."""
-    import submitit
-
+    """While submitting: cwd and PYTHONPATH point at the snapshot, and the variables
+    `hidden_while_submitting` names are hidden; the jobs inherit this environment."""
     old_cwd, old_path = os.getcwd(), os.environ.get("PYTHONPATH")
-    with submitit.helpers.clean_env():
+    hidden = {name: os.environ.pop(name) for name in hidden_while_submitting(os.environ)}
+    try:
         os.environ["PYTHONPATH"] = python_path_for(snapshot_root)
         os.chdir(snapshot_root)
-        try:
-            yield
-        finally:
-            os.chdir(old_cwd)
-            if old_path is None:
-                os.environ.pop("PYTHONPATH", None)
-            else:
-                os.environ["PYTHONPATH"] = old_path
+        yield
+    finally:
+        os.chdir(old_cwd)
+        if old_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old_path
+        os.environ.update(hidden)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from latentbridge.config import RunConfig
+from latentbridge.config import ConfigError, RunConfig
 
 # The demo reads Gemma-3-270M into SmolLM2-135M: on a CPU the target's LM head (forward and
 # backward over every answer token) is a training step's largest cost, and SmolLM2's 49k
@@ -73,6 +74,7 @@ FIXES_OFF = {
 NO_SOURCE = {"translator.kind": "soft_prompt", "loss.info_nce_weight": 0.0, "loss.prompt_alignment_weight": 0.0}
 TRAINED_TEXT = {**NO_SOURCE, "eval.prompt_mode": "soft_plus_question"}
 CONTROL_TAGS = {"no-source": {"role": "control", "control": "no_source"}, "trained-text": {"role": "control", "control": "trained_text"}}
+LAUNCHER_KEYS = ("name", "suite")  # set by the launcher on every run: they name it, never differ from the base
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,19 @@ class Suite:
             values = {**self.base, **changes, **(overrides or {}), "name": run_name, "suite": self.name}
             out[run_name] = RunConfig().override(*(f"{k}={v}" for k, v in values.items()))
         return out
+
+    def base_config(self) -> RunConfig:
+        """The base alone, resolved: no member's changes, no overrides."""
+        try:
+            return RunConfig().override(*(f"{k}={v}" for k, v in self.base.items()))
+        except ConfigError as error:
+            raise ConfigError(f"suite {self.name!r}: its base is not a valid config on its own ({error})") from None
+
+
+def config_diff(config: RunConfig, base: RunConfig) -> dict[str, Any]:
+    """Dotted key -> value of `config`, for each key whose value differs from `base`'s."""
+    base_values = base.flat()
+    return {k: v for k, v in config.flat().items() if k not in LAUNCHER_KEYS and base_values.get(k) != v}
 
 
 SUITES: dict[str, Suite] = {}

@@ -2,7 +2,8 @@
 
 Params are the flat run config; metrics give the accuracy curve (`bridged_accuracy` at every
 evaluation), the baselines and the loss; tags carry provenance (`git_commit`, `slurm_job_id`,
-and, when the launcher records them, `config_diff` and `command`). The eval JSONLs hold one
+and what the launcher knew at submit: `config_diff`, `command`, `reproduce_command`; a run
+without them says they were not recorded, nothing is guessed). The eval JSONLs hold one
 record per question, as `latentbridge.evaluate.score` writes them.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +20,30 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from latentbridge.metric_names import (
+    BEST_BRIDGED_ACCURACY,
+    BEST_STEP,
+    BRIDGED_ACCURACY,
+    BRIDGED_INVALID,
+    LOSS,
+    PROMPT_TOKENS_MEAN,
+    SOURCE_ACCURACY,
+    TARGET_ACCURACY,
+    EvalRecord,
+    compression_ratio,
+)
 from registry.errors import PreserveError
 
 log = logging.getLogger(__name__)
 
-HISTORY_KEYS = ("bridged_accuracy", "source_accuracy", "target_accuracy", "bridged_invalid", "loss")
+HISTORY_KEYS = (BRIDGED_ACCURACY, SOURCE_ACCURACY, TARGET_ACCURACY, BRIDGED_INVALID, LOSS)
 RUN_KIND_TAG = "latentbridge.run_kind"  # "analysis" on analysis runs; training runs have none
 EVAL_FILE = re.compile(r"eval_step_(\d+)\.jsonl$")
-NOT_CONFIG = {"name", "suite", "output_dir"}  # params that name a run rather than configure it
-LAUNCH_PROG = "python launch"
+# Tags the launcher sets when it opens a run (launch/cli.py)
+COMMAND_TAG = "command"  # the submit command line as typed, shell-quoted
+REPRODUCE_TAG = "reproduce_command"  # that command narrowed to this run (--only NAME)
+CONFIG_DIFF_TAG = "config_diff"  # JSON: dotted key -> value, where the run differs from its suite's base
+NOT_RECORDED = "not recorded at submit"
 
 
 def get_run(client: MlflowClient, run_id: str) -> Run:
@@ -53,9 +68,9 @@ def eval_files(client: MlflowClient, run_id: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def read_eval_jsonl(path: Path) -> list[dict]:
+def read_eval_jsonl(path: Path) -> list[EvalRecord]:
     """Records of one eval JSONL (strict: a malformed line is an error naming file and line)."""
-    records = []
+    records: list[EvalRecord] = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -66,7 +81,7 @@ def read_eval_jsonl(path: Path) -> list[dict]:
     return records
 
 
-def download_eval(client: MlflowClient, run_id: str, artifact_path: str, dst: Path) -> list[dict]:
+def download_eval(client: MlflowClient, run_id: str, artifact_path: str, dst: Path) -> list[EvalRecord]:
     return read_eval_jsonl(Path(client.download_artifacts(run_id, artifact_path, str(dst))))
 
 
@@ -136,8 +151,8 @@ class RunFacts:
     metrics: dict[str, float]
     history: dict[str, list[tuple[int, float]]]
     evals: list[tuple[int, str]]
-    config_diff: dict[str, str] = field(default_factory=dict)
-    diff_basis: str = ""
+    config_diff: dict[str, str] = field(default_factory=dict)  # empty: no change, or not recorded (`diff_recorded`)
+    diff_basis: str = NOT_RECORDED
     prompt_tokens_mean: float | None = None
     n_final: int | None = None  # questions in the final eval JSONL, when it was read
 
@@ -189,10 +204,19 @@ class RunFacts:
         return self.tags.get("slurm_job_id") or None
 
     @property
+    def diff_recorded(self) -> bool:
+        """Whether the launcher recorded `config_diff` at submit (else it is empty, which says nothing)."""
+        return not self.diff_basis.startswith(NOT_RECORDED)
+
+    @property
     def command(self) -> str:
-        if self.tags.get("command"):
-            return self.tags["command"]
-        return f"{LAUNCH_PROG} submit --suite {self.suite or 'demo'} --only {self.name}"
+        """The submit command as typed ('' when not recorded at submit)."""
+        return self.tags.get(COMMAND_TAG, "")
+
+    @property
+    def reproduce_command(self) -> str:
+        """The command that runs this run alone ('' when not recorded at submit)."""
+        return self.tags.get(REPRODUCE_TAG, "")
 
     @property
     def raised_flags(self) -> tuple[str, ...]:
@@ -207,26 +231,26 @@ class RunFacts:
 
     @property
     def peak(self) -> float | None:
-        curve = self._curve("bridged_accuracy")
-        return max(v for _, v in curve) if curve else self.metrics.get("best_bridged_accuracy")
+        curve = self._curve(BRIDGED_ACCURACY)
+        return max(v for _, v in curve) if curve else self.metrics.get(BEST_BRIDGED_ACCURACY)
 
     @property
     def peak_step(self) -> int | None:
-        curve = self._curve("bridged_accuracy")
+        curve = self._curve(BRIDGED_ACCURACY)
         if not curve:
-            best = self.metrics.get("best_step")
+            best = self.metrics.get(BEST_STEP)
             return int(best) if best is not None else None
         top = max(v for _, v in curve)
         return min(s for s, v in curve if v == top)
 
     @property
     def final(self) -> float | None:
-        curve = self._curve("bridged_accuracy")
-        return curve[-1][1] if curve else self.metrics.get("bridged_accuracy")
+        curve = self._curve(BRIDGED_ACCURACY)
+        return curve[-1][1] if curve else self.metrics.get(BRIDGED_ACCURACY)
 
     @property
     def final_step(self) -> int | None:
-        curve = self._curve("bridged_accuracy")
+        curve = self._curve(BRIDGED_ACCURACY)
         return curve[-1][0] if curve else None
 
     @property
@@ -235,11 +259,11 @@ class RunFacts:
 
     @property
     def source_alone(self) -> float | None:
-        return self.metrics.get("source_accuracy")
+        return self.metrics.get(SOURCE_ACCURACY)
 
     @property
     def target_alone(self) -> float | None:
-        return self.metrics.get("target_accuracy")
+        return self.metrics.get(TARGET_ACCURACY)
 
     @property
     def n_questions(self) -> int:
@@ -247,13 +271,13 @@ class RunFacts:
 
     @property
     def invalid_rate(self) -> float | None:
-        invalid = self.metrics.get("bridged_invalid")
+        invalid = self.metrics.get(BRIDGED_INVALID)
         return None if invalid is None or not self.n_questions else invalid / self.n_questions
 
     @property
     def compression_ratio(self) -> float | None:
-        from registry.prompt_length import compression_ratio
-
+        if not self.prompt_tokens_mean or not self.K:
+            return None
         return compression_ratio(self.prompt_tokens_mean, self.K, self.prompt_mode)
 
     @property
@@ -314,43 +338,25 @@ def _history(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, flo
     return out
 
 
-def config_diff(params: dict[str, str], tags: dict[str, str], siblings: Sequence[dict[str, str]] = ()) -> tuple[dict[str, str], str]:
-    """This run's config against its suite's base, and how that base was known.
-
-    The launcher's `config_diff` tag (JSON) is exact. Without it the base is inferred: the
-    majority value of each key over the suite's runs (two or more: a key on which they do not
-    agree is part of every run's diff), else latentbridge's defaults.
-    """
-    recorded = tags.get("config_diff")
-    if recorded:
-        try:
-            return {k: str(v) for k, v in json.loads(recorded).items()}, "recorded by the launcher"
-        except (json.JSONDecodeError, AttributeError):
-            log.warning("tag config_diff is not a JSON object: %r", recorded[:200])
-    keys = [k for k in params if k not in NOT_CONFIG]
-    if len(siblings) >= 2:
-        diff = {}
-        for key in keys:
-            counts = Counter(s.get(key) for s in siblings)
-            value, count = counts.most_common(1)[0]
-            if count * 2 <= len(siblings) or value != params[key]:
-                diff[key] = params[key]
-        return diff, f"inferred: the majority value of each key over the suite's {len(siblings)} runs"
-    from latentbridge.config import RunConfig
-
-    defaults = {k: str(v) for k, v in RunConfig().flat().items()}
-    diff = {k: params[k] for k in keys if defaults.get(k) != params[k]}
-    return diff, "inferred: against latentbridge's default config (the launcher recorded no config_diff)"
+def config_diff(tags: dict[str, str]) -> tuple[dict[str, str], str]:
+    """The run's config diff against its suite's base as the launcher recorded it, and where
+    it comes from: ({}, "not recorded at submit") for a run without a readable tag."""
+    recorded = tags.get(CONFIG_DIFF_TAG)
+    if recorded is None:
+        return {}, NOT_RECORDED
+    try:
+        return {k: str(v) for k, v in json.loads(recorded).items()}, "recorded at submit"
+    except (json.JSONDecodeError, AttributeError):
+        log.warning("tag %s is not a JSON object: %r", CONFIG_DIFF_TAG, recorded[:200])
+        return {}, f"{NOT_RECORDED} (tag {CONFIG_DIFF_TAG} unreadable)"
 
 
-def run_facts(client: MlflowClient, run: Run, *, siblings: Sequence[dict[str, str]] | None = None) -> RunFacts:
+def run_facts(client: MlflowClient, run: Run) -> RunFacts:
     """Facts of one training run (metric histories fetched; prompt tokens from a logged metric)."""
     run_id = run.info.run_id
     experiment = client.get_experiment(run.info.experiment_id)
     suite = suite_of(run, experiment.name if experiment else None)
-    if siblings is None:
-        siblings = suite_params(client, run.info.experiment_id, suite)
-    diff, basis = config_diff(dict(run.data.params), dict(run.data.tags), siblings)
+    diff, basis = config_diff(dict(run.data.tags))
     return RunFacts(
         run_id=run_id,
         name=run.data.params.get("name") or run.info.run_name or run_id[:8],
@@ -365,7 +371,7 @@ def run_facts(client: MlflowClient, run: Run, *, siblings: Sequence[dict[str, st
         evals=eval_files(client, run_id),
         config_diff=diff,
         diff_basis=basis,
-        prompt_tokens_mean=run.data.metrics.get("prompt_tokens_mean"),
+        prompt_tokens_mean=run.data.metrics.get(PROMPT_TOKENS_MEAN),
     )
 
 
@@ -391,7 +397,3 @@ def suite_runs(client: MlflowClient, experiment_ids: Sequence[str], suite: str |
                 continue
         out.append(run)
     return out
-
-
-def suite_params(client: MlflowClient, experiment_id: str, suite: str) -> list[dict[str, str]]:
-    return [dict(r.data.params) for r in suite_runs(client, [experiment_id], suite)]

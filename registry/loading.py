@@ -18,6 +18,7 @@ from typing import Literal
 
 from mlflow.exceptions import MlflowException
 
+from latentbridge.metric_names import BRIDGED, EvalRecord
 from registry.errors import LoadError
 from registry.facts import EVAL_FILE, read_eval_jsonl
 from registry.preserve import ARCHIVE, verify_manifest
@@ -40,7 +41,7 @@ class Archive:
     aliases: list[str]
     config: dict
     summary: dict  # metrics.json
-    evals: dict[int, list[dict]] = field(default_factory=dict)  # step -> records
+    evals: dict[int, list[EvalRecord]] = field(default_factory=dict)  # step -> records
     note: str = ""
 
     def step(self, which: Which = "final") -> int:
@@ -49,7 +50,7 @@ class Archive:
             raise LoadError(f"{self.model} version {self.version} records no {which} evaluation step")
         return int(part["step"])
 
-    def records(self, which: Which = "final") -> list[dict]:
+    def records(self, which: Which = "final") -> list[EvalRecord]:
         step = self.step(which)
         if step not in self.evals:
             raise LoadError(f"{self.model} version {self.version} has no eval JSONL for step {step}")
@@ -125,9 +126,8 @@ def load_with_archive(uri: str, *, which: Which = "final", device: str = "cpu"):
     from latentbridge.bridge import Bridge
     from latentbridge.checkpoint import load_translator
     from latentbridge.data import load_splits
-    from latentbridge.models import load_frozen_lm
+    from latentbridge.models import DTYPES, load_frozen_lm
     from latentbridge.prompts import select_exemplars
-    from latentbridge.train import DTYPES
 
     with tempfile.TemporaryDirectory() as tmp:
         archive, folder = fetch(uri, Path(tmp))
@@ -167,5 +167,5 @@ def reproduce(uri: str, *, which: Which = "final", device: str = "cpu") -> Repro
     bridge, archive = load_with_archive(uri, which=which, device=device)
     records = archive.records(which)
     outputs = bridged_answers(bridge, archive.examples(which), bridge.config.eval)
-    mismatches = [r["index"] for r, out in zip(records, outputs) if r["bridged"]["output"] != out]
+    mismatches = [r["index"] for r, out in zip(records, outputs) if r[BRIDGED]["output"] != out]
     return Reproduction(uri, which, len(records), len(records) - len(mismatches), mismatches)

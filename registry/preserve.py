@@ -36,13 +36,17 @@ from latentbridge.metric_names import (
     BITS,
     BITS_HIGH,
     BITS_LOW,
+    BRIDGED,
+    BRIDGED_INVALID,
     FRACTION,
     MISMATCHED_ACCURACY,
     MISMATCHED_FOLLOWS,
+    PROMPT_TOKENS_MEAN,
     RETRIEVAL,
     RETRIEVAL_CHANCE,
 )
 from registry.facts import (
+    NOT_RECORDED,
     RunFacts,
     download_eval,
     eval_files,
@@ -160,18 +164,35 @@ def _content_lines(facts: RunFacts, verdict: Verdict) -> list[str]:
     return lines
 
 
+def _diff_lines(facts: RunFacts) -> list[str]:
+    """The run's config diff against its suite's base, as the launcher recorded it at submit."""
+    head = f"Config diff against the suite's base ({facts.diff_basis})"
+    if not facts.diff_recorded:
+        return [f"{head}; the full config is `config.json`."]
+    diff = facts.config_diff
+    lines = [f"- `{k} = {v}`" for k, v in sorted(diff.items())[:40]]
+    if len(diff) > 40:
+        lines.append(f"- ... and {len(diff) - 40} more (the full config is `config.json`)")
+    return [f"{head}:", *(lines or ["- none: this is the suite's base configuration"])]
+
+
+def _reproduce_line(facts: RunFacts) -> str:
+    """The command that runs this run again, and what it is, from the launcher's tags."""
+    command, alone = facts.command, facts.reproduce_command
+    if not command:
+        return f"The submit command was {NOT_RECORDED} (a run from before the launcher recorded it, or not launched by it)."
+    if alone and alone != command:
+        return (f"`{alone}`: the command it was submitted with, `{command}`, which submitted other runs too,"
+                f" narrowed to this one with `--only {facts.name}`.")
+    return f"`{command}`: the command it was submitted with" + (" (it submitted this run alone)." if alone else ".")
+
+
 def note(facts: RunFacts, verdict: Verdict, rules: VerdictRules, interval: tuple[float, float] | None) -> str:
     """The preservation note: why the run exists, how to reproduce it, key metrics, verdict."""
-    diff = facts.config_diff
-    diff_lines = [f"- `{k} = {v}`" for k, v in sorted(diff.items())[:40]]
-    if len(diff) > 40:
-        diff_lines.append(f"- ... and {len(diff) - 40} more (the full config is `config.json`)")
-    if not diff_lines:
-        diff_lines = ["- none: this is the suite's base configuration"]
     ci = f" (95% bootstrap interval [{interval[0]:.3f}, {interval[1]:.3f}])" if interval else ""
     ratio = facts.compression_ratio
     if not ratio:
-        compression = "unknown (the prompt length could not be counted; log metric prompt_tokens_mean)"
+        compression = f"unknown (the prompt length could not be counted; log metric {PROMPT_TOKENS_MEAN})"
     elif facts.prompt_mode == "soft_plus_text":
         compression = f"{ratio:.2f}x: none (soft_plus_text: the target reads all {facts.prompt_tokens_mean:.0f} prompt tokens after K={facts.K})"
     else:
@@ -184,14 +205,15 @@ def note(facts: RunFacts, verdict: Verdict, rules: VerdictRules, interval: tuple
         "## Why it exists",
         (
             f"Member `{facts.name}` of suite `{facts.suite or '(none)'}`: a {facts.kind} translator, K={facts.K},"
-            f" {facts.steps} steps, seed {facts.seed}. Config diff against the suite's base ({facts.diff_basis}):"
+            f" {facts.steps} steps, seed {facts.seed}."
         ),
-        *diff_lines,
+        *_diff_lines(facts),
         "",
         "## Reproduce",
+        _reproduce_line(facts),
         (
-            f"`{facts.command}` at {facts.code_state}{slurm}. MLflow run {facts.run_id}; the full"
-            " config is `config.json` in this version's files."
+            f"Code: {facts.code_state}{slurm}. MLflow run {facts.run_id}; the full config is `config.json` in this"
+            " version's files."
         ),
         "",
         f"## Key metrics ({verdict.n} {facts.params.get('eval.split', '')} questions, final step {facts.final_step})",
@@ -301,7 +323,7 @@ def _preserve(run_id: str, rules: VerdictRules | None) -> Preserved:
             )
         except ValueError as error:
             raise PreserveError(f"run {run_id}: {error}") from None
-        bridged = [bool(r["bridged"]["correct"]) for r in records]
+        bridged = [bool(r[BRIDGED]["correct"]) for r in records]
         interval = accuracy_interval(bridged, rules.bootstrap_samples, rules.confidence, rules.seed)
         text = note(facts, verdict, rules, interval)
 
@@ -318,7 +340,7 @@ def _preserve(run_id: str, rules: VerdictRules | None) -> Preserved:
                 "eval_file": facts.final_eval,
                 "bridged_accuracy": verdict.bridged,
                 "bridged_interval": list(interval),
-                "bridged_invalid": facts.metrics.get("bridged_invalid"),
+                "bridged_invalid": facts.metrics.get(BRIDGED_INVALID),
                 "source_accuracy": verdict.source,
                 "target_accuracy": verdict.target,
                 "translator": "translator",

@@ -1,13 +1,9 @@
-"""Compression: how many prompt tokens the K soft tokens stand in for.
+"""The prompt length of runs that predate the trainer's `prompt_tokens_mean` metric.
 
-The compression ratio is the mean number of tokens the target reads as text when it answers
-alone (BOS + the few-shot prompt) divided by K. In `soft_plus_text` mode the bridged target
-reads the whole prompt after the soft tokens, so there is no compression: the ratio is then
-prompt / (prompt + K) < 1.
-
-The trainer does not log the prompt length yet (metric `prompt_tokens_mean` would be read
-first); until it does, it is counted here with the target's tokenizer, once per
-(target model, data config, questions).
+The compression ratio (`latentbridge.metric_names.compression_ratio`) needs the mean number of
+tokens the target reads as text when it answers alone (BOS + the few-shot prompt). The trainer
+logs it at step 0; for a run without it, it is counted here with the target's tokenizer, once
+per (target model, data config, questions).
 """
 
 from __future__ import annotations
@@ -21,14 +17,6 @@ from functools import lru_cache
 log = logging.getLogger(__name__)
 
 _COUNTS: dict[str, float] = {}
-
-
-def compression_ratio(prompt_tokens: float | None, K: int, prompt_mode: str = "soft_only") -> float | None:
-    if not prompt_tokens or not K:
-        return None
-    if prompt_mode == "soft_plus_text":
-        return prompt_tokens / (prompt_tokens + K)
-    return prompt_tokens / K
 
 
 @lru_cache(maxsize=4)

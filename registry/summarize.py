@@ -14,11 +14,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from latentbridge.metric_names import BRIDGED, SOURCE, TARGET
 from latentbridge.scoring import INVALID, normalize_number
 
 log = logging.getLogger(__name__)
 
-SYSTEMS = ("bridged", "target", "source")
+SYSTEMS = (BRIDGED, TARGET, SOURCE)
 
 
 @dataclass

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW
+from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, BRIDGED, MISMATCHED, SOURCE, TARGET, EvalRecord
 from latentbridge.stats import bootstrap_mean_interval
 
 VERDICTS = ("headline", "control", "ablation", "negative", "unstable")
@@ -239,10 +239,10 @@ def mcnemar_p(a: Sequence[bool], b: Sequence[bool]) -> float:
     return min(1.0, 2 * tail)
 
 
-def collapse_flags(records: Sequence[dict], rules: VerdictRules, raised: Iterable[str] = ()) -> tuple[str, ...]:
+def collapse_flags(records: Sequence[EvalRecord], rules: VerdictRules, raised: Iterable[str] = ()) -> tuple[str, ...]:
     """Flags the trainer raised, plus `identical_outputs` when bridged answers collapsed."""
     flags = [f for f in raised if f]
-    outputs = [str((r.get("bridged") or {}).get("output", "")) for r in records]
+    outputs = [str((r.get(BRIDGED) or {}).get("output", "")) for r in records]
     if len(outputs) >= rules.collapse_min_questions:
         distinct = len(set(outputs)) / len(outputs)
         if distinct < rules.collapse_min_distinct:
@@ -254,17 +254,17 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def aligned_control(records: Sequence[dict], control_records: Sequence[dict]) -> list[bool] | None:
+def aligned_control(records: Sequence[EvalRecord], control_records: Sequence[EvalRecord]) -> list[bool] | None:
     """The control's bridged correctness on the same questions as `records`, in their order
     (None when the control did not answer every one of them)."""
-    by_question = {r.get("question"): bool((r.get("bridged") or {}).get("correct")) for r in control_records}
+    by_question = {r.get("question"): bool((r.get(BRIDGED) or {}).get("correct")) for r in control_records}
     if not all(r.get("question") in by_question for r in records):
         return None
     return [by_question[r.get("question")] for r in records]
 
 
 def judge(
-    records: Sequence[dict],
+    records: Sequence[EvalRecord],
     *,
     peak_bridged: float,
     collapse_flags: Sequence[str] = (),
@@ -288,7 +288,7 @@ def judge(
             return None
         return [bool(r[name]["correct"]) for r in records]
 
-    bridged, target, source = column("bridged"), column("target"), column("source")
+    bridged, target, source = column(BRIDGED), column(TARGET), column(SOURCE)
     if bridged is None:
         raise ValueError("the final evaluation has no bridged answers")
     acc = lambda xs: sum(xs) / len(xs) if xs is not None else None
@@ -303,9 +303,9 @@ def judge(
     if content and BITS in content and BITS_LOW in content and BITS_HIGH in content:
         bits = (float(content[BITS]), float(content[BITS_LOW]), float(content[BITS_HIGH]))
     comparisons = {name: Comparison.of(bridged, other, rules) for name, other in (controls or {}).items()}
-    mismatched = column("mismatched")
+    mismatched = column(MISMATCHED)
     if mismatched is not None:
-        comparisons["mismatched"] = Comparison.of(bridged, mismatched, rules)
+        comparisons[MISMATCHED] = Comparison.of(bridged, mismatched, rules)
 
     def make(verdict: str, decided_by: str, rule: str) -> Verdict:
         return Verdict(verdict, decided_by, rule, n, b, t, s, peak, interval, p_value, flags, bits, comparisons)
@@ -324,7 +324,7 @@ def judge(
         return make(
             "negative",
             "no_content",
-            f"content/bits_transmitted {bits[0]:.3f} bits, 95% interval [{bits[1]:.3f}, {bits[2]:.3f}] does not lie"
+            f"{BITS} {bits[0]:.3f} bits, 95% interval [{bits[1]:.3f}, {bits[2]:.3f}] does not lie"
             f" above 0 (min_bits_transmitted {rules.min_bits_transmitted}): the soft tokens carry nothing specific"
             " to the question",
         )

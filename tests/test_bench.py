@@ -54,15 +54,21 @@ def test_quick_bench_writes_aggregate_and_samples(tmp_path, mlflow_store):
     assert methods["relay"]["kv_bytes_mean"] > methods["truncated-4"]["kv_bytes_mean"]
     assert results["estimate"]["per_batch_size"]["2"]["total_h"] > 0
 
-    # a folder measured on a machine without MLflow is logged afterwards, into one run
-    assert bench.main(["--log", str(out)]) == 0
+    # the bench writes a run record, never MLflow; `python -m registry import` replays it, into one run
+    from registry.import_runs import import_records
     from registry.runs import client
 
-    (run,) = client().search_runs([client().get_experiment_by_name("bench").experiment_id])
+    record = out / bench.RECORD
+    assert (record / "params.json").is_file() and client().search_experiments(filter_string="name = 'bench'") == []
+    (first,) = import_records([record], bench.EXPERIMENT)
+    run = client().get_run(first.run_id)
     assert run.data.metrics["gen.batches.4.static.decode_tokens_per_s"] == row["static"]["decode_tokens_per_s"]
     assert run.data.tags["kind"] == "bench" and run.data.params["quick"] == "True"
+    assert run.info.run_name == "bench-bench" and run.info.status == "FINISHED"
     assert {a.path for a in client().list_artifacts(run.info.run_id, "bench")} >= {"bench/bench.json", "bench/methods_samples.jsonl"}
-    assert bench.main(["--log", str(out)]) == 0  # again: the same run, nothing duplicated
+    assert bench.main(["--log", str(out)]) == 0  # the record written again from the folder: the same record
+    (again,) = import_records([record], bench.EXPERIMENT)
+    assert (again.run_id, again.created) == (first.run_id, False)
     assert len(client().search_runs([run.info.experiment_id])) == 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -16,7 +17,7 @@ from launch.cluster import (
     parse_slurm_time,
     resources_for,
 )
-from launch.suites import SUITES, Suite
+from launch.suites import SUITES, Suite, config_diff
 from launch.user_config import UserConfigError, load_user_config, resolve
 
 
@@ -146,3 +147,42 @@ def test_bad_settings_fail_with_a_message(three_run_suite, tmp_path, capsys):
     assert rc == 2 and "unknown suite" in capsys.readouterr().err
     rc = cli.main(["status", "--runs-dir", str(tmp_path / "none")])
     assert rc == 2 and "no submission yet" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- what a run records of its submit
+def test_config_diff_is_the_members_changes_and_the_overrides_against_the_base(three_run_suite):
+    base = three_run_suite.base_config()
+    configs = three_run_suite.configs({"train.steps": "2", "optim.lr": "0.001"})
+    # train.steps=2 is the base's value: no difference; name and suite name the run
+    assert config_diff(configs["b"], base) == {"seed": 2, "optim.lr": 0.001}
+
+
+@pytest.mark.parametrize("name", sorted(SUITES))
+def test_every_suite_base_is_a_config_of_its_own(name):
+    suite = SUITES[name]
+    base = suite.base_config()
+    for member, config in suite.configs().items():
+        assert config_diff(config, base).keys() <= set(config.flat()), member
+
+
+@pytest.mark.parametrize(
+    "argv,narrowed",
+    [
+        (["submit", "--suite", "s"], ["submit", "--only", "a", "--suite", "s"]),
+        (["submit", "--suite", "s", "--only", "a,b", "x=1"], ["submit", "--only", "a", "--suite", "s", "x=1"]),
+        (["submit", "--only=b", "--suite", "s", "--onl", "a", "--o", "c"], ["submit", "--only", "a", "--suite", "s"]),
+        (["submit", "--suite", "s", "--", "--only=x"], ["submit", "--only", "a", "--suite", "s", "--", "--only=x"]),
+    ],
+)
+def test_the_reproduce_command_runs_the_member_alone(argv, narrowed):
+    assert cli.narrowed_to(argv, "a") == narrowed
+    assert cli.build_parser().parse_args(narrowed).only == ["a"]
+
+
+def test_provenance_tags_are_shell_quoted(three_run_suite):
+    argv = ["submit", "--suite", "unit_three", "--only", "a,b", "data.note=two words"]
+    tags = cli.provenance_tags(argv, "a", alone=False, diff={"seed": 1})
+    assert tags["command"] == "python launch submit --suite unit_three --only a,b 'data.note=two words'"
+    assert tags["reproduce_command"] == "python launch submit --only a --suite unit_three 'data.note=two words'"
+    assert json.loads(tags["config_diff"]) == {"seed": 1}
+    assert cli.provenance_tags(argv, "a", alone=True, diff={})["reproduce_command"] == tags["command"]

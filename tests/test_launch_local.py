@@ -1,12 +1,20 @@
-"""`python launch submit --cluster local`: through submitit's local executor, waiting for the result."""
+"""`python launch submit --cluster local`: through submitit's local executor, waiting for the result.
+
+Each MLflow run records its submit when it is opened: the command as typed, the command that
+reproduces it alone, its config diff against the suite's base and the resolved config.
+"""
 
 from __future__ import annotations
 
+import json
+import shlex
+from pathlib import Path
 
 import pytest
 from conftest import TINY_RUN, run_cli
 
 from launch import cli
+from launch.cluster import ResourceError
 from launch.record import find
 from launch.suites import SUITES, Suite
 
@@ -21,8 +29,8 @@ def test_local_submit_waits_and_prints_the_mlflow_run(tiny_pair, mlflow_store, t
             "data.num_shots": "0"}
     monkeypatch.setitem(SUITES, "local_one", Suite("local_one", "one tiny run", base, {"main": {}}, tasks=None))
     runs_dir = tmp_path / "runs"
-    rc, out = _cli(["submit", "--suite", "local_one", "--cluster", "local", "--runs-dir", str(runs_dir),
-                    "--wait-timeout", "240"])
+    argv = ["submit", "--suite", "local_one", "--cluster", "local", "--runs-dir", str(runs_dir), "--wait-timeout", "240"]
+    rc, out = _cli(argv)
     assert rc == 0, out
     sub = find(runs_dir)
     run_id = sub.runs[0].mlflow_run_id
@@ -35,6 +43,9 @@ def test_local_submit_waits_and_prints_the_mlflow_run(tiny_pair, mlflow_store, t
     run = client().get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["code_dir"] == sub.snapshot["root"] == run.data.tags["code_snapshot"]
+    # the suite's only run, no override: the command reproduces it as typed; it is the base
+    assert run.data.tags["command"] == run.data.tags["reproduce_command"] == shlex.join(["python", "launch", *argv])
+    assert json.loads(run.data.tags["config_diff"]) == {}
     assert sorted(m.step for m in client().get_metric_history(run_id, "loss")) == list(range(1, 7))
     rc, out = _cli(["status", "--runs-dir", str(runs_dir)])
     assert rc == 0 and "COMPLETED" in out and "FINISHED" in out, out
@@ -45,7 +56,7 @@ def test_local_submit_waits_and_prints_the_mlflow_run(tiny_pair, mlflow_store, t
     assert rc == cli.EXIT_USAGE and "has no run 'nope'" in out, out
 
 
-def test_local_parallel_runs_share_the_machine_and_only_keeps_later_overrides(tiny_pair, mlflow_store, tmp_path, monkeypatch):
+def test_runs_per_device_share_the_machine_and_only_keeps_later_overrides(tiny_pair, mlflow_store, tmp_path, monkeypatch):
     source, target = tiny_pair
     base = {**dict(item.split("=", 1) for item in TINY_RUN), "source_model": source, "target_model": target,
             "data.num_shots": "0"}
@@ -53,8 +64,9 @@ def test_local_parallel_runs_share_the_machine_and_only_keeps_later_overrides(ti
     monkeypatch.setitem(SUITES, "local_three", Suite("local_three", "three tiny runs", base, runs, tasks=None))
     runs_dir = tmp_path / "runs"
     # `--only` takes one value: the override after it is an override, not a run name
-    rc, out = _cli(["submit", "--suite", "local_three", "--cluster", "local", "--runs-dir", str(runs_dir),
-                    "--local-parallel", "2", "--wait-timeout", "300", "--only", "a,b", "train.steps=3"])
+    argv = ["submit", "--suite", "local_three", "--cluster", "local", "--runs-dir", str(runs_dir),
+            "--runs-per-device", "2", "--wait-timeout", "300", "--only", "a,b", "train.steps=3"]
+    rc, out = _cli(argv)
     assert rc == 0, out
     sub = find(runs_dir)
     assert [e.name for e in sub.runs] == ["a", "b"]
@@ -62,10 +74,59 @@ def test_local_parallel_runs_share_the_machine_and_only_keeps_later_overrides(ti
 
     a, b = (client().get_run(e.mlflow_run_id) for e in sub.runs)
     assert a.data.params["train.steps"] == b.data.params["train.steps"] == "3"
+    # what was known at submit: the diff against the base (the member's change and the
+    # override), the command as typed, and that command narrowed to the run
+    assert json.loads(a.data.tags["config_diff"]) == {"train.steps": 3}
+    assert json.loads(b.data.tags["config_diff"]) == {"seed": 7, "train.steps": 3}
+    typed = shlex.join(["python", "launch", *argv])
+    assert a.data.tags["command"] == b.data.tags["command"] == typed
+    only_b = ["submit", "--only", "b", *argv[1:-3], "train.steps=3"]
+    assert b.data.tags["reproduce_command"] == shlex.join(["python", "launch", *only_b])
+    (tmp_path / "dl").mkdir()
+    config = json.loads(Path(client().download_artifacts(b.info.run_id, "config.json", str(tmp_path / "dl"))).read_text())
+    assert config["seed"] == 7 and config["train"]["steps"] == 3 and config["name"] == "b"
+    # the archived note reproduces b alone, with the override
+    from registry.preserve import preserve
+
+    archived = preserve(b.info.run_id)
+    note = client().get_model_version(archived.model, archived.version).description
+    reproduce = note.split("## Reproduce\n", 1)[1].split("\n", 1)[0]
+    assert reproduce.startswith(f"`{b.data.tags['reproduce_command']}`: the command it was submitted with, `{typed}`"), note
+    assert "train.steps=3" in reproduce and "narrowed to this one with `--only b`" in reproduce
+    assert "Config diff against the suite's base (recorded at submit):\n- `seed = 7`\n- `train.steps = 3`" in note
     # both went out together: b was started before a was seen to complete (one after another,
     # a completes first)
     assert out.index("started local_three/b") < out.index("local_three/a: COMPLETED"), out
     assert "what crossed the bridge: content/bits_transmitted = " in out, out
     rc, out = _cli(["submit", "--suite", "local_three", "--cluster", "local", "--runs-dir", str(runs_dir),
-                    "--local-parallel", "0"])
-    assert rc == cli.EXIT_USAGE and "--local-parallel 0 must be >= 1" in out, out
+                    "--runs-per-device", "0"])
+    assert rc == cli.EXIT_USAGE and "--runs-per-device 0 must be >= 1" in out, out
+
+
+def test_a_pool_starts_the_next_run_when_one_ends(tiny_pair, mlflow_store, tmp_path, monkeypatch):
+    source, target = tiny_pair
+    base = {**dict(item.split("=", 1) for item in TINY_RUN), "source_model": source, "target_model": target,
+            "data.num_shots": "0", "train.steps": "2", "eval.content_metrics": "false"}
+    runs = {"a": {}, "b": {"seed": 7}, "c": {"seed": 8}}
+    monkeypatch.setitem(SUITES, "local_pool", Suite("local_pool", "three tiny runs", base, runs, tasks=None))
+    rc, out = _cli(["submit", "--suite", "local_pool", "--cluster", "local", "--runs-dir", str(tmp_path / "runs"),
+                    "--runs-per-device", "2", "--wait-timeout", "300"])
+    assert rc == 0, out
+    started = {name: out.index(f"started local_pool/{name}") for name in "abc"}
+    completed = sorted(out.index(f"local_pool/{name}: COMPLETED") for name in "abc")
+    # two slots: a and b start together, c only once one of them has ended
+    assert started["b"] < completed[0] < started["c"], out
+
+
+def test_device_slots_pin_each_run_to_its_own_gpus(tmp_path):
+    from launch.cluster import Resources, device_slots, make_executor, pin_gpus
+
+    one_gpu_runs = Resources(cluster="local", tasks_per_node=1, gpus_per_node=1)
+    assert device_slots(one_gpu_runs, 2, [0, 1]) == [(0,), (1,), (0,), (1,)]  # spread first, then shared
+    assert device_slots(Resources(cluster="local", tasks_per_node=2, gpus_per_node=2), 1, [4, 5, 6, 7]) == [(4, 5), (6, 7)]
+    assert device_slots(Resources(cluster="local"), 3, []) == [(), (), ()]  # the CPU
+    with pytest.raises(ResourceError, match="--runs-per-device 0"):
+        device_slots(one_gpu_runs, 0, [0])
+    executor = make_executor(one_gpu_runs, tmp_path / "submitit", "lb-pin")
+    pin_gpus(executor, (1,))
+    assert executor.parameters["visible_gpus"] == [1] and executor.parameters["gpus_per_node"] == 1

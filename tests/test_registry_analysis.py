@@ -73,10 +73,14 @@ def suite_store(tmp_path_factory, tiny_pair):
         source, target = tiny_pair
         base = RunConfig().override(f"source_model={source}", f"target_model={target}", *TINY_RUN, f"suite={SUITE}",
                                     f"eval.num_questions={N}", "train.steps=300", "translator.num_tokens=64")
+        suite_base = base.override("optim.lr=0.0003")
         ids = {}
         for name, (k, curve, extra, fixes) in RUNS.items():
             config = base.override(f"name={name}", f"translator.num_tokens={k}", *extra)
-            ids[name] = _fake_run(root / "runs", config, curve, {"fixes": fixes, "slurm_job_id": f"job-{name}"})
+            # as the launcher tags it at submit: the diff against the suite's base (K=64, lr 3e-4)
+            diff = {key: v for key, v in config.flat().items() if key != "name" and suite_base.flat()[key] != v}
+            tags = {"fixes": fixes, "slurm_job_id": f"job-{name}", "config_diff": json.dumps(diff)}
+            ids[name] = _fake_run(root / "runs", config, curve, tags)
         _fake_run(root / "runs", base.override("name=crashed"), [30, 40, 40, 40], {}, status="FAILED")
         _fake_run(root / "runs", base.override("name=other", "suite=elsewhere"), [30, 40, 40, 40], {"suite": "elsewhere"})
         yield {"root": root, "ids": ids}
@@ -114,7 +118,7 @@ def test_ablation_results_hold_the_suite_and_the_verdicts(analysis):
     assert (unstable["peak"], unstable["peak_step"], unstable["final"]) == (0.65, 100, 0.5)
     assert unstable["degradation"] == pytest.approx(0.15)
     assert unstable["target_alone"] == 0.6 and unstable["source_alone"] == 0.45
-    assert unstable["config_diff"] == {"optim.lr": "0.001"}  # against the majority of the suite
+    assert unstable["config_diff"] == {"optim.lr": "0.001"}  # as recorded at submit
     assert runs["k32"]["config_diff"] == {"translator.num_tokens": "32"}
     assert runs["k64"]["invalid_rate"] == pytest.approx(20 / 200)  # every third wrong answer is invalid
     assert runs["k64"]["slurm_job"] == "job-k64" and runs["k64"]["history"]["bridged_accuracy"][-1] == [300, 0.7]

@@ -74,8 +74,10 @@ def test_preserved_version_holds_archive_tags_and_note(store, preserved):
     assert tags["verdict"] in ("ablation", "unstable", "negative", "control")
     assert float(tags["compression_ratio"]) > 1  # the few-shot prompt is far longer than K=4
     note = version.description
-    assert f"suite `{SUITE}`" in note and "Config diff against the suite's base" in note
-    assert f"python launch submit --suite {SUITE} --only tiny" in note
+    assert f"suite `{SUITE}`" in note
+    # trained without the launcher: what it would have recorded at submit is said missing, not guessed
+    assert "Config diff against the suite's base (not recorded at submit)" in note
+    assert "The submit command was not recorded at submit" in note and "python launch" not in note
     assert f"Verdict: **{tags['verdict']}**" in note and f"rule `{tags['verdict_rule']}`" in note
     folder = Path(client().download_artifacts(store["finished"], "archive", str(store["root"] / "dl")))
     manifest = verify_manifest(folder, tags["manifest_sha256"])
@@ -214,3 +216,12 @@ def test_tampered_archive_is_refused(store, preserved):
     finally:
         shutil.rmtree(weights.parents[1])
         shutil.copytree(backup, weights.parents[1])
+
+
+def test_config_diff_is_read_from_the_launchers_tag_only():
+    from registry.facts import NOT_RECORDED, config_diff
+
+    assert config_diff({"config_diff": '{"seed": 7, "optim.lr": 0.001}'}) == ({"seed": "7", "optim.lr": "0.001"}, "recorded at submit")
+    assert config_diff({}) == ({}, NOT_RECORDED)
+    diff, basis = config_diff({"config_diff": "[1, 2]"})  # an old or damaged tag: read, not a crash
+    assert diff == {} and basis.startswith(NOT_RECORDED)

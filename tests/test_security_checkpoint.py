@@ -71,19 +71,23 @@ def test_a_corrupt_checkpoint_names_the_file_and_the_way_out(tmp_path, content, 
 
 
 def test_the_trainer_state_round_trips_with_weights_only(tiny_config, tmp_path):
+    from latentbridge.checkpoint import load_rank_state, rank_state_path
+
     trainer = Trainer(tiny_config, tmp_path / "run")
     assert trainer.run().status == "FINISHED"
-    path = trainer.state_path
-    torch.load(path, map_location="cpu", weights_only=True)  # the format itself passes weights_only
+    path, own_path = trainer.state_path, rank_state_path(trainer.checkpoint_dir, 6, 0)
+    for saved in (path, own_path):
+        torch.load(saved, map_location="cpu", weights_only=True)  # the format itself passes weights_only
     state = load_training_state(path)
-    assert state["step"] == 6 and state["config"] == tiny_config.to_dict()
-    assert isinstance(state["rng"]["python"], tuple) and isinstance(state["sampler"], tuple)
+    own = load_rank_state(trainer.checkpoint_dir, 6, 0, 1)  # this rank's data order and RNG state
+    assert state["step"] == 6 and state["world_size"] == 1 and state["config"] == tiny_config.to_dict()
+    assert isinstance(own["rng"]["python"], tuple) and isinstance(own["sampler"], tuple)
 
     fresh = Trainer(tiny_config, tmp_path / "run")
     assert fresh.try_resume() and fresh.step == 6
     assert fresh.best_step == trainer.best_step and fresh.best_accuracy == trainer.best_accuracy
     assert fresh.sampler.getstate() == trainer.sampler.getstate()
-    assert random.getstate() == state["rng"]["python"]
+    assert random.getstate() == own["rng"]["python"]
     for key, value in state["translator"].items():
         assert torch.equal(value, fresh.translator.state_dict()[key]), key
     assert fresh.optimizer.state_dict()["state"].keys() == state["optimizer"]["state"].keys()

@@ -3,12 +3,15 @@
     python -m latentbridge.bench --parts hardware,gen,train,methods-ref,estimate --out bench_out   # one GPU
     python -m latentbridge.bench --parts methods-embedded --out bench_out                        # CPU is fine
     python -m latentbridge.bench --quick --out /tmp/bench                                         # tiny shapes, CPU smoke
-    python -m latentbridge.bench --log bench_out                 # log a folder measured elsewhere (no MLflow there)
+    python -m registry import bench_out/record --experiment bench                                 # then, where the store is
 
 Writes `bench.json` (every aggregate number, the machine, the command), `methods_samples.jsonl`
-(one record per sample and method) and `bench.log`; with `--mlflow` also logs them to an
-MLflow run (experiment `bench`) through `registry`. Each part runs even if an earlier one
-failed; the error is recorded.
+(one record per sample and method), `bench.log`, and `record/`: a run record
+(`latentbridge.reporting.FileReporter`) with the arguments as params, every aggregate number
+as a metric and the files as artifacts, which `python -m registry import` replays into an
+MLflow run (the command is printed at the end). The bench itself never touches MLflow: the
+former `--mlflow` flag is gone, and `--log DIR` now writes DIR's record (for a folder measured
+before benches wrote one). Each part runs even if an earlier one failed; the error is recorded.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import json
 import math
 import platform
+import shutil
 import sys
 import time
 import traceback
@@ -24,7 +28,12 @@ from pathlib import Path
 
 import torch
 
+from latentbridge.reporting import FileReporter
+
 PARTS = ("hardware", "equality", "gen", "train", "methods-ref", "methods-embedded", "estimate")
+RECORD = "record"  # the run record's folder inside --out
+RECORDED_FILES = ("bench.json", "methods_samples.jsonl", "bench.log", "train_profile.txt")
+EXPERIMENT = "bench"  # the MLflow experiment the printed import command names
 
 
 def _ints(text: str) -> list[int]:
@@ -41,7 +50,7 @@ def _kl_variants(text: str) -> tuple[bool, ...]:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m latentbridge.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="bench_out", help="folder for bench.json, methods_samples.jsonl, bench.log")
+    p.add_argument("--out", default="bench_out", help="folder for bench.json, methods_samples.jsonl, bench.log and record/")
     p.add_argument("--parts", default="hardware,equality,gen,train,methods-ref,estimate", help=f"comma list of {PARTS}")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="tiny shapes and sizes: a smoke run for CPU")
@@ -69,9 +78,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true",
                    help="train part: compile the frozen models' decoder blocks (train.compile_frozen=true)")
     p.add_argument("--train-losses", default="lm,lm_kl", help="train part: comma list of lm, lm_kl")
-    p.add_argument("--mlflow", action="store_true", help="log to an MLflow run through registry (experiment 'bench')")
     p.add_argument("--log", metavar="DIR", default=None,
-                   help="measure nothing: log DIR's bench.json, methods_samples.jsonl and bench.log to MLflow")
+                   help="measure nothing: write DIR/record, the run record of the bench folder DIR, and print its import command")
     args = p.parse_args(argv)
     args.train_kl = _kl_variants(args.train_losses)
     if args.quick:
@@ -193,28 +201,30 @@ def _flat_metrics(results: dict) -> dict[str, float]:
     return flat
 
 
-def _log_mlflow(out: Path, results: dict) -> str:
-    """One MLflow run (experiment `bench`) per output folder: the arguments as params, every
-    aggregate number as a metric, the three files as artifacts. Logging a folder again
-    continues the same run (its id is kept in OUT/mlflow)."""
-    from registry.reporter import MlflowReporter
-    from registry.runs import close_run, open_run
-
+def write_record(out: Path, results: dict) -> Path:
+    """OUT/record: the bench as a run record, written afresh: the arguments as params (and the
+    run's name, bench-OUT), every aggregate number as a metric at step 0, the machine and the
+    command as tags, the files as artifacts under bench/. The same folder always gives the same
+    record, so importing it twice makes one MLflow run."""
+    folder = out / RECORD
+    shutil.rmtree(folder, ignore_errors=True)  # metrics.jsonl is appended to: start from nothing
+    reporter = FileReporter(folder)
     machine = results.get("machine", {})
-    tags = {"kind": "bench", "command": results.get("command", ""), "device_name": str(machine.get("name", ""))}
-    run_id = open_run(out / "mlflow", f"bench-{out.name}", "bench", tags=tags)
-    reporter = MlflowReporter(run_id)
-    reporter.log_params(dict(results.get("args", {})))
+    reporter.set_tags({"kind": "bench", "command": results.get("command", ""), "device_name": str(machine.get("name", ""))})
+    reporter.log_params({"name": f"bench-{out.resolve().name}", **results.get("args", {})})
     reporter.log_metrics(_flat_metrics({k: v for k, v in results.items() if k != "args"}), 0)
-    for name in ("bench.json", "methods_samples.jsonl", "bench.log", "train_profile.txt"):
+    for name in RECORDED_FILES:
         if (out / name).is_file():
             reporter.log_artifact(out / name, "bench")
-    close_run(run_id, "FINISHED")
-    return run_id
+    return folder
 
 
-def log_folder(folder: Path) -> str:
-    """Log a finished bench folder (measured on a machine without MLflow) to MLflow."""
+def import_command(record: Path) -> str:
+    return f"python -m registry import {record} --experiment {EXPERIMENT}"
+
+
+def record_folder(folder: Path) -> Path:
+    """The run record of a bench folder (one measured before benches wrote records)."""
     path = folder / "bench.json"
     if not path.is_file():
         raise SystemExit(f"{path} not found: --log needs a folder that `python -m latentbridge.bench --out` wrote")
@@ -222,14 +232,14 @@ def log_folder(folder: Path) -> str:
         results = json.loads(path.read_text())
     except ValueError as error:
         raise SystemExit(f"{path} is not valid JSON ({error})") from None
-    return _log_mlflow(folder, results)
+    return write_record(folder, results)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.log:
-        run_id = log_folder(Path(args.log))
-        print(f"logged {args.log} to MLflow run {run_id} (experiment 'bench'); browse with: mlflow ui")
+        record = record_folder(Path(args.log))
+        print(f"wrote the run record {record}; import it into MLflow with: {import_command(record)}")
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -328,10 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     with (out / "methods_samples.jsonl").open("w", encoding="utf-8") as handle:
         for record in samples:
             handle.write(json.dumps(record, default=str) + "\n")
-    if args.mlflow:
-        results["mlflow_run_id"] = _log_mlflow(out, results)
-        log(f"logged to MLflow run {results['mlflow_run_id']}")
     log(f"done in {results['total_seconds']:.0f}s; errors: {results['errors'] or 'none'}")
+    record = write_record(out, results)
+    print(f"run record: {record}; import it into MLflow with: {import_command(record)}")
     return 1 if results["errors"] else 0
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from registry.errors import RegistryError
-from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW
+from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, BRIDGED, EvalRecord
 from latentbridge.stats import bootstrap_ratio_interval
 from registry.facts import (
     RunFacts,
@@ -40,7 +40,7 @@ class SuiteRun:
     fraction_interval: tuple[float, float] | None = None  # of content/fraction_recovered
 
 
-def fraction_recovered_interval(records: list[dict], rules: VerdictRules) -> tuple[float, float] | None:
+def fraction_recovered_interval(records: list[EvalRecord], rules: VerdictRules) -> tuple[float, float] | None:
     """The bootstrap interval of (NLL(none) - NLL(own)) / (NLL(none) - NLL(text)) over questions."""
     content = [r.get("content") for r in records]
     if not content or not all(isinstance(c, dict) and "nll_bits_own" in c for c in content):
@@ -82,8 +82,7 @@ def collect(suite: str, *, rules: VerdictRules | None = None, count_prompt_token
             + (f" ({len(skipped)} unfinished)" if skipped else "")
             + f"; suites with runs: {known or 'none'}"
         )
-    siblings = [dict(r.data.params) for r in runs]
-    facts = [run_facts(mlflow_client, r, siblings=siblings) for r in finished]
+    facts = [run_facts(mlflow_client, r) for r in finished]
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         records_of = {
@@ -118,7 +117,7 @@ def collect(suite: str, *, rules: VerdictRules | None = None, count_prompt_token
                 )
                 item.verdict, item.verdict_rule = verdict.verdict, verdict.rule
                 item.comparisons, item.bits = verdict.comparisons, verdict.bits
-                bridged = [bool(r["bridged"]["correct"]) for r in records]
+                bridged = [bool(r[BRIDGED]["correct"]) for r in records]
                 item.final_interval = accuracy_interval(bridged, rules.bootstrap_samples, rules.confidence, rules.seed)
                 item.fraction_interval = fraction_recovered_interval(records, rules)
             except (ValueError, KeyError, TypeError) as error:

@@ -4,7 +4,8 @@
 - stability: peak vs final bridged accuracy per run (grouped by the `fixes` tag/param when
   runs carry one: fixes on vs off);
 - sequence_length: accuracy against K for the runs that differ only in K (and seed);
-- compression_quality: final accuracy against the compression ratio (prompt tokens / K);
+- compression_quality: final accuracy against the compression ratio (prompt tokens / K;
+  `latentbridge.metric_names.compression_ratio`);
 - content_vs_k: content/fraction_recovered against K, with 95% bootstrap intervals.
 """
 
@@ -21,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from latentbridge.metric_names import FRACTION
+from latentbridge.metric_names import BRIDGED_ACCURACY, FRACTION, LOSS, PROMPT_TOKENS_MEAN
 from registry.analysis.collect import SuiteRun
 
 FIGURES = ("training_curves", "stability", "sequence_length", "compression_quality", "content_vs_k")
@@ -89,11 +90,11 @@ def training_curves(runs: Sequence[SuiteRun], out: Path, suite: str) -> list[Pat
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
     colors = _colors(len(runs))
     for run, color in zip(runs, colors):
-        curve = run.facts.history.get("bridged_accuracy", [])
+        curve = run.facts.history.get(BRIDGED_ACCURACY, [])
         if curve:
             steps, values = zip(*curve)
             acc_ax.plot(steps, values, marker="o", markersize=3, linewidth=1.4, color=color, label=run.label)
-        loss = run.facts.history.get("loss", [])
+        loss = run.facts.history.get(LOSS, [])
         if loss:
             steps, values = zip(*loss)
             if len(values) > 50:
@@ -105,7 +106,7 @@ def training_curves(runs: Sequence[SuiteRun], out: Path, suite: str) -> list[Pat
     acc_ax.set(title="Bridged accuracy during training", xlabel="step", ylabel="accuracy")
     acc_ax.set_ylim(bottom=0)
     loss_ax.set(title="Training loss (answer NLL)", xlabel="step", ylabel="loss")
-    if not any(r.facts.history.get("loss") for r in runs):
+    if not any(r.facts.history.get(LOSS) for r in runs):
         _no_data(loss_ax, "no loss logged")
     handles, labels = acc_ax.get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, max(1, len(labels))), frameon=False)
@@ -199,7 +200,7 @@ def compression_quality(runs: Sequence[SuiteRun], out: Path, suite: str) -> list
     known = [r for r in runs if r.facts.compression_ratio and r.facts.final is not None]
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     if not known:
-        _no_data(ax, "compression ratio unknown:\nthe prompt length could not be counted\n(log metric prompt_tokens_mean)")
+        _no_data(ax, f"compression ratio unknown:\nthe prompt length could not be counted\n(log metric {PROMPT_TOKENS_MEAN})")
     else:
         family = {id(r) for r in k_family(known)}
         line = sorted((r for r in known if id(r) in family), key=lambda r: r.facts.compression_ratio)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from registry.analysis.collect import SuiteData
+from registry.analysis import tables
 from registry.analysis.figures import FIGURES
 
 _SPECIAL = {
@@ -72,7 +73,7 @@ def ablations(data: SuiteData) -> str:
     rows = []
     for run in data.runs:
         f = run.facts
-        changes = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(f.config_diff.items())) or "base"
+        changes = tables.changes(f, short_keys=True)
         if len(changes) > 60:
             changes = changes[:57] + "..."
         rows.append([tex(run.label), f"\\small {tex(changes)}", _pct(f.peak), _pct(f.final), _pct(f.degradation), _pct(f.invalid_rate), tex(run.verdict or "--")])
@@ -137,7 +138,8 @@ with statistical support on the same questions.
 \begin{{table}}[H]
   \centering
   \caption{{Accuracy (\%) of the text baselines and the bridge. Final accuracy with a 95\%
-  bootstrap interval; compression is prompt tokens divided by $K$.}}
+  bootstrap interval; compression is prompt tokens divided by $K$ (by prompt tokens $+ K$ when
+  the target reads the text prompt after the soft tokens).}}
   \label{{tab:main}}
   \input{{tables/main_results}}
 \end{{table}}

@@ -11,11 +11,14 @@ from latentbridge.metric_names import (
     BITS,
     BITS_HIGH,
     BITS_LOW,
+    BRIDGED_ACCURACY,
     FRACTION,
     MISMATCHED_ACCURACY,
     MISMATCHED_FOLLOWS,
     RETRIEVAL,
     RETRIEVAL_CHANCE,
+    SOURCE_ACCURACY,
+    TARGET_ACCURACY,
     TEST_PREFIX,
 )
 from registry.analysis.collect import SuiteData, SuiteRun
@@ -31,9 +34,11 @@ SUMMARY_COLUMNS = (
 CONTENT_SUMMARY = "content_summary.json"
 
 
-def _changes(run: SuiteRun) -> str:
-    diff = run.facts.config_diff
-    return ", ".join(f"{k}={v}" for k, v in sorted(diff.items())) or "base"
+def changes(facts, short_keys: bool = False) -> str:
+    """What the run changes against its suite's base, as recorded at submit ("base": nothing)."""
+    if not facts.diff_recorded:
+        return "not recorded"
+    return ", ".join(f"{k.split('.')[-1] if short_keys else k}={v}" for k, v in sorted(facts.config_diff.items())) or "base"
 
 
 def summary_row(run: SuiteRun) -> dict:
@@ -67,7 +72,7 @@ def summary_row(run: SuiteRun) -> dict:
         "trained_text_accuracy": run.comparisons["trained_text"].other if "trained_text" in run.comparisons else None,
         "verdict": run.verdict or "",
         "preserved": run.preserved or "",
-        "changes": _changes(run),
+        "changes": changes(run.facts),
         "run_id": f.run_id,
     }
 
@@ -114,13 +119,13 @@ def content_summary(data: SuiteData) -> dict:
         if f.kind == "soft_prompt":
             continue
         test = TEST_PREFIX + BITS in f.metrics
-        metric = lambda name: f.metrics.get(TEST_PREFIX + name if test else name)  # noqa: E731
+        key = lambda name: TEST_PREFIX + name if test else name  # noqa: E731
+        metric = lambda name: f.metrics.get(key(name))  # noqa: E731
         controls = {}
         for other in by_id.values():
             role = control_role(other.facts.params, f.params)
             if role is not None:
-                om = other.facts.metrics
-                controls[role] = om.get("test_bridged_accuracy") if test else om.get("bridged_accuracy")
+                controls[role] = other.facts.metrics.get(key(BRIDGED_ACCURACY))
         runs.append(
             {
                 "name": run.label,
@@ -137,9 +142,9 @@ def content_summary(data: SuiteData) -> dict:
                 "retrieval_chance": metric(RETRIEVAL_CHANCE),
                 "mismatched_accuracy": metric(MISMATCHED_ACCURACY),
                 "mismatched_follows_soft_source": metric(MISMATCHED_FOLLOWS),
-                "bridged_accuracy": metric("bridged_accuracy"),
-                "target_alone_accuracy": metric("target_accuracy"),
-                "source_alone_accuracy": metric("source_accuracy"),
+                "bridged_accuracy": metric(BRIDGED_ACCURACY),
+                "target_alone_accuracy": metric(TARGET_ACCURACY),
+                "source_alone_accuracy": metric(SOURCE_ACCURACY),
                 "no_source_accuracy": controls.get("no_source"),
                 "trained_text_accuracy": controls.get("trained_text"),
                 "verdict": run.verdict,
@@ -179,7 +184,8 @@ def markdown(data: SuiteData, rows: list[dict]) -> str:
     lines = [
         f"# Suite `{data.suite}`: {len(rows)} finished runs",
         "",
-        "Accuracies in %; degradation = peak - final (points); compression = prompt tokens / K.",
+        "Accuracies in %; degradation = peak - final (points); compression = prompt tokens / K"
+        " (prompt tokens / (prompt tokens + K) with soft_plus_text).",
         "",
         "| run | K | compression | source | target | peak (step) | final [95% CI] | degradation | invalid | verdict | changes |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",

@@ -11,7 +11,7 @@
 #                                once, then start the suite in its own session (it outlives the call) and wait
 #   device.sh collect            wait (at most WAIT_S) for the suite; export its runs (no weights) into $OUT
 #
-# The suite itself is exactly: python launch submit --suite positive-control --cluster local --local-parallel 6
+# The suite itself is exactly: python launch submit --suite positive-control --cluster local --runs-per-device 6
 # (ONLY=a,b,c adds --only a,b,c; MODELS names the models to convert first.)
 # .whl (cp312 wheels, `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`), as in
 # session 5: alembic 1.20.1, annotated_types 0.8.0, cachetools 8.0.2, cffi 2.1.1, cryptography 46.0.3,
@@ -55,7 +55,7 @@ start)
   else tar cf - --exclude=./.carry --exclude=./.whl --exclude=./.git . | tar xf - -C "$LB/repo"; fi
   cd "$LB/repo"
   for m in ${MODELS:-smollm2-135m gemma3-270m}; do python3 -c "from latentbridge.models import load_frozen_lm; load_frozen_lm('$m')" & done; wait
-  setsid nohup python3 launch submit --suite positive-control --cluster local --local-parallel 6 --wait-timeout 3000 ${ONLY:+--only $ONLY} \
+  setsid nohup python3 launch submit --suite positive-control --cluster local --runs-per-device 6 --wait-timeout 3000 ${ONLY:+--only $ONLY} \
     > "$LB/submit.log" 2>&1 < /dev/null &
   echo "suite started: pid $!"
   ;&
