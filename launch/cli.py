@@ -344,9 +344,20 @@ def submit(args: argparse.Namespace) -> int:
     job_name = f"lb-{suite.name}"
 
     if args.dry_run:
+        base = suite.base_config()
         for name, config in configs.items():
-            print(f"# {suite.name}/{name}\n{config.to_json()}")
+            diff = config_diff(config, base)
+            changes = ", ".join(f"{k}={v}" for k, v in sorted(diff.items())) or "nothing (the base)"
+            print(f"# {suite.name}/{name}: changes against the suite's base: {changes}\n{config.to_json()}")
         print(f"# resources ({cluster}): {json.dumps(resources.to_dict(), sort_keys=True)}")
+        if resources.gpus_per_node == 0:
+            from latentbridge.models import EMBEDDED_MODELS
+
+            hub = sorted({m for c in configs.values() for m in (c.source_model, c.target_model)} - set(EMBEDDED_MODELS))
+            if hub:
+                print(f"# warning: no GPU here, and this suite loads models beyond the embedded ones {hub}; the "
+                      f"reference pair (7B/8B) takes hours a step on a CPU: submit it to a GPU cluster "
+                      f"(--cluster slurm), or try the demo suite")
         print(f"# waits for the results: {'yes' if wait else 'no'} (timeout {wait_timeout:.0f} s)")
         if cluster == "slurm":
             folder = runs_dir / suite.name / "<stamp>"
@@ -635,10 +646,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command line as typed, for the runs' provenance
     from launch.slurm_queue import SlurmCommandError
+    from registry.cli import quiet_broken_pipe
     from registry.store import StoreError
 
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # `python launch status | head`
+        return quiet_broken_pipe()
     except (ConfigError, KeyError, ResourceError, UserConfigError, RecordError, StoreError, SlurmCommandError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)

@@ -185,7 +185,19 @@ def main(argv: list[str] | None = None) -> int:
         "analyze": _analyze, "summarize": _summarize, "import": _import, "export": _export,
     }[args.command]
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # `python -m registry list | head`: the reader has what it wanted
+        return quiet_broken_pipe()
     except (RegistryError, ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def quiet_broken_pipe() -> int:
+    """After the reader of stdout went away: point stdout at /dev/null so that Python's exit
+    flush raises nothing, and exit as a command killed by SIGPIPE would (141)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141

@@ -186,3 +186,17 @@ def test_provenance_tags_are_shell_quoted(three_run_suite):
     assert tags["reproduce_command"] == "python launch submit --only a --suite unit_three 'data.note=two words'"
     assert json.loads(tags["config_diff"]) == {"seed": 1}
     assert cli.provenance_tags(argv, "a", alone=True, diff={})["reproduce_command"] == tags["command"]
+
+
+def test_dry_run_shows_each_members_changes_and_warns_of_big_models_on_a_cpu(monkeypatch):
+    from conftest import run_cli
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # no nvidia-smi: this machine's GPUs are counted as none
+    monkeypatch.delenv("NUM_GPUS", raising=False)
+    rc, out = run_cli(["submit", "--suite", "ablations", "--cluster", "local", "--dry-run"])
+    assert rc == 0, out
+    assert "# ablations/2b: changes against the suite's base: translator.depth=6, translator.num_tokens=48" in out
+    assert "# ablations/1a: changes against the suite's base: nothing (the base)" in out
+    assert "# warning: no GPU here" in out and "meta-llama/Llama-3.1-8B-Instruct" in out
+    rc, out = run_cli(["submit", "--suite", "demo", "--cluster", "local", "--dry-run"])
+    assert rc == 0 and "warning" not in out, out  # the embedded pair is meant for a laptop
