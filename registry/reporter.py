@@ -9,6 +9,7 @@ already-logged steps is harmless, and the run ends with no step twice and none m
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -16,12 +17,37 @@ from typing import Any, Mapping
 
 from mlflow.entities import Metric, Param, RunTag
 
+from latentbridge.metric_names import ACCURACY, BITS, FRACTION, RETRIEVAL, SYSTEMS, EvalRecord
 from registry.store import client, with_retries
 
 log = logging.getLogger(__name__)
 
 MAX_PARAM_LENGTH = 6000
 BATCH = 1000  # MLflow's log_batch limit on metrics per call
+EVAL_FOLDERS = ("evals", "test")  # eval JSONLs logged here also become MLflow tables
+CURVES_FIGURE = "accuracy_and_content_by_step.png"
+NLL_FIELDS = ("nll_bits_text", "nll_bits_own", "nll_bits_mismatched", "nll_bits_no_question", "bits_transmitted")
+
+
+def eval_table(records: list[EvalRecord]) -> dict[str, list]:
+    """An eval JSONL as columns for the MLflow UI's table view: the question, the gold answer,
+    each system's answer and whether it is right, and the content NLLs (bits) when measured."""
+    systems = [s for s in SYSTEMS if records and s in records[0]]
+    table: dict[str, list] = {"step": [], "index": [], "question": [], "gold": []}
+    for system in systems:
+        table[f"{system}_answer"], table[f"{system}_correct"] = [], []
+    content = bool(records) and isinstance(records[0].get("content"), dict)
+    for name in NLL_FIELDS if content else ():
+        table[name] = []
+    for record in records:
+        for key in ("step", "index", "question", "gold"):
+            table[key].append(record[key])
+        for system in systems:
+            table[f"{system}_answer"].append(record[system]["answer"])
+            table[f"{system}_correct"].append(bool(record[system]["correct"]))
+        for name in NLL_FIELDS if content else ():
+            table[name].append(record["content"].get(name))
+    return table
 
 
 class MlflowReporter:
@@ -76,5 +102,63 @@ class MlflowReporter:
         path = Path(path)
         if path.is_dir():
             with_retries(lambda: self.client.log_artifacts(self.run_id, str(path), artifact_path), "log artifacts")
+            return
+        with_retries(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path), "log artifact")
+        if artifact_path in EVAL_FOLDERS and path.suffix == ".jsonl":
+            self._log_eval_views(path, artifact_path)
+
+    def _log_eval_views(self, path: Path, artifact_path: str) -> None:
+        """Beside an eval JSONL: the same answers as an MLflow table, and one figure of the
+        run's accuracies and content metrics against steps so far. A view that cannot be made
+        (no pandas, a damaged file) is logged as a warning: the JSONL is the record."""
+        try:
+            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            with_retries(
+                lambda: self.client.log_table(self.run_id, data=eval_table(records), artifact_file=f"{artifact_path}/{path.stem}.table.json"),
+                "log eval table",
+            )
+            figure = self._curves_figure()
+            if figure is not None:
+                with_retries(lambda: self.client.log_figure(self.run_id, figure, CURVES_FIGURE), "log figure")
+        except (ImportError, ValueError, KeyError, TypeError, OSError) as error:
+            log.warning("run %s: no table or figure for %s: %s", self.run_id, path.name, error)
+
+    def _curves_figure(self):
+        """Source, target, bridged and mismatched accuracy, and bits transmitted, fraction
+        recovered and retrieval, against steps: one look answers "did the bridge carry anything"."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        def history(key: str) -> list[tuple[int, float]]:
+            points = with_retries(lambda: self.client.get_metric_history(self.run_id, key), "read metric history")
+            return sorted((p.step, p.value) for p in points)
+
+        curves = {system: history(key) for system, key in ACCURACY.items()}
+        content = {key: history(key) for key in (BITS, FRACTION, RETRIEVAL)}
+        if not any(curves.values()):
+            return None
+        figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+        for system, points in curves.items():
+            if points:
+                left.plot(*zip(*points), marker="o", label=system)
+        left.set(xlabel="step", ylabel="accuracy (fraction)", ylim=(0, 1), title="accuracy")
+        left.legend(fontsize=8)
+        if content[BITS]:
+            right.plot(*zip(*content[BITS]), marker="o", color="black", label="bits transmitted")
+            right.set(xlabel="step", ylabel="bits a question", title="what crosses the bridge")
+            share = right.twinx()
+            for key, style in ((FRACTION, "--"), (RETRIEVAL, ":")):
+                if content[key]:
+                    share.plot(*zip(*content[key]), style, marker=".", label=key.split("/")[-1])
+            share.set(ylabel="fraction")
+            if share.get_lines():
+                share.legend(fontsize=8, loc="lower right")
+            right.legend(fontsize=8, loc="upper left")
         else:
-            with_retries(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path), "log artifact")
+            right.set_axis_off()
+            right.text(0.5, 0.5, "no content metrics\n(eval.content_metrics off)", ha="center", va="center")
+        figure.tight_layout()
+        plt.close(figure)
+        return figure
