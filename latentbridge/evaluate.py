@@ -21,7 +21,7 @@ from latentbridge.config import EvalConfig
 from latentbridge.content import ContentResult
 from latentbridge.data import Example
 from latentbridge.generation import generate
-from latentbridge.metric_names import ACCURACY, INVALID_COUNT, MISMATCHED, MISMATCHED_FOLLOWS, Answer, EvalRecord
+from latentbridge.metric_names import ACCURACY, INVALID_FRACTION, MISMATCHED, MISMATCHED_FOLLOWS, Answer, EvalRecord
 from latentbridge.models import FrozenLM
 from latentbridge.scoring import INVALID, extract_answer, is_correct
 
@@ -121,7 +121,7 @@ def score(
     step: int,
     content: ContentResult | None = None,
 ) -> Evaluation:
-    """One record a question and the accuracy and invalid count of each system.
+    """One record a question and the accuracy and invalid fraction of each system.
 
     `outputs` holds each system's texts, by `latentbridge.metric_names.SYSTEMS` name. With `content`
     (latentbridge.content), each record holds the question's content values, the mismatched
@@ -151,7 +151,7 @@ def score(
     metrics = {}
     for name, total in totals.items():
         metrics[ACCURACY[name]] = total["correct"] / max(len(examples), 1)
-        metrics[INVALID_COUNT[name]] = float(total["invalid"])
+        metrics[INVALID_FRACTION[name]] = total["invalid"] / max(len(examples), 1)
     if content is not None:
         metrics.update(content.metrics)
         if MISMATCHED in outputs:

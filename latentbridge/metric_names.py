@@ -29,12 +29,14 @@ SOURCE_ACCURACY: Final = "source_accuracy"  # the share of questions answered co
 TARGET_ACCURACY: Final = "target_accuracy"
 BRIDGED_ACCURACY: Final = "bridged_accuracy"
 MISMATCHED_ACCURACY: Final = "mismatched_accuracy"
-SOURCE_INVALID: Final = "source_invalid"  # the number of answers with no final number
-TARGET_INVALID: Final = "target_invalid"
-BRIDGED_INVALID: Final = "bridged_invalid"
-MISMATCHED_INVALID: Final = "mismatched_invalid"
+SOURCE_INVALID: Final = "source_invalid_fraction"  # the share of answers with no final number
+TARGET_INVALID: Final = "target_invalid_fraction"
+BRIDGED_INVALID: Final = "bridged_invalid_fraction"
+MISMATCHED_INVALID: Final = "mismatched_invalid_fraction"
 ACCURACY: Final = {SOURCE: SOURCE_ACCURACY, TARGET: TARGET_ACCURACY, BRIDGED: BRIDGED_ACCURACY, MISMATCHED: MISMATCHED_ACCURACY}
-INVALID_COUNT: Final = {SOURCE: SOURCE_INVALID, TARGET: TARGET_INVALID, BRIDGED: BRIDGED_INVALID, MISMATCHED: MISMATCHED_INVALID}
+INVALID_FRACTION: Final = {SOURCE: SOURCE_INVALID, TARGET: TARGET_INVALID, BRIDGED: BRIDGED_INVALID, MISMATCHED: MISMATCHED_INVALID}
+# runs logged before 2026-12-03 hold counts instead, under "<system>_invalid"
+LEGACY_INVALID_COUNT_SUFFIX: Final = "_invalid"
 
 # content metrics (latentbridge.content), with eval.content_metrics
 BITS: Final = "content/bits_transmitted"

@@ -42,7 +42,7 @@ from latentbridge.data import Splits, load_splits
 from latentbridge.content import content_metrics, derangement
 from latentbridge.evaluate import bridged_answers, score, text_baselines, write_jsonl
 from latentbridge.losses import compute_losses
-from latentbridge.metric_names import COMPRESSION_RATIO, PROMPT_TOKENS_MEAN, compression_ratio
+from latentbridge.metric_names import BRIDGED_INVALID, COMPRESSION_RATIO, PROMPT_TOKENS_MEAN, compression_ratio
 from latentbridge.models import DTYPES, FrozenLM, load_frozen_lm
 from latentbridge.prompts import select_exemplars
 from latentbridge.reporting import NullReporter, Reporter
@@ -255,7 +255,7 @@ class Trainer:
             self.reporter.log_metrics(evaluation.metrics, self.step)
             metrics = evaluation.metrics
             bridged = [r["bridged"]["output"] for r in evaluation.records]
-            self.check_collapse(bridged, metrics["bridged_invalid"] / len(self.eval_examples))
+            self.check_collapse(bridged, metrics[BRIDGED_INVALID])
             log.info("step %d: %s", self.step, json.dumps(metrics))
         metrics = distributed.broadcast_from_main(metrics)
         if metrics["bridged_accuracy"] > self.best_accuracy:  # every rank keeps the same best

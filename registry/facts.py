@@ -23,8 +23,10 @@ from mlflow.tracking import MlflowClient
 from latentbridge.metric_names import (
     BEST_BRIDGED_ACCURACY,
     BEST_STEP,
+    BRIDGED,
     BRIDGED_ACCURACY,
     BRIDGED_INVALID,
+    LEGACY_INVALID_COUNT_SUFFIX,
     LOSS,
     PROMPT_TOKENS_MEAN,
     SOURCE_ACCURACY,
@@ -271,8 +273,11 @@ class RunFacts:
 
     @property
     def invalid_rate(self) -> float | None:
-        invalid = self.metrics.get(BRIDGED_INVALID)
-        return None if invalid is None or not self.n_questions else invalid / self.n_questions
+        """The share of final bridged answers with no final number (older runs logged a count)."""
+        if BRIDGED_INVALID in self.metrics:
+            return self.metrics[BRIDGED_INVALID]
+        count = self.metrics.get(BRIDGED + LEGACY_INVALID_COUNT_SUFFIX)
+        return None if count is None or not self.n_questions else count / self.n_questions
 
     @property
     def compression_ratio(self) -> float | None:

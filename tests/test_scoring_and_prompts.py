@@ -51,3 +51,15 @@ def test_fewshot_prompt_holds_every_exemplar_and_ends_with_the_cue():
     assert "<<" not in prompt  # calculator annotations are removed
     assert "#### 1\n" in prompt
     assert answer_target(train[0]).strip() == clean_solution(train[0].answer)
+
+
+def test_score_gives_accuracy_and_the_invalid_share_in_fractions():
+    from latentbridge.evaluate import score
+    from latentbridge.metric_names import BRIDGED_INVALID, TARGET_INVALID
+
+    examples = [Example(f"q{i}?", f"{i} + 1 = {i + 1}\n#### {i + 1}") for i in range(4)]
+    outputs = {"target": ["#### 1", "#### 2", "no number", "#### 9"], "bridged": ["#### 1", "x", "y", "z"]}
+    metrics = score(examples, outputs, step=3).metrics
+    assert metrics["target_accuracy"] == 0.5 and metrics[TARGET_INVALID] == 0.25
+    assert metrics["bridged_accuracy"] == 0.25 and metrics[BRIDGED_INVALID] == 0.75
+    assert BRIDGED_INVALID == "bridged_invalid_fraction"  # the unit is in the name
