@@ -49,6 +49,8 @@ RETRIEVAL_CHANCE: Final = "content/retrieval_chance"
 MISMATCHED_FOLLOWS: Final = "content/mismatched_follows_soft_source"
 
 TEST_PREFIX: Final = "test_"  # the held-out test evaluation logs every evaluation metric again under this prefix
+TEST_FOLDER: Final = "test"  # the run's artifact folder of the held-out test evaluation
+TEST_EVAL_FILE: Final = "test_eval.jsonl"  # its eval JSONL (EvalRecord lines), in TEST_FOLDER
 
 # --------------------------------------------------------------------------- run metrics
 PROMPT_TOKENS_MEAN: Final = "prompt_tokens_mean"  # at step 0: BOS + few-shot prompt tokens the target reads alone

@@ -42,7 +42,14 @@ from latentbridge.data import Splits, load_splits
 from latentbridge.content import content_metrics, derangement
 from latentbridge.evaluate import bridged_answers, score, text_baselines, write_jsonl
 from latentbridge.losses import compute_losses
-from latentbridge.metric_names import BRIDGED_INVALID, COMPRESSION_RATIO, PROMPT_TOKENS_MEAN, compression_ratio
+from latentbridge.metric_names import (
+    BRIDGED_INVALID,
+    COMPRESSION_RATIO,
+    PROMPT_TOKENS_MEAN,
+    TEST_EVAL_FILE,
+    TEST_FOLDER,
+    compression_ratio,
+)
 from latentbridge.models import DTYPES, FrozenLM, load_frozen_lm
 from latentbridge.prompts import select_exemplars
 from latentbridge.reporting import NullReporter, Reporter
@@ -408,8 +415,8 @@ class Trainer:
         evaluation = self.answer_and_measure(examples, outputs, self.best_step, {})
         if not distributed.is_main():
             return {}
-        path = write_jsonl(evaluation.records, self.run_dir / "test" / "test_eval.jsonl")
-        self.reporter.log_artifact(path, "test")
+        path = write_jsonl(evaluation.records, self.run_dir / TEST_FOLDER / TEST_EVAL_FILE)
+        self.reporter.log_artifact(path, TEST_FOLDER)
         metrics = {f"test_{k}": v for k, v in evaluation.metrics.items()}
         self.reporter.log_metrics(metrics, self.step)
         log.info("test (best step %d): %s", self.best_step, json.dumps(metrics))

@@ -24,10 +24,12 @@ COLUMNS = (
     ("run_name", "run"),
     ("K", "K"),
     ("compression_ratio", "ratio"),
-    ("source_alone", "source"),
-    ("target_alone", "target"),
-    ("bridged_peak", "peak"),
-    ("bridged_final", "final"),
+    ("source_alone", "val source"),
+    ("target_alone", "val target"),
+    ("bridged_peak", "val peak"),
+    ("bridged_final", "val final"),
+    ("test_target_alone", "test target"),
+    ("test_bridged", "test bridged"),
     ("invalid_rate", "invalid"),
     ("bits_transmitted", "bits"),
     ("bits_transmitted_interval", "bits 95% CI"),
@@ -74,7 +76,7 @@ def archive_rows(model: str | None = None) -> list[dict[str, str]]:
 def _short(key: str, value: str) -> str:
     try:
         if key in {"source_alone", "target_alone", "bridged_peak", "bridged_final", "invalid_rate",
-                   "bits_transmitted", "fraction_recovered", "retrieval_top1"}:
+                   "bits_transmitted", "fraction_recovered", "retrieval_top1", "test_target_alone", "test_bridged"}:
             return f"{float(value):.3f}"
         if key == "compression_ratio":
             return f"{value}x"  # as stored (2 decimals): re-rounding could disagree with the analysis

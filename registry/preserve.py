@@ -24,14 +24,12 @@ import logging
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from latentbridge.models import sha256_file
-from registry.errors import PreserveError, TamperedArchiveError
 from latentbridge.metric_names import (
     BITS,
     BITS_HIGH,
@@ -43,7 +41,15 @@ from latentbridge.metric_names import (
     PROMPT_TOKENS_MEAN,
     RETRIEVAL,
     RETRIEVAL_CHANCE,
+    SOURCE,
+    TARGET,
+    TEST_EVAL_FILE,
+    TEST_FOLDER,
+    TEST_PREFIX,
+    EvalRecord,
 )
+from latentbridge.models import sha256_file
+from registry.errors import PreserveError, TamperedArchiveError
 from registry.facts import (
     NOT_RECORDED,
     RunFacts,
@@ -52,12 +58,14 @@ from registry.facts import (
     get_run,
     is_training_run,
     matched_controls,
+    read_eval_jsonl,
     run_facts,
     suite_runs,
 )
 from registry.prompt_length import try_mean_prompt_tokens
 from registry.store import client, exclusive, with_retries
 from registry.verdict import (
+    Comparison,
     Verdict,
     VerdictRules,
     accuracy_interval,
@@ -163,6 +171,46 @@ def _content_lines(facts: RunFacts, verdict: Verdict) -> list[str]:
     return lines
 
 
+def held_out_test(records: list[EvalRecord] | None, rules: VerdictRules) -> dict | None:
+    """The held-out test evaluation of the translator selected on validation: each system's
+    accuracy with its interval, and bridged against each text baseline on the same questions."""
+    if not records:
+        return None
+    column = lambda system: [bool(r[system]["correct"]) for r in records]  # noqa: E731
+    bridged = column(BRIDGED)
+    out = {"n": len(records), "step": records[0].get("step")}
+    for system in (SOURCE, TARGET, BRIDGED):
+        correct = column(system)
+        out[system] = {"accuracy": sum(correct) / len(correct),
+                       "interval": list(accuracy_interval(correct, rules.bootstrap_samples, rules.confidence, rules.seed))}
+    out["comparisons"] = {system: asdict(Comparison.of(bridged, column(system), rules)) for system in (TARGET, SOURCE)}
+    return out
+
+
+def _test_lines(facts: RunFacts, test: dict | None) -> list[str]:
+    """The note's held-out test section: validation selects the translator, test reports it."""
+    if test is None:
+        return ["", "## Held-out test", "- none: the run evaluated no held-out test questions (eval.test_questions=0)"]
+    acc = lambda system: (f"{test[system]['accuracy']:.3f} [{test[system]['interval'][0]:.3f},"  # noqa: E731
+                          f" {test[system]['interval'][1]:.3f}]")
+    lines = [
+        "",
+        f"## Held-out test ({test['n']} questions; the translator selected on validation, step {test['step']})",
+        f"- source-alone: {acc(SOURCE)}",
+        f"- target-alone: {acc(TARGET)}",
+        f"- bridged: {acc(BRIDGED)}",
+    ]
+    lines += [f"- bridged vs {system}-alone: {Comparison.from_dict(c).text()}" for system, c in test["comparisons"].items()]
+    m = facts.metrics
+    if TEST_PREFIX + BITS in m:
+        lines.append(
+            f"- bits transmitted: {m[TEST_PREFIX + BITS]:.3f} [{m.get(TEST_PREFIX + BITS_LOW, float('nan')):.3f},"
+            f" {m.get(TEST_PREFIX + BITS_HIGH, float('nan')):.3f}]; fraction recovered {_fmt(m.get(TEST_PREFIX + FRACTION))};"
+            f" retrieval top-1 {_fmt(m.get(TEST_PREFIX + RETRIEVAL))}; mismatched accuracy {_fmt(m.get(TEST_PREFIX + MISMATCHED_ACCURACY))}"
+        )
+    return lines
+
+
 def _diff_lines(facts: RunFacts) -> list[str]:
     """The run's config diff against its suite's base, as the launcher recorded it at submit."""
     head = f"Config diff against the suite's base ({facts.diff_basis})"
@@ -186,7 +234,9 @@ def _reproduce_line(facts: RunFacts) -> str:
     return f"`{command}`: the command it was submitted with" + (" (it submitted this run alone)." if alone else ".")
 
 
-def note(facts: RunFacts, verdict: Verdict, rules: VerdictRules, interval: tuple[float, float] | None) -> str:
+def note(
+    facts: RunFacts, verdict: Verdict, rules: VerdictRules, interval: tuple[float, float] | None, test: dict | None = None
+) -> str:
     """The preservation note: why the run exists, how to reproduce it, key metrics, verdict."""
     ci = f" (95% bootstrap interval [{interval[0]:.3f}, {interval[1]:.3f}])" if interval else ""
     ratio = facts.compression_ratio
@@ -215,7 +265,8 @@ def note(facts: RunFacts, verdict: Verdict, rules: VerdictRules, interval: tuple
             " version's files."
         ),
         "",
-        f"## Key metrics ({verdict.n} {facts.params.get('eval.split', '')} questions, final step {facts.final_step})",
+        f"## Key metrics ({verdict.n} {facts.params.get('eval.split', '')} questions, final step {facts.final_step};"
+        " validation selects the translator and decides the verdict, the held-out test below reports it)",
         f"- source-alone: {_fmt(verdict.source)}",
         f"- target-alone: {_fmt(verdict.target)}",
         f"- bridged final: {_fmt(verdict.bridged)}{ci}",
@@ -223,6 +274,7 @@ def note(facts: RunFacts, verdict: Verdict, rules: VerdictRules, interval: tuple
         f"- bridged invalid rate: {_fmt(facts.invalid_rate)}",
         f"- compression ratio: {compression}",
         *_content_lines(facts, verdict),
+        *_test_lines(facts, test),
         "",
         f"## Verdict: **{verdict.verdict}**",
         f"Decided by rule `{verdict.decided_by}`: {verdict.rule}.",
@@ -303,6 +355,7 @@ def _preserve(run_id: str, rules: VerdictRules | None) -> Preserved:
         evals = _download(mlflow_client, run_id, "evals", local / "dl", required=True)
         translator = _download(mlflow_client, run_id, "translator", local / "dl", required=True)
         best = _download(mlflow_client, run_id, "best_translator", local / "dl", required=False)
+        test_dir = _download(mlflow_client, run_id, TEST_FOLDER, local / "dl", required=False)
         records = download_eval(mlflow_client, run_id, facts.final_eval, local / "final")
         facts.n_final = len(records)
         config_record = json.loads((translator / "translator.json").read_text())["config"]
@@ -324,13 +377,17 @@ def _preserve(run_id: str, rules: VerdictRules | None) -> Preserved:
             raise PreserveError(f"run {run_id}: {error}") from None
         bridged = [bool(r[BRIDGED]["correct"]) for r in records]
         interval = accuracy_interval(bridged, rules.bootstrap_samples, rules.confidence, rules.seed)
-        text = note(facts, verdict, rules, interval)
+        test_file = test_dir / TEST_EVAL_FILE if test_dir is not None else None
+        test = held_out_test(read_eval_jsonl(test_file) if test_file and test_file.is_file() else None, rules)
+        text = note(facts, verdict, rules, interval, test)
 
         archive = local / ARCHIVE
         shutil.copytree(translator, archive / "translator")
         if best is not None:
             shutil.copytree(best, archive / "best_translator")
         shutil.copytree(evals, archive / "evals")
+        if test_dir is not None:
+            shutil.copytree(test_dir, archive / TEST_FOLDER)
         (archive / "config.json").write_text(json.dumps(config_record, indent=2, sort_keys=True))
         summary = {
             "run": {k: v for k, v in facts.summary().items()},
@@ -350,6 +407,7 @@ def _preserve(run_id: str, rules: VerdictRules | None) -> Preserved:
                 "bridged_accuracy": facts.peak,
                 "translator": "best_translator" if best is not None else None,
             },
+            "test": test,
             "history": {k: [list(p) for p in v] for k, v in facts.history.items()},
             "metrics": facts.metrics,
             "verdict": verdict.to_dict(),
@@ -386,6 +444,9 @@ def _preserve(run_id: str, rules: VerdictRules | None) -> Preserved:
         "bridged_final": opt(verdict.bridged),
         "invalid_rate": opt(facts.invalid_rate),
         "n_questions": str(verdict.n),
+        "test_bridged": opt(test[BRIDGED]["accuracy"]) if test else "none",
+        "test_target_alone": opt(test[TARGET]["accuracy"]) if test else "none",
+        "test_n_questions": str(test["n"]) if test else "0",
         "verdict": verdict.verdict,
         "verdict_rule": verdict.decided_by,
         "bits_transmitted": opt(verdict.bits[0] if verdict.bits else None),

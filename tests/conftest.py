@@ -70,14 +70,16 @@ def private_store(root: Path):
         yield patch
 
 
-def train_tiny_run(root: Path, tiny_pair: tuple[str, str], suite: str, tags: dict[str, str] | None = None) -> tuple[str, RunConfig]:
+def train_tiny_run(
+    root: Path, tiny_pair: tuple[str, str], suite: str, tags: dict[str, str] | None = None, overrides: tuple[str, ...] = ()
+) -> tuple[str, RunConfig]:
     """A FINISHED tiny training run named 'tiny' of `suite` in the current store: (run id, config)."""
     from latentbridge.train import train
     from registry.reporter import MlflowReporter
     from registry.runs import close_run, open_run
 
     source, target = tiny_pair
-    config = RunConfig().override(f"source_model={source}", f"target_model={target}", *TINY_RUN, "name=tiny", f"suite={suite}")
+    config = RunConfig().override(f"source_model={source}", f"target_model={target}", *TINY_RUN, "name=tiny", f"suite={suite}", *overrides)
     run_id = open_run(root / "run", "tiny", suite, tags={"suite": suite, **(tags or {})})
     train(config, root / "run", MlflowReporter(run_id))
     close_run(run_id, "FINISHED")

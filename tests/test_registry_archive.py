@@ -28,7 +28,7 @@ def store(tmp_path_factory, tiny_pair):
     with private_store(root):
         from registry.runs import open_run
 
-        run_id, config = train_tiny_run(root, tiny_pair, SUITE, {"slurm_job_id": "4242"})
+        run_id, config = train_tiny_run(root, tiny_pair, SUITE, {"slurm_job_id": "4242"}, ("eval.test_questions=5",))
         running = open_run(root / "running", "still-going", SUITE, tags={"suite": SUITE})
         yield {"root": root, "finished": run_id, "running": running, "config": config, "env": dict(os.environ)}
 
@@ -79,11 +79,16 @@ def test_preserved_version_holds_archive_tags_and_note(store, preserved):
     assert "Config diff against the suite's base (not recorded at submit)" in note
     assert "The submit command was not recorded at submit" in note and "python launch" not in note
     assert f"Verdict: **{tags['verdict']}**" in note and f"rule `{tags['verdict_rule']}`" in note
+    # validation selects and judges; the held-out test reports, beside it, with intervals and paired tests
+    test_section = note.split("## Held-out test (5 questions; the translator selected on validation, step ", 1)[1]
+    assert "- bridged vs target-alone: " in test_section and "McNemar p=" in test_section
+    assert tags["test_n_questions"] == "5" and 0 <= float(tags["test_bridged"]) <= 1
     folder = Path(client().download_artifacts(store["finished"], "archive", str(store["root"] / "dl")))
     manifest = verify_manifest(folder, tags["manifest_sha256"])
     assert {"translator/translator.safetensors", "translator/translator.json", "config.json", "metrics.json",
-            "NOTE.md", "evals/eval_step_000006.jsonl"} <= set(manifest)
+            "NOTE.md", "evals/eval_step_000006.jsonl", "test/test_eval.jsonl"} <= set(manifest)
     summary = json.loads((folder / "metrics.json").read_text())
+    assert summary["test"]["n"] == 5 and set(summary["test"]["comparisons"]) == {"target", "source"}
     assert summary["final"]["step"] == 6 and summary["verdict"]["verdict"] == tags["verdict"]
     assert json.loads((folder / "config.json").read_text()) == store["config"].to_dict()
 
@@ -146,6 +151,7 @@ def test_list_shows_the_archive(store, preserved, capsys):
     assert f" {SUITE} " in row  # runs of different suites share a model: the suite tells them apart
     # what crossed the bridge, with its interval, as the version's tags hold it
     assert "bits 95% CI" in header and "recovered" in header and "retrieval" in header
+    assert "val final" in header and "test bridged" in header  # validation and test, labelled
     from registry.store import client
 
     version = client().get_model_version(preserved.model, preserved.version)
