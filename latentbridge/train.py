@@ -50,6 +50,7 @@ from latentbridge.metric_names import (
     TEST_FOLDER,
     compression_ratio,
 )
+from latentbridge.device_metrics import per_rank_metrics, read_own_device
 from latentbridge.models import DTYPES, FrozenLM, load_frozen_lm
 from latentbridge.prompts import select_exemplars
 from latentbridge.reporting import NullReporter, Reporter
@@ -255,8 +256,10 @@ class Trainer:
         if cfg.baselines and self.baselines is None:
             self.baselines = text_baselines(self.bridge, self.eval_examples, cfg) or {}
         evaluation = self.answer_and_measure(self.eval_examples, self.baselines, self.step, self.content_fixed)
+        readings = distributed.gather_to_main(read_own_device(distributed.device()))  # every rank's own GPU
         metrics = None
         if distributed.is_main():
+            self.reporter.log_metrics(per_rank_metrics(readings), self.step)
             path = write_jsonl(evaluation.records, self.run_dir / "evals" / f"eval_step_{self.step:06d}.jsonl")
             self.reporter.log_artifact(path, "evals")
             self.reporter.log_metrics(evaluation.metrics, self.step)
