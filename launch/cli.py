@@ -48,6 +48,7 @@ from launch.record import (
     load_own_pickle,
     mark_latest,
     new_folder,
+    new_run_record,
 )
 from launch.suites import SUITES, config_diff, get_suite
 from launch.user_config import CONFIG_ENV, DEFAULT_PATH, UserConfigError, load_user_config, resolve
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="local runs: N at once on each GPU (each run pinned to its own GPUs, a job's width), "
                              "or N at once on the CPU; the next starts as one ends (default 1); for small "
                              "models on a large GPU. Slurm jobs get their own GPUs: 1 there")
+    submit.add_argument("--records", default=None, metavar="DIR",
+                        help="no MLflow store (none here, or mlflow not installed): each run writes its record to "
+                             "DIR/<suite>/<run>-<id>/ for `python -m registry import` where the store is")
     submit.add_argument("overrides", nargs="*", help="config overrides key=value")
     _add_common(submit)
 
@@ -181,6 +185,14 @@ def _ui_hint(uri: str) -> str:
     return f"browse the runs: mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)"
 
 
+def _runs_hint(sub: Submission) -> str:
+    """How to see the runs: the MLflow UI, or in records mode the import of the records into a store."""
+    if not sub.records:
+        return _ui_hint(sub.tracking_uri)
+    return ("once the jobs have ended, import their records where the MLflow store is:\n"
+            f"  python -m registry import {shlex.quote(sub.records)}/* --experiment {shlex.quote(sub.suite)}")
+
+
 def _describe(sub: Submission) -> str:
     snap = sub.snapshot
     code = f"{snap.get('git_commit', 'unknown')[:12]}" + (" + uncommitted diff" if snap.get("dirty") else "")
@@ -239,7 +251,7 @@ def _report(sub: Submission, states) -> int:
         if state.ok and state.result is not None:
             result = state.result
             metrics = json.dumps({k: round(v, 4) for k, v in (getattr(result, "metrics", {}) or {}).items()})
-            print(f"{sub.suite}/{state.name}: {result.status}; MLflow run id {result.run_id}; {metrics}")
+            print(f"{sub.suite}/{state.name}: {result.status}; {entry.where}; {metrics}")
             if _result_failed(result):
                 failures += 1
                 print(f"  failed: {_result_why(result)}")
@@ -252,7 +264,7 @@ def _report(sub: Submission, states) -> int:
                 print(f"  preserved in the model registry as {result.preserved} (python -m registry list)")
         else:
             failures += 1
-            print(f"{sub.suite}/{state.name}: {state.state}; MLflow run id {entry.mlflow_run_id}; {state.detail}")
+            print(f"{sub.suite}/{state.name}: {state.state}; {entry.where}; {state.detail}")
             print(f"  logs: python launch logs {sub.id} --run {state.name} --err")
     return failures
 
@@ -265,7 +277,7 @@ def _finish_wait(sub: Submission, states, timed_out: bool, timeout: float) -> in
         running = [s.name for s in states if not s.done]
         print(f"still running after {timeout:.0f} s: {running}; the jobs go on (python launch status {sub.id})")
     failures = _report(sub, [s for s in states if s.done])
-    print(_ui_hint(sub.tracking_uri))
+    print(_runs_hint(sub))
     if failures:
         return EXIT_FAILED
     return EXIT_TIMEOUT if timed_out else 0
@@ -309,12 +321,19 @@ def provenance_tags(argv: Sequence[str], name: str, alone: bool, diff: dict[str,
     }
 
 
+def _write_config(run_dir: Path, config: RunConfig) -> Path:
+    """The resolved config, written to the run dir as the run's artifact `config.json`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / CONFIG_ARTIFACT
+    path.write_text(config.to_json())
+    return path
+
+
 def _log_config(run_id: str, run_dir: Path, config: RunConfig) -> None:
     """The resolved config, as the run's artifact `config.json` (also left in the run dir)."""
     from registry.store import client, with_retries
 
-    path = run_dir / CONFIG_ARTIFACT
-    path.write_text(config.to_json())
+    path = _write_config(run_dir, config)
     with_retries(lambda: client().log_artifact(run_id, str(path)), "log config")
 
 
@@ -370,30 +389,48 @@ def submit(args: argparse.Namespace) -> int:
     from launch.monitor import Monitor
     from launch.monitor import wait as wait_for
     from launch.snapshot import run_from, take_snapshot
-    from registry.runs import open_run, record_code
-    from registry.store import artifact_root, check_local_disk, ensure_store, experiment_id, tracking_uri
 
-    uri = tracking_uri()
-    check_local_disk(uri)
-    ensure_store(uri)
-    experiment_id(suite.name)  # create the store and experiment once, before jobs fan out
+    # records mode: no MLflow store and no mlflow import; each run gets a record under `records`
+    records = Path(args.records).expanduser().resolve() / suite.name if args.records else None
+    if records is not None and suite.preserve_each:
+        raise ConfigError(f"suite {suite.name!r} preserves each run as it finishes, which needs the MLflow store: "
+                          "submit it without --records, or import the records and then preserve each run "
+                          "(python -m registry preserve RUN_ID)")
+    uri, root = "", ""
+    if records is None:
+        from registry.runs import open_run, record_code
+        from registry.store import artifact_root, check_local_disk, ensure_store, experiment_id, tracking_uri
+
+        uri, root = tracking_uri(), artifact_root()
+        check_local_disk(uri)
+        ensure_store(uri)
+        experiment_id(suite.name)  # create the store and experiment once, before jobs fan out
     sub_id, folder = new_folder(runs_dir, suite.name)
     snapshot = take_snapshot(REPO_ROOT, folder / "code")
+    diff = Path(snapshot.diff_file) if snapshot.diff_file else None
     base = suite.base_config()
     entries, specs = [], []
     for name, config in configs.items():
         run_dir = folder / name
         tags = {**suite.tags(name), "submission": sub_id, "cluster": cluster, **snapshot.tags(),
                 **provenance_tags(args.argv, name, len(configs) == 1, config_diff(config, base))}
-        run_id = open_run(run_dir, name, suite.name, tags, status="SCHEDULED")
-        record_code(run_id, {}, Path(snapshot.diff_file) if snapshot.diff_file else None)
-        _log_config(run_id, run_dir, config)
-        entries.append(RunEntry(name=name, run_dir=str(run_dir), mlflow_run_id=run_id))
-        specs.append(JobSpec(config.to_dict(), str(run_dir), suite.name, uri, artifact_root(), tags, suite.preserve_each))
+        if records is None:
+            run_id = open_run(run_dir, name, suite.name, tags, status="SCHEDULED")
+            record_code(run_id, {}, diff)
+            _log_config(run_id, run_dir, config)
+            entry = RunEntry(name=name, run_dir=str(run_dir), mlflow_run_id=run_id)
+        else:
+            artifacts = [(_write_config(run_dir, config), None), *([(diff, "code")] if diff else [])]
+            record = new_run_record(records, run_dir, name, tags, config.flat(), artifacts)
+            entry = RunEntry(name=name, run_dir=str(run_dir), mlflow_run_id="", record=str(record))
+        entries.append(entry)
+        specs.append(JobSpec(config.to_dict(), str(run_dir), suite.name, uri, root, tags, suite.preserve_each,
+                             record=entry.record))
     sub = Submission(
         id=sub_id, suite=suite.name, folder=str(folder), created=snapshot.taken_at, cluster=cluster,
         resources=resources.to_dict(), tracking_uri=uri, snapshot={k: v for k, v in vars(snapshot).items()},
         submitit_folder=str(folder / "submitit"), runs=entries, command=[*PROG.split(), *args.argv],
+        records=str(records or ""),
     )
     sub.save()
     mark_latest(runs_dir, sub)
@@ -410,11 +447,10 @@ def submit(args: argparse.Namespace) -> int:
         sub.save()
         print(_describe(sub))
         for entry in entries:
-            print(f"submitted {suite.name}/{entry.name}: job {entry.job_id}, MLflow run {entry.mlflow_run_id}, "
-                  f"run dir {entry.run_dir}")
+            print(f"submitted {suite.name}/{entry.name}: job {entry.job_id}, {entry.where}, run dir {entry.run_dir}")
         if not wait:
             print(_follow_hint(sub))
-            print(_ui_hint(uri))
+            print(_runs_hint(sub))
             return 0
         print(f"waiting for the results (at most {wait_timeout:.0f} s; Ctrl-C stops waiting, not the jobs)")
         states, timed_out = wait_for(Monitor(sub), wait_timeout)
@@ -441,7 +477,7 @@ def submit(args: argparse.Namespace) -> int:
             entry.job_id, live[entry.name], busy[slot] = str(job.job_id), job, entry.name
             sub.save()
             where = f", GPU {','.join(map(str, gpus))}" if gpus else ""
-            print(f"started {suite.name}/{entry.name}: job {entry.job_id} ({cluster}{where}), MLflow run {entry.mlflow_run_id}")
+            print(f"started {suite.name}/{entry.name}: job {entry.job_id} ({cluster}{where}), {entry.where}")
             if cluster == "debug":
                 try:
                     job.result()
@@ -470,14 +506,14 @@ def _debug_report(sub: Submission, live: dict[str, Any]) -> int:
             result = live[entry.name].result()
         except Exception as error:  # noqa: BLE001
             failures += 1
-            print(f"{sub.suite}/{entry.name}: FAILED; MLflow run id {entry.mlflow_run_id}; {error}")
+            print(f"{sub.suite}/{entry.name}: FAILED; {entry.where}; {error}")
             continue
         metrics = json.dumps({k: round(v, 4) for k, v in result.metrics.items()})
-        print(f"{sub.suite}/{entry.name}: {result.status}; MLflow run id {result.run_id}; {metrics}")
+        print(f"{sub.suite}/{entry.name}: {result.status}; {entry.where}; {metrics}")
         if _result_failed(result):
             failures += 1
             print(f"  failed: {_result_why(result)}")
-    print(_ui_hint(sub.tracking_uri))
+    print(_runs_hint(sub))
     return EXIT_FAILED if failures else 0
 
 

@@ -7,6 +7,10 @@ which resumes from `run_dir/checkpoint/state.pt` (saved every `train.checkpoint_
 steps). Steps between that checkpoint and the kill are trained again; the reporter skips
 the (metric, step) points the run already has, so the run's history has each step once.
 
+Records mode (`JobSpec.record` set; `submit --records`): the job continues the run record the
+launcher made instead, through `FileReporter` (status in its status.json), and never imports
+mlflow: the machine needs no store and no MLflow.
+
 Signals. The Trainer catches SIGTERM and USR2 itself: it finishes the current step, saves
 its state (so the resume point is the interruption step, not the last periodic checkpoint),
 returns INTERRUPTED and then calls the handler that was there before -- submitit's for USR2,
@@ -30,10 +34,12 @@ and the other ranks exit with status 0 and no result (a non-zero exit would make
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,7 @@ import submitit
 
 from latentbridge import distributed
 from latentbridge.config import RunConfig
+from latentbridge.reporting import FileReporter, Reporter
 from latentbridge.train import train
 
 log = logging.getLogger(__name__)
@@ -62,11 +69,12 @@ class JobSpec:
     artifact_root: str
     tags: dict[str, str] = field(default_factory=dict)
     preserve: bool = False  # archive the run in the model registry once it finishes
+    record: str = ""  # records mode: the run's record folder; no MLflow (tracking_uri, artifact_root unused)
 
 
 @dataclass(frozen=True)
 class JobResult:
-    run_id: str
+    run_id: str  # records mode: the run's record folder
     status: str
     run_dir: str
     metrics: dict[str, float]
@@ -187,24 +195,34 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         return MlflowReporter(run_id)
 
+    def start_run(self, spec: JobSpec, name: str) -> tuple[str, Reporter, Callable[[str], None]]:
+        """Rank 0: (run id, reporter, status setter) of the run, now RUNNING: its MLflow run,
+        or in records mode its record (the id is the record folder)."""
+        if spec.record:
+            record = FileReporter(Path(spec.record))
+            record.set_status("RUNNING")
+            return spec.record, record, record.set_status
+        from registry.runs import open_run, set_status
+
+        run_id = open_run(Path(spec.run_dir), name, spec.experiment, spec.tags, status="RUNNING")
+        return run_id, self.make_reporter(run_id), functools.partial(set_status, run_id)
+
     def __call__(self, spec: JobSpec) -> JobResult:
         global _stopping
         _stopping = False
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        os.environ["MLFLOW_TRACKING_URI"] = spec.tracking_uri
-        os.environ["LATENTBRIDGE_ARTIFACT_ROOT"] = spec.artifact_root
-        from registry.runs import open_run, set_status
-
+        if not spec.record:
+            os.environ["MLFLOW_TRACKING_URI"] = spec.tracking_uri
+            os.environ["LATENTBRIDGE_ARTIFACT_ROOT"] = spec.artifact_root
         run_config = RunConfig.from_dict(spec.config)
         export_distributed_env()
         distributed.init_from_env()
         signal.signal(signal.SIGTERM, _on_sigterm)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         path = Path(spec.run_dir)
-        run_id, reporter = None, None
+        run_id, reporter, set_status = None, None, None
         if distributed.is_main():
-            run_id = open_run(path, run_config.name, spec.experiment, spec.tags, status="RUNNING")
-            reporter = self.make_reporter(run_id)
+            run_id, reporter, set_status = self.start_run(spec, run_config.name)
             reporter.set_tags(
                 {
                     "slurm_job_id": os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID", "")),
@@ -223,7 +241,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         except Interrupted as stop:  # rank 0 only
             _stopping = True
             log.warning("stopping: %s", stop)
-            set_status(run_id, "KILLED" if stop.action == "kill" else "SCHEDULED")
+            set_status("KILLED" if stop.action == "kill" else "SCHEDULED")
             if stop.action == "requeue":
                 _requeue_self()
             raise SystemExit(f"interrupted: {stop}") from None
@@ -232,22 +250,22 @@ class TrainJob(submitit.helpers.Checkpointable):
             _stopping = True
             log.warning("stopping (%r); the run resumes from its last checkpoint", stop)
             if distributed.is_main():
-                set_status(run_id, "SCHEDULED")
+                set_status("SCHEDULED")
                 raise
             raise SystemExit(0) from None
         except Exception:
             _stopping = True
             if distributed.is_main():
-                set_status(run_id, "FAILED")
+                set_status("FAILED")
             raise
         _stopping = True  # from here on a late SIGTERM must not turn success into an interruption
         if result.status == "INTERRUPTED":  # a signal whose handler chose to let the job go on
             if distributed.is_main():
-                set_status(run_id, "SCHEDULED")
+                set_status("SCHEDULED")
             raise SystemExit(0 if not distributed.is_main() else "interrupted: Slurm gave no decision")
         preserved = ""
         if distributed.is_main():
-            set_status(run_id, RUN_STATUS.get(result.status, "FINISHED"))
+            set_status(RUN_STATUS.get(result.status, "FINISHED"))
             if spec.preserve and RUN_STATUS.get(result.status) == "FINISHED":
                 from registry.preserve import preserve
 

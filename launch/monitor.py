@@ -7,7 +7,7 @@ limit); and a job that neither knows "left the queue without a result" (LOST). L
 are processes of this machine (their job id is the controller's pid): one whose controller and
 tasks are all gone without a result file was killed or crashed, and is LOST at once. Runs that
 ended badly but whose MLflow run still says RUNNING/SCHEDULED are marked KILLED (cancelled,
-lost) or FAILED.
+lost) or FAILED (in records mode: their records' status.json).
 
 Result files are pickles, and unpickling can run code: they are read with
 `launch.record.load_own_pickle`, which refuses a file not owned by this user or writable by
@@ -24,10 +24,12 @@ from typing import Any, Callable
 
 from submitit.core.utils import JobPaths
 
+from latentbridge.reporting import FileReporter
 from launch import slurm_queue
 from launch.record import RunEntry, Submission, UnsafeFileError, load_own_pickle
 
 LOST_GRACE_S = 10.0  # a job gone from the queue gets this long for its result file to appear
+OPEN_STATUSES = ("RUNNING", "SCHEDULED")  # a run in these whose job has ended was left open
 
 
 @dataclass
@@ -194,21 +196,34 @@ class Monitor:
 
 
 def reconcile_mlflow(submission: Submission, states: list[RunState]) -> None:
-    """Close MLflow runs whose job ended without closing them (killed, lost, failed)."""
+    """Close runs whose job ended without closing them (killed, lost, failed): their MLflow runs,
+    or in records mode their records' status.json (no store, no mlflow import)."""
+    ended = {s.name: _closing_status(s) for s in states if s.done and not s.ok}
+    if submission.records:
+        for name, status in ended.items():
+            folder = Path(submission.run(name).record)
+            if not folder.is_dir():  # removed, or on a file system this machine lacks
+                continue
+            record = FileReporter(folder)
+            if record.status in OPEN_STATUSES:
+                record.set_status(status)
+        return
     from registry.runs import run_status, set_status
 
     os.environ.setdefault("MLFLOW_TRACKING_URI", submission.tracking_uri)
-    for state in states:
-        if not state.done or state.ok:
-            continue
-        entry = submission.run(state.name)
+    for name, status in ended.items():
+        entry = submission.run(name)
         try:
             current = run_status(entry.mlflow_run_id)
         except Exception:  # noqa: BLE001 - the store may be unreachable; status still prints
             continue
-        if current in ("RUNNING", "SCHEDULED"):
-            killed = state.state in ("CANCELLED", "LOST", "PREEMPTED", "NODE_FAIL", "TIMEOUT", "DEADLINE")
-            set_status(entry.mlflow_run_id, "KILLED" if killed else "FAILED")
+        if current in OPEN_STATUSES:
+            set_status(entry.mlflow_run_id, status)
+
+
+def _closing_status(state: RunState) -> str:
+    killed = state.state in ("CANCELLED", "LOST", "PREEMPTED", "NODE_FAIL", "TIMEOUT", "DEADLINE")
+    return "KILLED" if killed else "FAILED"
 
 
 def wait(

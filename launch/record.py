@@ -6,6 +6,10 @@ MLflow run id and job id), the code snapshot `code/`, submitit's logs and pickle
 `submitit/`, and one folder per run. `<runs_dir>/LATEST` names the newest submission.
 A submission is named by its id `<suite>/<stamp>`, its folder, or any of its job ids.
 
+Records mode (`submit --records DIR`, for a machine without an MLflow store): each run has,
+instead of an MLflow run, a run record `DIR/<suite>/<run name>-<short id>/` (`new_run_record`,
+written by `latentbridge.reporting.FileReporter`) that `python -m registry import` replays.
+
 The submission folder and its `submitit/` folder are made private to their owner (0700) when
 created: `status`, `wait` and `resume` unpickle submitit's result and job files (which can
 run code), so nobody else may write there. `load_own_pickle` reads such a file only if it is a
@@ -20,10 +24,14 @@ import json
 import os
 import pickle
 import secrets
+import socket
 import stat
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from latentbridge.reporting import FileReporter
 
 RECORD = "submission.json"
 LATEST = "LATEST"
@@ -48,6 +56,12 @@ class RunEntry:
     mlflow_run_id: str
     job_id: str = ""
     earlier_job_ids: list[str] = field(default_factory=list)  # jobs it ran in before `resume`
+    record: str = ""  # records mode: the run's record folder (it has no MLflow run)
+
+    @property
+    def where(self) -> str:
+        """Where the run is recorded, for the output: its MLflow run, or its record folder."""
+        return f"record {self.record}" if self.record else f"MLflow run id {self.mlflow_run_id}"
 
 
 @dataclass
@@ -64,6 +78,7 @@ class Submission:
     runs: list[RunEntry] = field(default_factory=list)
     command: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)  # run names cancelled through `cancel`
+    records: str = ""  # records mode: DIR/<suite>, the folder of the runs' records (no MLflow store)
 
     @property
     def job_ids(self) -> list[str]:
@@ -141,6 +156,25 @@ def new_folder(runs_dir: Path, suite: str) -> tuple[str, Path]:
         os.chmod(folder / SUBMITIT_DIR, PRIVATE_DIR_MODE)
         return f"{suite}/{name}", folder
     raise RecordError(f"could not make a fresh submission folder under {runs_dir}/{suite}")
+
+
+def new_run_record(
+    records: Path, run_dir: Path, name: str, tags: Mapping[str, str], params: Mapping[str, Any],
+    artifacts: Sequence[tuple[Path, str | None]] = (),
+) -> Path:
+    """A fresh run record `records/<name>-<short id>/` for records mode, holding what the
+    launcher gives an MLflow run at submit (`registry.runs.open_run`): status SCHEDULED, the
+    tags (with the submitting host and the run dir), the params and the artifacts
+    ((file, artifact path) pairs)."""
+    folder = Path(records) / f"{name}-{secrets.token_hex(4)}"
+    folder.mkdir(parents=True)
+    record = FileReporter(folder)
+    record.set_tags({"host": socket.gethostname(), "run_dir": str(Path(run_dir).resolve()), **tags})
+    record.log_params(params)
+    for path, artifact_path in artifacts:
+        record.log_artifact(path, artifact_path)
+    record.set_status("SCHEDULED")
+    return folder
 
 
 def mark_latest(runs_dir: Path, submission: Submission) -> None:

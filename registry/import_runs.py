@@ -1,6 +1,7 @@
 """Replay run records written by `latentbridge.reporting.FileReporter` into MLflow runs.
 
-A record is a folder, written where no MLflow store could be reached (a GPU machine, say):
+A record is a folder, written where no MLflow store could be reached (a GPU machine, say;
+`python launch submit --records DIR` writes one per run under DIR/<suite>/):
 
     params.json     the flat run config (the params)
     metrics.jsonl   one {"key", "value", "step"} a line, with the steps the run logged
@@ -10,8 +11,8 @@ A record is a folder, written where no MLflow store could be reached (a GPU mach
 
 `import_record` makes one new MLflow run from it in the project store (experiment: the run's
 suite, as the launcher names them, unless one is given): params, every metric point at its
-original step (when a step was logged twice, as a resumed run does, the last line wins),
-tags, artifacts, and the recorded status (FINISHED when the folder records none).
+original step (when a step was logged twice, the last line wins; a last line cut short by a
+kill is dropped), tags, artifacts, and the recorded status (FINISHED when the folder records none).
 
 Importing is idempotent: the run carries the tag `latentbridge.import_digest`, a sha256 over the
 record's contents (params, metrics, tags, status and every artifact file, by relative path), so
@@ -29,6 +30,14 @@ from pathlib import Path
 
 from mlflow.entities import RunStatus
 
+from latentbridge.reporting import (
+    ARTIFACTS_DIR,
+    METRICS_FILE,
+    PARAMS_FILE,
+    STATUS_FILE,
+    TAGS_FILE,
+    TERMINAL_STATUSES,
+)
 from registry.errors import RegistryError
 from registry.reporter import MlflowReporter
 from registry.store import DEFAULT_EXPERIMENT, client, experiment_id, with_retries
@@ -37,8 +46,7 @@ log = logging.getLogger(__name__)
 
 DIGEST_TAG = "latentbridge.import_digest"
 SOURCE_TAG = "latentbridge.imported_from"
-RECORD_FILES = ("params.json", "metrics.jsonl", "tags.json", "status.json")
-TERMINAL = {"FINISHED", "FAILED", "KILLED"}
+RECORD_FILES = (PARAMS_FILE, METRICS_FILE, TAGS_FILE, STATUS_FILE)
 
 
 class RecordError(RegistryError):
@@ -56,7 +64,7 @@ class Imported:
 
 # --------------------------------------------------------------------------- reading a record
 def is_record(folder: Path) -> bool:
-    return (Path(folder) / "params.json").is_file()
+    return (Path(folder) / PARAMS_FILE).is_file()
 
 
 def find_records(paths: list[Path] | tuple[Path, ...]) -> list[Path]:
@@ -69,7 +77,7 @@ def find_records(paths: list[Path] | tuple[Path, ...]) -> list[Path]:
         if is_record(path):
             found.append(path)
             continue
-        below = sorted(p.parent for p in path.rglob("params.json") if "artifacts" not in p.relative_to(path).parts)
+        below = sorted(p.parent for p in path.rglob(PARAMS_FILE) if ARTIFACTS_DIR not in p.relative_to(path).parts)
         if not below:
             raise RecordError(f"{path} holds no run record (no params.json in it or below it)")
         found.extend(below)
@@ -90,13 +98,18 @@ def read_metrics(path: Path) -> list[tuple[str, float, int]]:
     if not path.is_file():
         return []
     points: dict[tuple[str, int], float] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    text = path.read_text()
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
             key, value, step = str(record["key"]), float(record["value"]), int(record["step"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            if number == len(lines) and not text.endswith("\n"):  # cut short by a kill while it was written
+                log.warning("%s:%d: dropping a metric line cut short (%s)", path, number, line[:80])
+                break
             raise RecordError(f"{path}:{number}: not a metric line ({error})") from None
         points.pop((key, step), None)  # re-insert: keeps the order of the last occurrence
         points[(key, step)] = value
@@ -108,7 +121,7 @@ def record_digest(folder: Path) -> str:
     folder = Path(folder)
     digest = hashlib.sha256()
     files = [folder / name for name in RECORD_FILES if (folder / name).is_file()]
-    artifacts = folder / "artifacts"
+    artifacts = folder / ARTIFACTS_DIR
     if artifacts.is_dir():
         files += sorted(p for p in artifacts.rglob("*") if p.is_file())
     for path in files:
@@ -136,15 +149,15 @@ def import_record(folder: Path, experiment: str | None = None) -> Imported:
     folder = Path(folder)
     if not is_record(folder):
         raise RecordError(f"{folder} is not a run record (no params.json)")
-    params = _json(folder / "params.json", {})
-    tags = {str(k): str(v) for k, v in _json(folder / "tags.json", {}).items()}
-    status_record = _json(folder / "status.json", {})
+    params = _json(folder / PARAMS_FILE, {})
+    tags = {str(k): str(v) for k, v in _json(folder / TAGS_FILE, {}).items()}
+    status_record = _json(folder / STATUS_FILE, {})
     status = str(status_record.get("status", "FINISHED")).upper()
     try:
         RunStatus.from_string(status)
     except Exception:  # noqa: BLE001 - mlflow raises a bare Exception subclass
         raise RecordError(f"{folder}/status.json: unknown run status {status!r}") from None
-    metrics = read_metrics(folder / "metrics.jsonl")
+    metrics = read_metrics(folder / METRICS_FILE)
     name = str(params.get("name") or folder.name)
     digest = record_digest(folder)
     existing = find_imported(digest)
@@ -171,14 +184,14 @@ def import_record(folder: Path, experiment: str | None = None) -> Imported:
             by_step.setdefault(step, {})[key] = value
         for step in sorted(by_step):
             reporter.log_metrics(by_step[step], step)
-        artifacts = folder / "artifacts"
+        artifacts = folder / ARTIFACTS_DIR
         if artifacts.is_dir() and any(artifacts.iterdir()):
             with_retries(lambda: mlflow_client.log_artifacts(run_id, str(artifacts)), "log artifacts")
     except BaseException:
         with_retries(lambda: mlflow_client.delete_run(run_id), "delete half-imported run")
         raise
     end = status_record.get("end_time")
-    if status in TERMINAL:
+    if status in TERMINAL_STATUSES:
         with_retries(lambda: mlflow_client.set_terminated(run_id, status=status, end_time=int(end) if end else None),
                      "close run")
     else:
