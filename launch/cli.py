@@ -312,7 +312,7 @@ def provenance_tags(argv: Sequence[str], name: str, alone: bool, diff: dict[str,
     """What the run records of its submit: the command as typed, the command that reproduces
     this run alone (`alone`: the submit ran no other run) and its config diff against the
     suite's base (JSON)."""
-    from registry.facts import COMMAND_TAG, CONFIG_DIFF_TAG, REPRODUCE_TAG
+    from registry.tags import COMMAND_TAG, CONFIG_DIFF_TAG, REPRODUCE_TAG
 
     return {
         COMMAND_TAG: shell_command(argv),
@@ -527,20 +527,19 @@ def _load(args: argparse.Namespace) -> tuple[Submission, dict[str, Any]]:
 
 def status(args: argparse.Namespace) -> int:
     from launch.monitor import Monitor, reconcile_mlflow
-    from registry.runs import run_status
 
     sub, _ = _load(args)
     states = Monitor(sub).states()
     reconcile_mlflow(sub, states)
     print(_describe(sub))
-    rows = [("RUN", "JOB", "STATE", "MLFLOW", "MLFLOW RUN ID", "DETAIL")]
+    rows = [("RUN", "JOB", "STATE", "RECORDED", "MLFLOW RUN ID / RECORD", "DETAIL")]
     for state in states:
         entry = sub.run(state.name)
         try:
-            mlflow_state = run_status(entry.mlflow_run_id)
+            recorded = entry.recorded_status()
         except Exception as error:  # noqa: BLE001 - show what we know even if the store is down
-            mlflow_state = f"? ({type(error).__name__})"
-        rows.append((state.name, state.job_id or "-", state.state, mlflow_state, entry.mlflow_run_id, state.detail))
+            recorded = f"? ({type(error).__name__})"
+        rows.append((state.name, state.job_id or "-", state.state, recorded, entry.record or entry.mlflow_run_id, state.detail))
     widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
     for row in rows:
         print("  " + "  ".join(str(cell).ljust(width) for cell, width in zip(row[:5], widths)) + f"  {row[5]}")
@@ -618,7 +617,6 @@ def resume(args: argparse.Namespace) -> int:
     from launch.monitor import Monitor, reconcile_mlflow, task_paths
     from launch.monitor import wait as wait_for
     from launch.snapshot import run_from
-    from registry.runs import set_status
 
     sub, settings = _load(args)
     chosen = [sub.run(name) for name in args.run] if args.run else list(sub.runs)
@@ -646,10 +644,10 @@ def resume(args: argparse.Namespace) -> int:
         jobs = [executor.submit(TrainJob(), spec) for spec in specs]
     for entry, job in zip(todo, jobs):
         print(f"resumed {sub.suite}/{entry.name}: job {job.job_id} (was {entry.job_id}), "
-              f"MLflow run {entry.mlflow_run_id}, from its last checkpoint in {entry.run_dir}")
+              f"{entry.where}, from its last checkpoint in {entry.run_dir}")
         entry.earlier_job_ids.append(entry.job_id)
         entry.job_id = str(job.job_id)
-        set_status(entry.mlflow_run_id, "SCHEDULED")
+        entry.record_status("SCHEDULED")
     sub.cancelled = sorted(set(sub.cancelled) - {e.name for e in todo})
     sub.save()
     if sub.cluster != "slurm":  # the jobs are children of this process: wait for them
@@ -683,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # the command line as typed, for the runs' provenance
     from launch.slurm_queue import SlurmCommandError
     from registry.cli import quiet_broken_pipe
-    from registry.store import StoreError
+    from registry.errors import StoreError
 
     try:
         code = COMMANDS[args.command](args)

@@ -24,7 +24,6 @@ from typing import Any, Callable
 
 from submitit.core.utils import JobPaths
 
-from latentbridge.reporting import FileReporter
 from launch import slurm_queue
 from launch.record import RunEntry, Submission, UnsafeFileError, load_own_pickle
 
@@ -199,26 +198,15 @@ def reconcile_mlflow(submission: Submission, states: list[RunState]) -> None:
     """Close runs whose job ended without closing them (killed, lost, failed): their MLflow runs,
     or in records mode their records' status.json (no store, no mlflow import)."""
     ended = {s.name: _closing_status(s) for s in states if s.done and not s.ok}
-    if submission.records:
-        for name, status in ended.items():
-            folder = Path(submission.run(name).record)
-            if not folder.is_dir():  # removed, or on a file system this machine lacks
-                continue
-            record = FileReporter(folder)
-            if record.status in OPEN_STATUSES:
-                record.set_status(status)
-        return
-    from registry.runs import run_status, set_status
-
-    os.environ.setdefault("MLFLOW_TRACKING_URI", submission.tracking_uri)
+    if not submission.records:
+        os.environ.setdefault("MLFLOW_TRACKING_URI", submission.tracking_uri)
     for name, status in ended.items():
         entry = submission.run(name)
         try:
-            current = run_status(entry.mlflow_run_id)
+            if entry.recorded_status() in OPEN_STATUSES:
+                entry.record_status(status)
         except Exception:  # noqa: BLE001 - the store may be unreachable; status still prints
             continue
-        if current in OPEN_STATUSES:
-            set_status(entry.mlflow_run_id, status)
 
 
 def _closing_status(state: RunState) -> str:

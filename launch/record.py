@@ -63,6 +63,24 @@ class RunEntry:
         """Where the run is recorded, for the output: its MLflow run, or its record folder."""
         return f"record {self.record}" if self.record else f"MLflow run id {self.mlflow_run_id}"
 
+    def recorded_status(self) -> str:
+        """The run's status where it is recorded: its record's status.json (records mode; "" when
+        the folder is gone), else its MLflow run (the store must be reachable)."""
+        if self.record:
+            return FileReporter(Path(self.record)).status if Path(self.record).is_dir() else ""
+        from registry.runs import run_status
+
+        return run_status(self.mlflow_run_id)
+
+    def record_status(self, status: str) -> None:
+        """Set the run's status where it is recorded (see `recorded_status`)."""
+        if self.record:
+            FileReporter(Path(self.record)).set_status(status)
+            return
+        from registry.runs import set_status
+
+        set_status(self.mlflow_run_id, status)
+
 
 @dataclass
 class Submission:

@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Mapping
 
-from registry.runs import CODE_SNAPSHOT_FILE
+from registry.tags import CODE_SNAPSHOT_FILE
 
 DIFF_FILE = "uncommitted.diff"
 MAX_UNTRACKED_BYTES = 2_000_000  # bigger untracked files (results, data) are left out and listed

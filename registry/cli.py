@@ -22,7 +22,7 @@ from registry.errors import RegistryError
 
 
 def _rules(args):
-    from latentbridge.config import ConfigError, parse_assignments
+    from latentbridge.config import parse_assignments
     from registry.verdict import VerdictRules
 
     overrides = parse_assignments(args.set or [])

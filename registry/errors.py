@@ -21,3 +21,7 @@ class PromoteError(RegistryError):
 
 class LoadError(RegistryError):
     """A `models:/...` URI cannot be resolved or loaded."""
+
+
+class StoreError(RuntimeError):
+    """The MLflow store cannot be used safely as configured."""

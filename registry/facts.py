@@ -35,17 +35,13 @@ from latentbridge.metric_names import (
     compression_ratio,
 )
 from registry.errors import PreserveError
+from registry.tags import COMMAND_TAG, CONFIG_DIFF_TAG, NOT_RECORDED, REPRODUCE_TAG
 
 log = logging.getLogger(__name__)
 
 HISTORY_KEYS = (BRIDGED_ACCURACY, SOURCE_ACCURACY, TARGET_ACCURACY, BRIDGED_INVALID, LOSS)
 RUN_KIND_TAG = "latentbridge.run_kind"  # "analysis" on analysis runs; training runs have none
 EVAL_FILE = re.compile(r"eval_step_(\d+)\.jsonl$")
-# Tags the launcher sets when it opens a run (launch/cli.py)
-COMMAND_TAG = "command"  # the submit command line as typed, shell-quoted
-REPRODUCE_TAG = "reproduce_command"  # that command narrowed to this run (--only NAME)
-CONFIG_DIFF_TAG = "config_diff"  # JSON: dotted key -> value, where the run differs from its suite's base
-NOT_RECORDED = "not recorded at submit"
 
 
 def get_run(client: MlflowClient, run_id: str) -> Run:

@@ -51,7 +51,6 @@ from latentbridge.metric_names import (
 from latentbridge.models import sha256_file
 from registry.errors import PreserveError, TamperedArchiveError
 from registry.facts import (
-    NOT_RECORDED,
     RunFacts,
     download_eval,
     eval_files,
@@ -64,6 +63,7 @@ from registry.facts import (
 )
 from registry.prompt_length import try_mean_prompt_tokens
 from registry.store import client, exclusive, with_retries
+from registry.tags import NOT_RECORDED
 from registry.verdict import (
     Comparison,
     Verdict,

@@ -16,10 +16,9 @@ from pathlib import Path
 from mlflow.entities import RunStatus, RunTag
 
 from registry.store import REPO_ROOT, client, experiment_id, with_retries
+from registry.tags import CODE_SNAPSHOT_FILE
 
 RUN_ID_FILE = "mlflow_run_id"
-# Written at the root of a frozen code snapshot (launch/snapshot.py): the code's git state.
-CODE_SNAPSHOT_FILE = "CODE_SNAPSHOT.json"
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 
 

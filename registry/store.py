@@ -37,6 +37,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from registry.errors import StoreError
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -51,10 +53,6 @@ NETWORK_FILESYSTEMS = frozenset(
 ALLOW_NETWORK_FS_ENV = "LATENTBRIDGE_SQLITE_ON_NETWORK_FS"  # "1": skip the check (at your own risk)
 _TRANSIENT = ("locked", "busy", "connection", "timed out", "timeout", "temporarily", "503", "502", "429")
 _READY: set[str] = set()  # sqlite URIs this process has already prepared
-
-
-class StoreError(RuntimeError):
-    """The MLflow store cannot be used safely as configured."""
 
 
 def tracking_uri() -> str:

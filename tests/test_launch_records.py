@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import TINY_RUN, run_cli
@@ -20,6 +21,7 @@ from launch.record import RunEntry, Submission, find, new_run_record
 from launch.suites import SUITES, Suite
 
 pytestmark = pytest.mark.usefixtures("no_user_config")
+REPO = Path(__file__).resolve().parents[1]
 
 # Loaded by every Python process started with it on PYTHONPATH: mlflow cannot be imported there,
 # and each such process leaves a mark (so the test knows the jobs ran under it).
@@ -64,6 +66,15 @@ def test_records_mode_trains_without_mlflow_and_imports_as_the_run(tiny_pair, ml
     for command in (["status"], ["wait", "--timeout", "30"]):  # read the jobs' results, not a store
         rc, out = run_cli([*command, "--runs-dir", str(runs_dir)])
         assert rc == 0 and "COMPLETED" in out, out
+    # the launcher itself runs without mlflow too: `status` in a process that cannot import it
+    # shows each run's recorded status from its record
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")])),
+           "NO_MLFLOW_MARKS": str(marks)}
+    shown = subprocess.run([sys.executable, "launch", "status", "--runs-dir", str(runs_dir)], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    [row] = [line for line in shown.stdout.splitlines() if line.strip().startswith("main ")]
+    assert row.split()[2:5] == ["COMPLETED", "FINISHED", str(folder)], shown.stdout
 
     from registry.cli import main as registry_main
     from registry.store import client
