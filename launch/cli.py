@@ -329,6 +329,16 @@ def _write_config(run_dir: Path, config: RunConfig) -> Path:
     return path
 
 
+def _open_parent_run(folder: Path, sub_id: str, suite: str, argv: Sequence[str]) -> str:
+    """The submission's parent MLflow run: its members are its children in the UI; it ends when
+    they all have (`launch.monitor.reconcile_mlflow`)."""
+    from registry.runs import open_run
+    from registry.tags import COMMAND_TAG, RUN_KIND_TAG, SUBMISSION_KIND
+
+    tags = {RUN_KIND_TAG: SUBMISSION_KIND, "suite": suite, "submission": sub_id, COMMAND_TAG: shell_command(argv)}
+    return open_run(folder / "parent_run", sub_id, suite, tags)
+
+
 def _log_config(run_id: str, run_dir: Path, config: RunConfig) -> None:
     """The resolved config, as the run's artifact `config.json` (also left in the run dir)."""
     from registry.store import client, with_retries
@@ -409,11 +419,15 @@ def submit(args: argparse.Namespace) -> int:
     snapshot = take_snapshot(REPO_ROOT, folder / "code")
     diff = Path(snapshot.diff_file) if snapshot.diff_file else None
     base = suite.base_config()
+    from registry.tags import PARENT_RUN_TAG
+
+    parent = _open_parent_run(folder, sub_id, suite.name, args.argv) if records is None and len(configs) > 1 else ""
     entries, specs = [], []
     for name, config in configs.items():
         run_dir = folder / name
         tags = {**suite.tags(name), "submission": sub_id, "cluster": cluster, **snapshot.tags(),
-                **provenance_tags(args.argv, name, len(configs) == 1, config_diff(config, base))}
+                **provenance_tags(args.argv, name, len(configs) == 1, config_diff(config, base)),
+                **({PARENT_RUN_TAG: parent} if parent else {})}
         if records is None:
             run_id = open_run(run_dir, name, suite.name, tags, status="SCHEDULED")
             record_code(run_id, {}, diff)
@@ -430,7 +444,7 @@ def submit(args: argparse.Namespace) -> int:
         id=sub_id, suite=suite.name, folder=str(folder), created=snapshot.taken_at, cluster=cluster,
         resources=resources.to_dict(), tracking_uri=uri, snapshot={k: v for k, v in vars(snapshot).items()},
         submitit_folder=str(folder / "submitit"), runs=entries, command=[*PROG.split(), *args.argv],
-        records=str(records or ""),
+        records=str(records or ""), parent_run_id=parent,
     )
     sub.save()
     mark_latest(runs_dir, sub)
@@ -648,6 +662,10 @@ def resume(args: argparse.Namespace) -> int:
         entry.earlier_job_ids.append(entry.job_id)
         entry.job_id = str(job.job_id)
         entry.record_status("SCHEDULED")
+    if sub.parent_run_id:
+        from registry.runs import set_status
+
+        set_status(sub.parent_run_id, "RUNNING")
     sub.cancelled = sorted(set(sub.cancelled) - {e.name for e in todo})
     sub.save()
     if sub.cluster != "slurm":  # the jobs are children of this process: wait for them

@@ -16,6 +16,7 @@ others; a refused file makes the run FAILED with the reason, and nothing in it i
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from submitit.core.utils import JobPaths
 
 from launch import slurm_queue
 from launch.record import RunEntry, Submission, UnsafeFileError, load_own_pickle
+
+log = logging.getLogger(__name__)
 
 LOST_GRACE_S = 10.0  # a job gone from the queue gets this long for its result file to appear
 OPEN_STATUSES = ("RUNNING", "SCHEDULED")  # a run in these whose job has ended was left open
@@ -207,6 +210,20 @@ def reconcile_mlflow(submission: Submission, states: list[RunState]) -> None:
                 entry.record_status(status)
         except Exception:  # noqa: BLE001 - the store may be unreachable; status still prints
             continue
+    names = {s.name for s in states}
+    if submission.parent_run_id and names == {e.name for e in submission.runs} and all(s.done for s in states):
+        _close_parent(submission.parent_run_id, "FINISHED" if all(s.ok for s in states) else "FAILED")
+
+
+def _close_parent(run_id: str, status: str) -> None:
+    """End the submission's parent run once every member has ended."""
+    from registry.runs import run_status, set_status
+
+    try:
+        if run_status(run_id) in OPEN_STATUSES:
+            set_status(run_id, status)
+    except Exception:  # noqa: BLE001 - the store may be unreachable; status still prints
+        log.warning("could not close the parent run %s", run_id)
 
 
 def _closing_status(state: RunState) -> str:

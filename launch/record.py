@@ -97,6 +97,7 @@ class Submission:
     command: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)  # run names cancelled through `cancel`
     records: str = ""  # records mode: DIR/<suite>, the folder of the runs' records (no MLflow store)
+    parent_run_id: str = ""  # the submission's parent MLflow run (several runs, MLflow store)
 
     @property
     def job_ids(self) -> list[str]:

@@ -35,12 +35,11 @@ from latentbridge.metric_names import (
     compression_ratio,
 )
 from registry.errors import PreserveError
-from registry.tags import COMMAND_TAG, CONFIG_DIFF_TAG, NOT_RECORDED, REPRODUCE_TAG
+from registry.tags import COMMAND_TAG, CONFIG_DIFF_TAG, NOT_RECORDED, REPRODUCE_TAG, RUN_KIND_TAG
 
 log = logging.getLogger(__name__)
 
 HISTORY_KEYS = (BRIDGED_ACCURACY, SOURCE_ACCURACY, TARGET_ACCURACY, BRIDGED_INVALID, LOSS)
-RUN_KIND_TAG = "latentbridge.run_kind"  # "analysis" on analysis runs; training runs have none
 EVAL_FILE = re.compile(r"eval_step_(\d+)\.jsonl$")
 
 

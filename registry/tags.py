@@ -10,3 +10,8 @@ CONFIG_DIFF_TAG = "config_diff"  # JSON: dotted key -> value, where the run diff
 NOT_RECORDED = "not recorded at submit"
 # Written at the root of a frozen code snapshot (launch/snapshot.py): the code's git state.
 CODE_SNAPSHOT_FILE = "CODE_SNAPSHOT.json"
+# A submission of several runs is one parent MLflow run with its members as children, so the UI
+# shows a sweep as one row that opens into its runs.
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag for a child run
+RUN_KIND_TAG = "latentbridge.run_kind"  # "analysis", "submission" (a parent); training runs have none
+SUBMISSION_KIND = "submission"

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -239,14 +240,33 @@ def mcnemar_p(a: Sequence[bool], b: Sequence[bool]) -> float:
     return min(1.0, 2 * tail)
 
 
+def distinct_outputs(records: Sequence[EvalRecord], system: str = BRIDGED) -> int:
+    """How many different texts `system` wrote over the records."""
+    return len({str((r.get(system) or {}).get("output", "")) for r in records})
+
+
+def modal_answer(records: Sequence[EvalRecord], system: str = BRIDGED) -> tuple[str, int]:
+    """The answer `system` gave most often (a tie: the one given first) and how many times."""
+    counts = Counter(str((r.get(system) or {}).get("answer", "")) for r in records)
+    if not counts:
+        raise ValueError("no records to find the most common answer in")
+    return counts.most_common(1)[0]
+
+
+def guess_accuracy(records: Sequence[EvalRecord], system: str = BRIDGED) -> float:
+    """The accuracy of giving `system`'s most common answer to every question: what a constant
+    output would score on these questions (an invalid answer is never gold: 0)."""
+    answer, _ = modal_answer(records, system)
+    return sum(str(r.get("gold")) == answer for r in records) / len(records)
+
+
 def collapse_flags(records: Sequence[EvalRecord], rules: VerdictRules, raised: Iterable[str] = ()) -> tuple[str, ...]:
     """Flags the trainer raised, plus `identical_outputs` when bridged answers collapsed."""
     flags = [f for f in raised if f]
-    outputs = [str((r.get(BRIDGED) or {}).get("output", "")) for r in records]
-    if len(outputs) >= rules.collapse_min_questions:
-        distinct = len(set(outputs)) / len(outputs)
-        if distinct < rules.collapse_min_distinct:
-            flags.append(f"identical_outputs({len(set(outputs))} distinct in {len(outputs)})")
+    if len(records) >= rules.collapse_min_questions:
+        distinct = distinct_outputs(records)
+        if distinct / len(records) < rules.collapse_min_distinct:
+            flags.append(f"identical_outputs({distinct} distinct in {len(records)})")
     return tuple(flags)
 
 

@@ -74,6 +74,14 @@ def test_runs_per_device_share_the_machine_and_only_keeps_later_overrides(tiny_p
 
     a, b = (client().get_run(e.mlflow_run_id) for e in sub.runs)
     assert a.data.params["train.steps"] == b.data.params["train.steps"] == "3"
+    # one parent run per submission, its members as children; it ended when they had
+    parent = client().get_run(sub.parent_run_id)
+    assert a.data.tags["mlflow.parentRunId"] == b.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert parent.info.status == "FINISHED" and parent.data.tags["latentbridge.run_kind"] == "submission"
+    from registry.facts import suite_runs
+
+    members = suite_runs(client(), [parent.info.experiment_id], "local_three")
+    assert {r.info.run_id for r in members} == {a.info.run_id, b.info.run_id}  # the parent is no training run
     # what was known at submit: the diff against the base (the member's change and the
     # override), the command as typed, and that command narrowed to the run
     assert json.loads(a.data.tags["config_diff"]) == {"train.steps": 3}

@@ -1,7 +1,8 @@
 """`python -m registry analyze`: a suite's runs in MLflow -> JSON, tables, figures, LaTeX.
 
 The suite's runs are written straight into a private store (params, metric histories, eval
-JSONLs on 200 questions) with designed accuracies, so each verdict is known in advance.
+JSONLs on 200 questions, and a test evaluation of the best translator as the trainer logs it)
+with designed accuracies, so each verdict and each test number is known in advance.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from conftest import TINY_RUN, private_store
 
 from latentbridge.config import RunConfig
 from latentbridge.data.synthetic import synthetic_examples
+from latentbridge.metric_names import ACCURACY, BRIDGED, SOURCE, TARGET, TEST_PREFIX
 
 SUITE = "paper"
 N = 200
-TARGET, SOURCE = 120, 90  # correct answers of target-alone and source-alone out of N
+TARGET_RIGHT, SOURCE_RIGHT = 120, 90  # correct answers of target-alone and source-alone out of N
 # name: (K, curve of bridged correct answers at steps 0, 100, 200, 300, extra overrides, fixes tag)
 RUNS = {
     "k64": (64, [30, 100, 130, 140], ["optim.lr=0.0003"], "on"),  # final 0.70 > 0.60: headline
@@ -28,6 +30,10 @@ RUNS = {
     "k32": (32, [30, 60, 75, 80], ["optim.lr=0.0003"], "on"),  # 0.40 < 0.45: negative
     "no-fixes": (64, [30, 130, 120, 100], ["optim.lr=0.001"], "off"),  # 0.65 -> 0.50: unstable
 }
+# The test evaluation: other questions (seed 98), the baselines right on the first 80 (source) and
+# 100 (target); the bridged target right on the first k and invalid on the rest, or one constant answer
+TEST_SEED, TEST_SOURCE_RIGHT, TEST_TARGET_RIGHT = 98, 80, 100
+TEST_BRIDGED = {"k64": 150, "k48": 100, "k32": 60, "no-fixes": "2"}  # "2" is the gold of 16 test questions
 
 
 def _records(step: int, bridged: int) -> list[dict]:
@@ -35,14 +41,33 @@ def _records(step: int, bridged: int) -> list[dict]:
     out = []
     for i, ex in enumerate(examples):
         rec = {"step": step, "index": i, "question": ex.question, "gold_solution": ex.answer, "gold": ex.gold}
-        for name, k in (("source", SOURCE), ("target", TARGET), ("bridged", bridged)):
+        for name, k in ((SOURCE, SOURCE_RIGHT), (TARGET, TARGET_RIGHT), (BRIDGED, bridged)):
             answer = ex.gold if i < k else ("[invalid]" if i % 3 == 0 else "-1")
             rec[name] = {"output": f"step {step} {name} #### {answer}", "answer": answer, "correct": i < k}
         out.append(rec)
     return out
 
 
-def _fake_run(root: Path, config: RunConfig, curve: list[int], tags: dict[str, str], status: str = "FINISHED") -> str:
+def _test_records(step: int, bridged: int | str) -> list[dict]:
+    """The test JSONL, every answer scored against the gold as the trainer scores it."""
+    out = []
+    for i, ex in enumerate(synthetic_examples(N, TEST_SEED)):
+        rec = {"step": step, "index": i, "question": ex.question, "gold_solution": ex.answer, "gold": ex.gold}
+        bridged_answer = bridged if isinstance(bridged, str) else ex.gold if i < bridged else "[invalid]"
+        answers = {SOURCE: ex.gold if i < TEST_SOURCE_RIGHT else "-1", TARGET: ex.gold if i < TEST_TARGET_RIGHT else "-1", BRIDGED: bridged_answer}
+        for name, answer in answers.items():
+            rec[name] = {"output": f"{i}: #### {answer}", "answer": answer, "correct": answer == ex.gold}
+        if bridged_answer == "[invalid]":
+            rec[BRIDGED]["output"] = "no final number"
+        elif isinstance(bridged, str):  # collapsed: one text whatever the question
+            rec[BRIDGED]["output"] = f"#### {bridged}"
+        out.append(rec)
+    return out
+
+
+def _fake_run(
+    root: Path, config: RunConfig, curve: list[int], tags: dict[str, str], status: str = "FINISHED", test: int | str | None = None
+) -> str:
     from latentbridge.evaluate import write_jsonl
     from registry.reporter import MlflowReporter
     from registry.runs import close_run, open_run
@@ -57,10 +82,15 @@ def _fake_run(root: Path, config: RunConfig, curve: list[int], tags: dict[str, s
         records = _records(step, correct)
         invalid = sum(r["bridged"]["answer"] == "[invalid]" for r in records)
         reporter.log_metrics(
-            {"bridged_accuracy": correct / N, "bridged_invalid": invalid, "target_accuracy": TARGET / N, "source_accuracy": SOURCE / N},
+            {"bridged_accuracy": correct / N, "bridged_invalid": invalid, "target_accuracy": TARGET_RIGHT / N, "source_accuracy": SOURCE_RIGHT / N},
             step,
         )
         reporter.log_artifact(write_jsonl(records, run_dir / "evals" / f"eval_step_{step:06d}.jsonl"), "evals")
+    if test is not None:  # as Trainer.evaluate_test: the best translator, at the last step
+        best = 100 * curve.index(max(curve))
+        records = _test_records(best, test)
+        reporter.log_artifact(write_jsonl(records, run_dir / "test" / "test_eval.jsonl"), "test")
+        reporter.log_metrics({TEST_PREFIX + ACCURACY[s]: sum(r[s]["correct"] for r in records) / N for s in (SOURCE, TARGET, BRIDGED)}, 300)
     if status != "RUNNING":
         close_run(run_id, status)
     return run_id
@@ -80,7 +110,7 @@ def suite_store(tmp_path_factory, tiny_pair):
             # as the launcher tags it at submit: the diff against the suite's base (K=64, lr 3e-4)
             diff = {key: v for key, v in config.flat().items() if key != "name" and suite_base.flat()[key] != v}
             tags = {"fixes": fixes, "slurm_job_id": f"job-{name}", "config_diff": json.dumps(diff)}
-            ids[name] = _fake_run(root / "runs", config, curve, tags)
+            ids[name] = _fake_run(root / "runs", config, curve, tags, test=TEST_BRIDGED[name])
         _fake_run(root / "runs", base.override("name=crashed"), [30, 40, 40, 40], {}, status="FAILED")
         _fake_run(root / "runs", base.override("name=other", "suite=elsewhere"), [30, 40, 40, 40], {"suite": "elsewhere"})
         yield {"root": root, "ids": ids}
@@ -135,9 +165,60 @@ def test_summary_table_markdown_and_csv(analysis):
     assert "| k64 | 64 |" in md and "headline" in md
 
 
+def test_test_evaluation_beside_validation(analysis):
+    """Each run's test evaluation (the best translator) with intervals, paired differences,
+    distinct outputs and the guess accuracy, beside the same on the final validation evaluation."""
+    runs = {r["run"]: r for r in json.loads((analysis.out / "ablation_results.json").read_text())["runs"]}
+    k64, k48, k32, collapsed = runs["k64"], runs["k48"], runs["k32"], runs["no-fixes"]
+    # test: the translator of the validation peak, 150 right and 50 invalid answers
+    assert (k64["test_step"], k64["test_n"], k64["test_bridged"], k64["test_invalid_rate"]) == (300, 200, 0.75, 0.25)
+    assert (k64["test_source_alone"], k64["test_target_alone"]) == (0.4, 0.5)
+    assert k64["test_bridged_ci_low"] == pytest.approx(0.69, abs=0.011) and k64["test_bridged_ci_high"] == pytest.approx(0.81, abs=0.011)
+    assert k64["test_target_alone_ci_low"] < 0.5 < k64["test_target_alone_ci_high"]
+    assert k64["test_bridged_minus_target"] == pytest.approx(0.25) and k64["test_bridged_minus_target_low"] > 0.15
+    assert k64["test_bridged_minus_target_p"] == pytest.approx(2 * 0.5**50)  # 50 discordant pairs, all for bridged
+    assert k64["test_bridged_minus_source"] == pytest.approx(0.35) and k64["test_bridged_minus_source_p"] == pytest.approx(2 * 0.5**70)
+    assert (k64["test_distinct_outputs"], k64["test_modal_answer"], k64["test_modal_count"], k64["test_guess"]) == (151, "[invalid]", 50, 0.0)
+    assert k48["test_bridged_minus_target"] == 0 and k48["test_bridged_minus_target_p"] == 1.0
+    assert (k48["test_bridged_minus_target_low"], k48["test_bridged_minus_target_high"]) == (0.0, 0.0)
+    assert k32["test_bridged_minus_source"] == pytest.approx(-0.1) and k32["test_bridged_minus_source_p"] == pytest.approx(2 * 0.5**20)
+    assert k32["test_bridged_minus_source_high"] < 0
+    # a collapsed bridge: one answer, "2", to every question; it scores what guessing "2" scores
+    assert (collapsed["test_step"], collapsed["test_bridged"], collapsed["test_guess"]) == (100, 0.08, 0.08)
+    assert (collapsed["test_distinct_outputs"], collapsed["test_modal_answer"], collapsed["test_modal_count"]) == (1, "2", 200)
+    # validation: the final evaluation the verdict judged, the same columns without the prefix
+    assert k64["bridged_minus_target"] == pytest.approx(0.1) and k64["bridged_minus_target_p"] == pytest.approx(2 * 0.5**20)
+    assert k64["source_alone_ci_low"] < 0.45 < k64["source_alone_ci_high"] and k64["final_ci_low"] < 0.7 < k64["final_ci_high"]
+    assert (collapsed["modal_answer"], collapsed["modal_count"], collapsed["guess"]) == ("-1", 67, 0.0)
+    assert collapsed["distinct_outputs"] > 3  # each right answer is worded its own way
+
+    rows = {r["run"]: r for r in csv.DictReader((analysis.out / "summary.csv").open())}
+    assert rows["no-fixes"]["test_guess"] == "0.0800" and rows["k64"]["test_modal_answer"] == "[invalid]"
+    md = (analysis.out / "summary.md").read_text()
+    assert "| run | K | compression | source val / test | target val / test | bridged peak val (step) | bridged final val | bridged test (step) |" in md
+    assert "| no-fixes | 16.5 / 0.0 | " in md and "| `-1` ×67 / `2` ×200 | 0.0 / 8.0 |" in md
+    assert "| 45.0 [" in md and "] / 40.0 [" in md and "] (300) |" in md
+    assert "p=1.8e-15" in md  # k64's test gain over target-alone
+
+
+def test_a_suite_without_test_evaluations_has_no_test_columns(suite_store):
+    from registry.analysis import analyze
+
+    result = analyze("elsewhere", suite_store["root"] / "elsewhere", log_to_mlflow=False, count_prompt_tokens=False)
+    md = (result.out / "summary.md").read_text()
+    assert "test" not in md.replace("questions", "") and "| source val | target val |" in md
+    (row,) = csv.DictReader((result.out / "summary.csv").open())
+    assert row["test_step"] == row["test_bridged"] == "" and row["distinct_outputs"] != ""
+    assert "Test [" not in (result.out / "tables" / "main_results.tex").read_text()
+
+
 def test_latex_tables(analysis):
     main = (analysis.out / "tables" / "main_results.tex").read_text()
     assert "\\toprule" in main and "Bridge: k64" in main and "Bridge: k48" in main and "Bridge: k32" not in main
+    assert "Final (val) [95\\% CI] & Test [95\\% CI] (step) & Distinct (val / test) & Guess (val / test)" in main
+    k64 = next(line for line in main.splitlines() if line.startswith("Bridge: k64"))
+    assert "& 70.0 [" in k64 and "& 75.0 [" in k64 and "] (300) &" in k64 and "/ 151 & 0.0 / 0.0 & headline" in k64
+    assert "Target alone" in main and "& 60.0 [" in main and "& 50.0 [" in main
     ablations = (analysis.out / "tables" / "ablations.tex").read_text()
     assert "no-fixes" in ablations and "num\\_tokens=32" in ablations
     paper = (analysis.out / "paper.tex").read_text()

@@ -1,4 +1,9 @@
-"""Collect a suite's finished training runs from MLflow, with their verdicts and final answers."""
+"""Collect a suite's finished training runs from MLflow, with their verdicts and final answers.
+
+Each run is scored on two evaluations: its final validation evaluation (the one the verdict
+judges; validation also picked the best translator) and, when the trainer ran one, the test
+evaluation of that best translator and the text baselines (reported, never used to select).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
 from registry.errors import RegistryError
-from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, BRIDGED, EvalRecord
+from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, BRIDGED, SOURCE, TARGET, TEST_EVAL_FILE, TEST_FOLDER, EvalRecord
+from latentbridge.scoring import INVALID
 from latentbridge.stats import bootstrap_ratio_interval
 from registry.facts import (
     RunFacts,
@@ -21,9 +30,60 @@ from registry.facts import (
 )
 from registry.prompt_length import try_mean_prompt_tokens
 from registry.store import client
-from registry.verdict import VerdictRules, accuracy_interval, collapse_flags, judge
+from registry.verdict import (
+    Comparison,
+    VerdictRules,
+    accuracy_interval,
+    collapse_flags,
+    distinct_outputs,
+    guess_accuracy,
+    judge,
+    modal_answer,
+)
 
 log = logging.getLogger(__name__)
+
+BASELINES = (TARGET, SOURCE)
+
+
+@dataclass(frozen=True)
+class EvalScores:
+    """What one evaluation's records say: each system's accuracy with its interval, bridged
+    against each text baseline, and how varied the bridged answers are."""
+
+    step: int  # the training step of the translator evaluated
+    n: int  # questions
+    accuracy: dict[str, float]  # system -> the share of questions it answered correctly
+    intervals: dict[str, tuple[float, float]]  # system -> bootstrap interval of its accuracy
+    invalid_rate: float  # the share of bridged answers with no final number
+    versus: dict[str, Comparison]  # baseline -> bridged against it on the same questions
+    distinct_outputs: int  # different texts the bridged target wrote
+    modal_answer: tuple[str, int]  # the bridged answer given most often, and how often
+    guess: float  # the accuracy of giving that answer to every question
+
+
+def eval_scores(records: list[EvalRecord], rules: VerdictRules) -> EvalScores:
+    """Intervals, paired comparisons with the text baselines and the bridged answers' spread."""
+    columns = {
+        system: [bool(r[system]["correct"]) for r in records]
+        for system in (BRIDGED, *BASELINES)
+        if all(system in r for r in records)
+    }
+    bridged = columns[BRIDGED]
+    return EvalScores(
+        step=int(records[0]["step"]),
+        n=len(records),
+        accuracy={system: sum(correct) / len(correct) for system, correct in columns.items()},
+        intervals={
+            system: accuracy_interval(correct, rules.bootstrap_samples, rules.confidence, rules.seed)
+            for system, correct in columns.items()
+        },
+        invalid_rate=sum(r[BRIDGED]["answer"] == INVALID for r in records) / len(records),
+        versus={system: Comparison.of(bridged, columns[system], rules) for system in BASELINES if system in columns},
+        distinct_outputs=distinct_outputs(records),
+        modal_answer=modal_answer(records),
+        guess=guess_accuracy(records),
+    )
 
 
 @dataclass
@@ -33,7 +93,8 @@ class SuiteRun:
     verdict: str | None = None
     verdict_rule: str = ""
     verdict_source: str = "computed"  # or "preserved as MODEL vN"
-    final_interval: tuple[float, float] | None = None
+    validation: EvalScores | None = None  # of the final validation evaluation
+    test: EvalScores | None = None  # of the test evaluation, when the run logged one
     preserved: str | None = None  # "MODEL/VERSION" when the run has a registered version
     comparisons: dict = field(default_factory=dict)  # control name -> verdict.Comparison
     bits: tuple[float, float, float] | None = None  # content/bits_transmitted, low, high
@@ -48,6 +109,16 @@ def fraction_recovered_interval(records: list[EvalRecord], rules: VerdictRules) 
     gained = [c["nll_bits_no_question"] - c["nll_bits_own"] for c in content]
     gap = [c["nll_bits_no_question"] - c["nll_bits_text"] for c in content]
     return bootstrap_ratio_interval(gained, gap, rules.bootstrap_samples, rules.confidence, rules.seed)
+
+
+def _test_scores(mlflow_client: MlflowClient, run_id: str, dst: Path, rules: VerdictRules) -> EvalScores | None:
+    """Scores of the run's test evaluation, or None when it logged none."""
+    path = f"{TEST_FOLDER}/{TEST_EVAL_FILE}"
+    try:
+        listed = {a.path for a in mlflow_client.list_artifacts(run_id, TEST_FOLDER)}
+    except (MlflowException, OSError):
+        return None
+    return eval_scores(download_eval(mlflow_client, run_id, path, dst), rules) if path in listed else None
 
 
 @dataclass
@@ -117,11 +188,11 @@ def collect(suite: str, *, rules: VerdictRules | None = None, count_prompt_token
                 )
                 item.verdict, item.verdict_rule = verdict.verdict, verdict.rule
                 item.comparisons, item.bits = verdict.comparisons, verdict.bits
-                bridged = [bool(r[BRIDGED]["correct"]) for r in records]
-                item.final_interval = accuracy_interval(bridged, rules.bootstrap_samples, rules.confidence, rules.seed)
+                item.validation = eval_scores(records, rules)
                 item.fraction_interval = fraction_recovered_interval(records, rules)
             except (ValueError, KeyError, TypeError) as error:
                 log.warning("run %s: cannot judge its final evaluation: %s", label, error)
+            item.test = _test_scores(mlflow_client, fact.run_id, Path(tmp) / fact.run_id, rules)
             if versions:
                 preserved_verdict = version.tags.get("verdict")
                 if preserved_verdict and preserved_verdict != item.verdict:

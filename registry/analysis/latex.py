@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from latentbridge.metric_names import BRIDGED, SOURCE, TARGET, TEST_PREFIX
 from registry.analysis.collect import SuiteData
 from registry.analysis import tables
 from registry.analysis.figures import FIGURES
@@ -49,23 +50,39 @@ def _tabular(columns: str, header: Sequence[str], rows: Sequence[Sequence[str]],
 
 
 def main_results(data: SuiteData) -> str:
-    header = ["Method", "$K$", "Compression", "Peak", "Final [95\\% CI]", "Verdict"]
+    """The text baselines and the chosen bridges: validation (which selects) beside test (which
+    reports, where the runs were tested), with the bridge's distinct outputs and guess accuracy."""
+    # (column prefix, accuracy columns) of each evaluation shown (`tables.summary_row`)
+    splits = [("", tables.VALIDATION_COLUMN)]
+    if any(run.test for run in data.runs):
+        splits.append((TEST_PREFIX, tables.TEST_COLUMN))
+    tested = len(splits) > 1
+    labels = " (val / test)" if tested else " (val)"
+    header = ["Method", "$K$", "Compression", "Peak (val)", "Final (val) [95\\% CI]"]
+    header += ["Test [95\\% CI] (step)"] if tested else []
+    header += [f"Distinct{labels}", f"Guess{labels}", "Verdict"]
+    cell = lambda r, name: tables.accuracy_cell(r, name, missing="--")  # noqa: E731
     rows, seen = [], set()
     for run in data.runs:  # the text baselines, once per model pair
-        f = run.facts
+        f, r = run.facts, tables.summary_row(run)
         if (f.source_model, f.target_model) in seen:
             continue
         seen.add((f.source_model, f.target_model))
-        rows.append([f"Source alone ({_model(f.source_model)})", "--", "--", "--", _pct(f.source_alone), "baseline"])
-        rows.append([f"Target alone ({_model(f.target_model)})", "--", "1.0$\\times$", "--", _pct(f.target_alone), "baseline"])
+        for system, model, ratio in ((SOURCE, f.source_model, "--"), (TARGET, f.target_model, "1.0$\\times$")):
+            accuracies = [cell(r, columns[system]) for _, columns in splits]
+            rows.append([f"{system.title()} alone ({_model(model)})", "--", ratio, "--", *accuracies, "--", "--", "baseline"])
     chosen = [r for r in data.runs if r.verdict in ("headline", "control")]
     if not chosen and data.runs:  # no publishable row: show the best run, marked by its verdict
         chosen = [max(data.runs, key=lambda r: r.facts.final if r.facts.final is not None else -1)]
     for run in chosen:
-        f = run.facts
-        ci = f" [{_pct(run.final_interval[0])}, {_pct(run.final_interval[1])}]" if run.final_interval else ""
-        rows.append([f"Bridge: {tex(run.label)}", str(f.K), _ratio(f.compression_ratio), _pct(f.peak), _pct(f.final) + ci, tex(run.verdict or "--")])
-    return _tabular("lrrrrl", header, rows, "no finished runs")
+        f, r = run.facts, tables.summary_row(run)
+        step = r[TEST_PREFIX + "step"]
+        test = [f"{cell(r, tables.TEST_COLUMN[BRIDGED])} ({step})" if step is not None else "--"] if tested else []
+        distinct = " / ".join("--" if r[p + "distinct_outputs"] is None else str(r[p + "distinct_outputs"]) for p, _ in splits)
+        guess = " / ".join(_pct(r[p + "guess"]) for p, _ in splits)
+        rows.append([f"Bridge: {tex(run.label)}", str(f.K), _ratio(f.compression_ratio), _pct(f.peak),
+                     cell(r, tables.VALIDATION_COLUMN[BRIDGED]), *test, distinct, guess, tex(run.verdict or "--")])
+    return _tabular("lrrr" + "r" * len(splits) + "rrl", header, rows, "no finished runs")
 
 
 def ablations(data: SuiteData) -> str:
@@ -108,6 +125,8 @@ def paper(data: SuiteData) -> str:
     pair = f"{_model(first.source_model)} $\\rightarrow$ {_model(first.target_model)}" if first else ""
     split = tex(first.params.get("eval.split", "")) if first else ""
     n = first.n_questions if first else 0
+    tested = next((run.test for run in data.runs if run.test), None)
+    test_text = f" The translator each run selected on them was then tested once on {tested.n} held-out test questions." if tested else ""
     figures = "\n".join(
         f"\\begin{{figure}}[t]\n  \\centering\n  \\includegraphics[width=\\linewidth]{{figures/{name}.pdf}}\n"
         f"  \\caption{{{FIGURE_CAPTIONS[name]}}}\n  \\label{{fig:{name}}}\n\\end{{figure}}\n"
@@ -130,18 +149,21 @@ def paper(data: SuiteData) -> str:
 A trained translator turns the hidden states of a frozen source model into $K$ soft tokens
 that a frozen target model reads in place of its text prompt. This draft reports the
 {len(data.runs)} finished runs of suite \texttt{{{tex(data.suite)}}} ({pair}), evaluated on {n}
-{split} questions. A result is a headline only when the bridged target beats the target alone
+{split} questions.{test_text} A result is a headline only when the bridged target beats the target alone
 with statistical support on the same questions.
 \end{{abstract}}
 
 \section{{Main results}}
 \begin{{table}}[H]
   \centering
-  \caption{{Accuracy (\%) of the text baselines and the bridge. Final accuracy with a 95\%
-  bootstrap interval; compression is prompt tokens divided by $K$ (by prompt tokens $+ K$ when
-  the target reads the text prompt after the soft tokens).}}
+  \caption{{Accuracy (\%) of the text baselines and the bridge, with 95\% bootstrap intervals.
+  Validation (val) selects: its peak picks the translator and the verdict judges its final
+  evaluation; test reports that translator (trained to the step shown) and the baselines on
+  held-out questions. Distinct: different texts the bridged target wrote; guess: the accuracy of
+  giving its most common answer to every question. Compression is prompt tokens divided by $K$
+  (by prompt tokens $+ K$ when the target reads the text prompt after the soft tokens).}}
   \label{{tab:main}}
-  \input{{tables/main_results}}
+  \resizebox{{\linewidth}}{{!}}{{\input{{tables/main_results}}}}
 \end{{table}}
 
 \section{{Training and stability}}

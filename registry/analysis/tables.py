@@ -1,4 +1,12 @@
-"""The suite's numbers as data: `ablation_results.json` and a summary table (markdown, CSV)."""
+"""The suite's numbers as data: `ablation_results.json` and a summary table (markdown, CSV).
+
+Validation selects (the peak picks the best translator, the verdict judges the final
+evaluation); test reports (the best translator and the text baselines on held-out questions,
+columns prefixed `test_`). Beside each accuracy: its 95% bootstrap interval, how many different
+texts the bridged target wrote, the accuracy of giving its most common answer to every question
+("guess"), and bridged minus each text baseline on the same questions (paired interval, exact
+McNemar p).
+"""
 
 from __future__ import annotations
 
@@ -11,22 +19,45 @@ from latentbridge.metric_names import (
     BITS,
     BITS_HIGH,
     BITS_LOW,
+    BRIDGED,
     BRIDGED_ACCURACY,
     FRACTION,
     MISMATCHED_ACCURACY,
     MISMATCHED_FOLLOWS,
     RETRIEVAL,
     RETRIEVAL_CHANCE,
+    SOURCE,
     SOURCE_ACCURACY,
+    TARGET,
     TARGET_ACCURACY,
     TEST_PREFIX,
 )
-from registry.analysis.collect import SuiteData, SuiteRun
+from registry.analysis.collect import BASELINES, EvalScores, SuiteData, SuiteRun
 from registry.facts import control_role
 
+# each system's accuracy column on validation (the final evaluation) and on test
+VALIDATION_COLUMN = {SOURCE: "source_alone", TARGET: "target_alone", BRIDGED: "final"}
+TEST_COLUMN = {SOURCE: TEST_PREFIX + "source_alone", TARGET: TEST_PREFIX + "target_alone", BRIDGED: TEST_PREFIX + "bridged"}
+
+
+def _interval_columns(name: str) -> tuple[str, ...]:
+    return name, f"{name}_ci_low", f"{name}_ci_high"
+
+
+def _record_columns(prefix: str) -> tuple[str, ...]:
+    """The columns read from an evaluation's records beyond its accuracies."""
+    paired = tuple(f"{prefix}bridged_minus_{b}{end}" for b in BASELINES for end in ("", "_low", "_high", "_p"))
+    return (f"{prefix}distinct_outputs", f"{prefix}modal_answer", f"{prefix}modal_count", f"{prefix}guess", *paired)
+
+
 SUMMARY_COLUMNS = (
-    "run", "K", "compression_ratio", "prompt_tokens", "steps", "seed", "source_alone", "target_alone",
-    "peak", "peak_step", "final", "final_ci_low", "final_ci_high", "degradation", "invalid_rate",
+    "run", "K", "compression_ratio", "prompt_tokens", "steps", "seed",
+    # validation: the final evaluation (peak: the best one, which selected the tested translator)
+    *_interval_columns(VALIDATION_COLUMN[SOURCE]), *_interval_columns(VALIDATION_COLUMN[TARGET]),
+    "peak", "peak_step", *_interval_columns(VALIDATION_COLUMN[BRIDGED]), "degradation", "invalid_rate", *_record_columns(""),
+    # test: the selected translator (trained to test_step) and the text baselines, reported once
+    TEST_PREFIX + "step", TEST_PREFIX + "n", *(c for name in TEST_COLUMN.values() for c in _interval_columns(name)),
+    TEST_PREFIX + "invalid_rate", *_record_columns(TEST_PREFIX),
     "bits", "bits_low", "bits_high", "fraction_recovered", "fraction_low", "fraction_high", "retrieval_top1",
     "mismatched_accuracy", "no_source_accuracy", "trained_text_accuracy",
     "verdict", "preserved", "changes", "run_id",
@@ -41,9 +72,38 @@ def changes(facts, short_keys: bool = False) -> str:
     return ", ".join(f"{k.split('.')[-1] if short_keys else k}={v}" for k, v in sorted(facts.config_diff.items())) or "base"
 
 
+def _record_cells(scores: EvalScores | None, prefix: str, columns: dict[str, str]) -> dict:
+    """One evaluation's accuracy intervals (`columns`: system -> its accuracy column) and its
+    `_record_columns` (all None without scores)."""
+    row: dict = {}
+    for system, name in columns.items():
+        interval = scores.intervals.get(system) if scores else None
+        row[f"{name}_ci_low"], row[f"{name}_ci_high"] = interval or (None, None)
+    row[prefix + "distinct_outputs"] = scores.distinct_outputs if scores else None
+    row[prefix + "modal_answer"], row[prefix + "modal_count"] = scores.modal_answer if scores else (None, None)
+    row[prefix + "guess"] = scores.guess if scores else None
+    for baseline in BASELINES:
+        versus = scores.versus.get(baseline) if scores else None
+        key = f"{prefix}bridged_minus_{baseline}"
+        row[key] = versus.bridged - versus.other if versus else None
+        row[f"{key}_low"], row[f"{key}_high"] = versus.diff_interval if versus else (None, None)
+        row[f"{key}_p"] = versus.p_value if versus else None
+    return row
+
+
+def _test_cells(scores: EvalScores | None) -> dict:
+    """The test evaluation's columns (all None when the run logged none)."""
+    return {
+        TEST_PREFIX + "step": scores.step if scores else None,
+        TEST_PREFIX + "n": scores.n if scores else None,
+        **{name: scores.accuracy.get(system) if scores else None for system, name in TEST_COLUMN.items()},
+        TEST_PREFIX + "invalid_rate": scores.invalid_rate if scores else None,
+        **_record_cells(scores, TEST_PREFIX, TEST_COLUMN),
+    }
+
+
 def summary_row(run: SuiteRun) -> dict:
     f = run.facts
-    low, high = run.final_interval or (None, None)
     return {
         "run": run.label,
         "K": f.K,
@@ -56,10 +116,10 @@ def summary_row(run: SuiteRun) -> dict:
         "peak": f.peak,
         "peak_step": f.peak_step,
         "final": f.final,
-        "final_ci_low": low,
-        "final_ci_high": high,
         "degradation": f.degradation,
         "invalid_rate": f.invalid_rate,
+        **_record_cells(run.validation, "", VALIDATION_COLUMN),
+        **_test_cells(run.test),
         "bits": run.bits[0] if run.bits else None,
         "bits_low": run.bits[1] if run.bits else None,
         "bits_high": run.bits[2] if run.bits else None,
@@ -179,25 +239,82 @@ def write_tables(data: SuiteData, out: Path) -> list[Path]:
     return [json_path, md_path, csv_path, content_path]
 
 
+def _pct(x: float | None, missing: str = "–") -> str:
+    return missing if x is None else f"{100 * x:.1f}"
+
+
+def accuracy_cell(r: dict, name: str, missing: str = "–") -> str:
+    """'2.0 [0.0, 4.5]': the summary column `name` in % with its interval, where it has one."""
+    if r[name] is None or r[f"{name}_ci_low"] is None:
+        return _pct(r[name], missing)
+    return f"{_pct(r[name])} [{_pct(r[f'{name}_ci_low'])}, {_pct(r[f'{name}_ci_high'])}]"
+
+
+def _difference(r: dict, key: str) -> str:
+    """'+1.5 [+0.0, +3.5] p=0.25': a paired difference in points, its interval and McNemar p."""
+    if r[key] is None:
+        return "–"
+    points = lambda x: f"{100 * x:+.1f}"  # noqa: E731
+    return f"{points(r[key])} [{points(r[f'{key}_low'])}, {points(r[f'{key}_high'])}] p={r[f'{key}_p']:.2g}"
+
+
+def _modal(r: dict, prefix: str) -> str:
+    answer = r[prefix + "modal_answer"]
+    return "–" if answer is None else f"`{answer}` ×{r[prefix + 'modal_count']}"
+
+
 def markdown(data: SuiteData, rows: list[dict]) -> str:
-    pct = lambda x: "–" if x is None else f"{100 * x:.1f}"
+    # the column prefix of each evaluation shown: validation, and test where a run has one
+    splits = {"val": ""}
+    if any(r[TEST_PREFIX + "step"] is not None for r in rows):
+        splits["test"] = TEST_PREFIX
+    test = "test" in splits
+    labels = " / ".join(splits)
+
+    def each(cell) -> str:
+        return " / ".join(cell(prefix) for prefix in splits.values())
+
     lines = [
         f"# Suite `{data.suite}`: {len(rows)} finished runs",
         "",
-        "Accuracies in %; degradation = peak - final (points); compression = prompt tokens / K"
-        " (prompt tokens / (prompt tokens + K) with soft_plus_text).",
+        "Accuracies in % with 95% bootstrap intervals; degradation = peak - final (points); compression ="
+        " prompt tokens / K (prompt tokens / (prompt tokens + K) with soft_plus_text). *val* selects: the"
+        " validation peak picks the translator, and the verdict judges the final validation evaluation."
+        + (" *test* reports: that translator (trained to the step shown) and the text baselines on held-out"
+           " test questions, evaluated once." if test else ""),
         "",
-        "| run | K | compression | source | target | peak (step) | final [95% CI] | degradation | invalid | verdict | changes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        f"| run | K | compression | source {labels} | target {labels} | bridged peak val (step) | bridged final val"
+        + (" | bridged test (step)" if test else "") + " | degradation | verdict | changes |",
+        "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if test else "") + "---:|---|---|",
+    ]
+    answers = [
+        "",
+        "## The bridged answers",
+        "",
+        "Invalid: answers without a final number. Distinct: different texts the bridged target wrote."
+        " Most common: the answer it gave most often, and how often. Guess: the accuracy of giving that"
+        " answer to every question. Bridged − baseline: in points on the same questions, with the 95% paired"
+        " bootstrap interval and the exact McNemar p.",
+        "",
+        f"| run | invalid {labels} | distinct outputs {labels} | most common answer {labels} | guess {labels} | "
+        + " | ".join(f"bridged − {b} {label}" for b in BASELINES for label in splits) + " |",
+        "|---|---:|---:|---|---:|" + "---:|" * len(BASELINES) * len(splits),
     ]
     content_rows = []
     for r in rows:
-        ci = f" [{pct(r['final_ci_low'])}, {pct(r['final_ci_high'])}]" if r["final_ci_low"] is not None else ""
         ratio = "–" if r["compression_ratio"] is None else f"{r['compression_ratio']:.1f}x"
+        tested = f" | {accuracy_cell(r, TEST_COLUMN[BRIDGED])} ({r[TEST_PREFIX + 'step']})" if test else ""
         lines.append(
-            f"| {r['run']} | {r['K']} | {ratio} | {pct(r['source_alone'])} | {pct(r['target_alone'])} | "
-            f"{pct(r['peak'])} ({r['peak_step']}) | {pct(r['final'])}{ci} | {pct(r['degradation'])} | "
-            f"{pct(r['invalid_rate'])} | {r['verdict'] or '–'} | {r['changes'].replace('|', '/')} |"
+            f"| {r['run']} | {r['K']} | {ratio} | {each(lambda p: accuracy_cell(r, p + 'source_alone'))} | "
+            f"{each(lambda p: accuracy_cell(r, p + 'target_alone'))} | {_pct(r['peak'])} ({r['peak_step']}) | "
+            f"{accuracy_cell(r, VALIDATION_COLUMN[BRIDGED])}{tested} | {_pct(r['degradation'])} | {r['verdict'] or '–'} | "
+            f"{r['changes'].replace('|', '/')} |"
+        )
+        distinct = each(lambda p: "–" if r[p + "distinct_outputs"] is None else str(r[p + "distinct_outputs"]))
+        differences = " | ".join(_difference(r, f"{p}bridged_minus_{b}") for b in BASELINES for p in splits.values())
+        answers.append(
+            f"| {r['run']} | {each(lambda p: _pct(r[p + 'invalid_rate']))} | {distinct} | {each(lambda p: _modal(r, p))} | "
+            f"{each(lambda p: _pct(r[p + 'guess']))} | {differences} |"
         )
         if r["bits"] is not None:
             num = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
@@ -206,9 +323,10 @@ def markdown(data: SuiteData, rows: list[dict]) -> str:
                 frac += f" [{num(r['fraction_low'])}, {num(r['fraction_high'])}]"
             content_rows.append(
                 f"| {r['run']} | {num(r['bits'])} [{num(r['bits_low'])}, {num(r['bits_high'])}] | {frac} | "
-                f"{num(r['retrieval_top1'])} | {pct(r['mismatched_accuracy'])} | {pct(r['final'])} | "
-                f"{pct(r['no_source_accuracy'])} | {pct(r['trained_text_accuracy'])} |"
+                f"{num(r['retrieval_top1'])} | {_pct(r['mismatched_accuracy'])} | {_pct(r['final'])} | "
+                f"{_pct(r['no_source_accuracy'])} | {_pct(r['trained_text_accuracy'])} |"
             )
+    lines += answers
     if content_rows:
         lines += [
             "",
