@@ -39,7 +39,7 @@ from latentbridge.reporting import (
     TERMINAL_STATUSES,
 )
 from registry.errors import RegistryError
-from registry.reporter import MlflowReporter
+from registry.reporter import EVAL_FOLDERS, MlflowReporter
 from registry.store import DEFAULT_EXPERIMENT, client, experiment_id, with_retries
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,17 @@ def find_imported(digest: str) -> str | None:
     return min(runs, key=lambda r: r.info.start_time or 0).info.run_id if runs else None
 
 
+def _log_views(reporter: MlflowReporter, artifacts: Path) -> None:
+    """What the MLflow reporter shows beside eval JSONLs when a run logs live: a table of each
+    (unless the record brought one) and the run's curves."""
+    jsonls = [p for folder in EVAL_FOLDERS for p in sorted((artifacts / folder).glob("*.jsonl"))]
+    for path in jsonls:
+        if not path.with_suffix(".table.json").exists():
+            reporter.log_eval_table(path, path.parent.name)
+    if jsonls:
+        reporter.log_curves()
+
+
 def import_record(folder: Path, experiment: str | None = None) -> Imported:
     """One MLflow run from the record in `folder` (or the run it already became)."""
     folder = Path(folder)
@@ -187,6 +198,7 @@ def import_record(folder: Path, experiment: str | None = None) -> Imported:
         artifacts = folder / ARTIFACTS_DIR
         if artifacts.is_dir() and any(artifacts.iterdir()):
             with_retries(lambda: mlflow_client.log_artifacts(run_id, str(artifacts)), "log artifacts")
+            _log_views(reporter, artifacts)
     except BaseException:
         with_retries(lambda: mlflow_client.delete_run(run_id), "delete half-imported run")
         raise

@@ -108,20 +108,30 @@ class MlflowReporter:
             self._log_eval_views(path, artifact_path)
 
     def _log_eval_views(self, path: Path, artifact_path: str) -> None:
-        """Beside an eval JSONL: the same answers as an MLflow table, and one figure of the
-        run's accuracies and content metrics against steps so far. A view that cannot be made
-        (no pandas, a damaged file) is logged as a warning: the JSONL is the record."""
+        """Beside an eval JSONL: the same answers as an MLflow table, and the run's curves."""
+        self.log_eval_table(path, artifact_path)
+        self.log_curves()
+
+    def log_eval_table(self, path: Path, artifact_path: str) -> None:
+        """An eval JSONL as an MLflow table `<artifact_path>/<stem>.table.json`. A table that
+        cannot be made (no pandas, a damaged file) is logged as a warning: the JSONL is the record."""
         try:
             records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             with_retries(
                 lambda: self.client.log_table(self.run_id, data=eval_table(records), artifact_file=f"{artifact_path}/{path.stem}.table.json"),
                 "log eval table",
             )
+        except (ImportError, ValueError, KeyError, TypeError, OSError) as error:
+            log.warning("run %s: no table for %s: %s", self.run_id, path.name, error)
+
+    def log_curves(self) -> None:
+        """The figure of the run's accuracies and content metrics against steps so far."""
+        try:
             figure = self._curves_figure()
             if figure is not None:
                 with_retries(lambda: self.client.log_figure(self.run_id, figure, CURVES_FIGURE), "log figure")
-        except (ImportError, ValueError, KeyError, TypeError, OSError) as error:
-            log.warning("run %s: no table or figure for %s: %s", self.run_id, path.name, error)
+        except (ImportError, ValueError, OSError) as error:
+            log.warning("run %s: no curves figure: %s", self.run_id, error)
 
     def _curves_figure(self):
         """Source, target, bridged and mismatched accuracy, and bits transmitted, fraction

@@ -50,7 +50,10 @@ def test_import_replays_params_metrics_tags_and_artifacts(record, mlflow_store):
         assert [v for _, v in got] == pytest.approx([v for _, v in expected])
     assert [s for s, _ in _history(mlflow_client, done.run_id, "bridged_accuracy")] == [0, 3, 6]
     listed = {a.path for a in mlflow_client.list_artifacts(done.run_id, "evals")}
-    assert listed == {f"evals/{p.name}" for p in (record / "artifacts" / "evals").iterdir()}
+    jsonls = sorted(p.name for p in (record / "artifacts" / "evals").iterdir())
+    # the record's files, and beside each eval JSONL the table the UI shows, as a live run gets them
+    assert listed == {f"evals/{name}" for name in jsonls} | {f"evals/{name[:-6]}.table.json" for name in jsonls}
+    assert "accuracy_and_content_by_step.png" in {a.path for a in mlflow_client.list_artifacts(done.run_id)}
     assert {a.path for a in mlflow_client.list_artifacts(done.run_id, "translator")} >= {"translator/translator.json"}
 
 
