@@ -43,11 +43,19 @@ from latentbridge.content import content_metrics, derangement
 from latentbridge.evaluate import bridged_answers, score, text_baselines, write_jsonl
 from latentbridge.losses import compute_losses
 from latentbridge.metric_names import (
+    BEST_BRIDGED_ACCURACY,
+    BEST_STEP,
+    BRIDGED_ACCURACY,
     BRIDGED_INVALID,
     COMPRESSION_RATIO,
+    GRAD_NORM,
+    LEARNING_RATE,
+    LOSS,
+    LOSS_TERM_PREFIX,
     PROMPT_TOKENS_MEAN,
     TEST_EVAL_FILE,
     TEST_FOLDER,
+    TEST_PREFIX,
     compression_ratio,
 )
 from latentbridge.device_metrics import per_rank_metrics, read_own_device
@@ -268,8 +276,8 @@ class Trainer:
             self.check_collapse(bridged, metrics[BRIDGED_INVALID])
             log.info("step %d: %s", self.step, json.dumps(metrics))
         metrics = distributed.broadcast_from_main(metrics)
-        if metrics["bridged_accuracy"] > self.best_accuracy:  # every rank keeps the same best
-            self.best_step, self.best_accuracy = self.step, metrics["bridged_accuracy"]
+        if metrics[BRIDGED_ACCURACY] > self.best_accuracy:  # every rank keeps the same best
+            self.best_step, self.best_accuracy = self.step, metrics[BRIDGED_ACCURACY]
             # a real copy: later steps must not change the best weights
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.translator.state_dict().items()}
             self.evals_since_best = 0
@@ -317,7 +325,7 @@ class Trainer:
         grad_norm = nn.utils.clip_grad_norm_(self.translator.parameters(), self.config.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return {**{f"loss/{k}" if k != "total" else "loss": v.item() for k, v in terms.items()}, "grad_norm": float(grad_norm)}
+        return {**{f"{LOSS_TERM_PREFIX}{k}" if k != "total" else LOSS: v.item() for k, v in terms.items()}, GRAD_NORM: float(grad_norm)}
 
     def _on_signal(self, signum, frame) -> None:
         log.warning("got signal %d: checkpointing after this step", signum)
@@ -369,7 +377,7 @@ class Trainer:
             self.step += 1
             progress.update(1)
             progress.set_postfix(loss=f"{logged['loss']:.3f}")
-            self.reporter.log_metrics({**logged, "lr": self.scheduler.get_last_lr()[0]}, self.step)
+            self.reporter.log_metrics({**logged, LEARNING_RATE: self.scheduler.get_last_lr()[0]}, self.step)
             last = self.step == steps
             if self.step % cfg.eval_every == 0 or last:
                 self.final_metrics = self.evaluate()
@@ -405,7 +413,7 @@ class Trainer:
             best = save_translator(self.run_dir / "best_translator", self.translator, meta)
             self.reporter.log_artifact(best, "best_translator")
             self.reporter.log_metrics(
-                {"best_bridged_accuracy": self.best_accuracy, "best_step": float(self.best_step)}, self.step
+                {BEST_BRIDGED_ACCURACY: self.best_accuracy, BEST_STEP: float(self.best_step)}, self.step
             )
         if self.config.eval.test_questions:
             self.evaluate_test()
@@ -420,7 +428,7 @@ class Trainer:
             return {}
         path = write_jsonl(evaluation.records, self.run_dir / TEST_FOLDER / TEST_EVAL_FILE)
         self.reporter.log_artifact(path, TEST_FOLDER)
-        metrics = {f"test_{k}": v for k, v in evaluation.metrics.items()}
+        metrics = {f"{TEST_PREFIX}{k}": v for k, v in evaluation.metrics.items()}
         self.reporter.log_metrics(metrics, self.step)
         log.info("test (best step %d): %s", self.best_step, json.dumps(metrics))
         return metrics
