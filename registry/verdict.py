@@ -348,8 +348,9 @@ def judge(
             f" above 0 (min_bits_transmitted {rules.min_bits_transmitted}): the soft tokens carry nothing specific"
             " to the question",
         )
-    if s is not None and b < s:
-        return make("negative", "below_source", f"bridged {b:.3f} is below source-alone {s:.3f}")
+    vs_source = Comparison.of(bridged, source, rules) if source is not None else None
+    if vs_source is not None and vs_source.reversed().supported(rules):
+        return make("negative", "below_source", f"source-alone beats bridged with statistical support ({vs_source.text()})")
     no_source = comparisons.get("no_source")
     if no_source is not None and not no_source.supported(rules):
         return make(
@@ -379,12 +380,15 @@ def judge(
             return make("headline", "beats_target", f"bridged {b:.3f} beats target-alone {t:.3f}; {evidence} on {n} questions")
         why = evidence if not supported else f"only {n} questions (< {rules.min_questions})"
         return make("ablation", "unsupported_gain", f"bridged {b:.3f} beats target-alone {t:.3f} without statistical support ({why})")
-    if s is not None and t is not None and s < b < t:
-        return make("control", "between", f"bridged {b:.3f} beats source-alone {s:.3f} but trails target-alone {t:.3f}")
+    if vs_source is not None and t is not None and b < t and vs_source.supported(rules):
+        return make(
+            "control", "between", f"bridged beats source-alone with statistical support ({vs_source.text()}) but trails target-alone {t:.3f}"
+        )
     if t is None:
         return make("ablation", "neither", "no target-alone baseline to compare with")
     return make(
         "ablation",
         "neither",
-        f"bridged {b:.3f} is neither above target-alone {_fmt(t)} nor strictly between source-alone {_fmt(s)} and target-alone",
+        f"bridged {b:.3f} is neither above target-alone {_fmt(t)} nor, with statistical support, between source-alone"
+        f" {_fmt(s)} and target-alone" + (f" ({vs_source.text()})" if vs_source is not None else ""),
     )

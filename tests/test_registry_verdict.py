@@ -44,6 +44,9 @@ RULES = VerdictRules.load()
         (200, 80, 120, 90, 0.40, "negative", "below_source"),
         (200, 140, 120, 90, 0.80, "unstable", "degradation"),  # 0.80 peak -> 0.70 final
         (200, 120, 120, 90, 0.60, "ablation", "neither"),  # ties target-alone
+        (200, 91, 120, 90, 0.455, "ablation", "neither"),  # above source-alone by one question: no support
+        (200, 89, 120, 90, 0.445, "ablation", "neither"),  # below source-alone by one question: not negative
+        (200, 1, 2, 0, 0.005, "ablation", "neither"),  # the embedded study's "control" by one question
     ],
 )
 def test_each_rule(n, b, t, s, peak, verdict, decided_by):
