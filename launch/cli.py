@@ -182,6 +182,9 @@ def _runs_dir(settings: dict[str, Any]) -> Path:
 
 
 def _ui_hint(uri: str) -> str:
+    """How to browse the runs: a tracking server's own page, else `mlflow ui` on the store."""
+    if uri.lower().startswith(("http://", "https://")):
+        return f"browse the runs: open {uri} in a browser"
     return f"browse the runs: mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)"
 
 

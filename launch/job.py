@@ -66,7 +66,7 @@ class JobSpec:
     run_dir: str
     experiment: str
     tracking_uri: str
-    artifact_root: str
+    artifact_root: str  # where new experiments keep artifacts; "": the store's default (a tracking server's own)
     tags: dict[str, str] = field(default_factory=dict)
     preserve: bool = False  # archive the run in the model registry once it finishes
     record: str = ""  # records mode: the run's record folder; no MLflow (tracking_uri, artifact_root unused)
@@ -213,7 +213,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         if not spec.record:
             os.environ["MLFLOW_TRACKING_URI"] = spec.tracking_uri
-            os.environ["LATENTBRIDGE_ARTIFACT_ROOT"] = spec.artifact_root
+            os.environ["LATENTBRIDGE_ARTIFACT_ROOT"] = spec.artifact_root  # "" too: no local default on a server
         run_config = RunConfig.from_dict(spec.config)
         export_distributed_env()
         distributed.init_from_env()

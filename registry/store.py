@@ -1,7 +1,10 @@
 """Where the MLflow store is, and opening it safely from many processes.
 
 Default: the SQLite file `mlflow.db` at the repo root, artifacts in `mlartifacts/` beside
-it. `MLFLOW_TRACKING_URI` overrides it (e.g. `http://host:5000`, a tracking server).
+it. `MLFLOW_TRACKING_URI` overrides it (e.g. `http://host:5000`, a tracking server). A tracking
+server keeps the artifacts too: experiments are created with no artifact location of the
+project's own, so the server's default (`mlflow-artifacts:/`, proxied to its
+`--artifacts-destination`) holds them; `LATENTBRIDGE_ARTIFACT_ROOT` still wins where it is set.
 
 Many jobs log into one SQLite store at once, safely, because:
 - the schema is created exactly once, under an exclusive file lock (`<db>.lock`): many
@@ -32,6 +35,7 @@ import time
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
+from urllib.parse import urlparse
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -53,14 +57,31 @@ NETWORK_FILESYSTEMS = frozenset(
 ALLOW_NETWORK_FS_ENV = "LATENTBRIDGE_SQLITE_ON_NETWORK_FS"  # "1": skip the check (at your own risk)
 _TRANSIENT = ("locked", "busy", "connection", "timed out", "timeout", "temporarily", "503", "502", "429")
 _READY: set[str] = set()  # sqlite URIs this process has already prepared
+ARTIFACT_ROOT_ENV = "LATENTBRIDGE_ARTIFACT_ROOT"  # an explicit artifact root; "" or unset: the store's default
+# URI schemes (SQLAlchemy dialects without their driver) of stores this process writes itself,
+# artifacts included; any other scheme is a tracking server.
+DIRECT_STORES = frozenset({"", "file", "sqlite", "postgresql", "mysql", "mssql"})
 
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
 
 
-def artifact_root() -> str:
-    return os.environ.get("LATENTBRIDGE_ARTIFACT_ROOT") or (REPO_ROOT / "mlartifacts").as_uri()
+def is_server(uri: str | None = None) -> bool:
+    """Whether `uri` is a tracking server (http(s), databricks...), which stores the artifacts
+    itself, rather than a store this process writes directly (a folder, SQLite or a database)."""
+    uri = uri or tracking_uri()
+    return uri == "databricks" or urlparse(uri).scheme.split("+")[0].lower() not in DIRECT_STORES
+
+
+def artifact_root(uri: str | None = None) -> str:
+    """Where new experiments of store `uri` keep their artifacts: `LATENTBRIDGE_ARTIFACT_ROOT`
+    where set; else "" for a tracking server (its own artifact store) and `mlartifacts/` at the
+    repo root for any other store."""
+    explicit = os.environ.get(ARTIFACT_ROOT_ENV)
+    if explicit:
+        return explicit
+    return "" if is_server(uri) else (REPO_ROOT / "mlartifacts").as_uri()
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -98,7 +119,8 @@ def check_local_disk(uri: str | None = None) -> None:
         raise StoreError(
             f"the MLflow SQLite store {path} is on a {fstype} filesystem, where SQLite's file locks "
             "are unreliable and concurrent jobs can corrupt it. Start a tracking server on one host "
-            "(`mlflow server --backend-store-uri sqlite:////local/disk/mlflow.db --host 0.0.0.0`) and "
+            "(`mlflow server --backend-store-uri sqlite:////local/disk/mlflow.db --artifacts-destination "
+            "/shared/mlartifacts --host 0.0.0.0`; see the README) and "
             f"set MLFLOW_TRACKING_URI=http://<host>:5000 (or tracking_uri in the launch config); "
             f"{ALLOW_NETWORK_FS_ENV}=1 skips this check."
         )
@@ -247,14 +269,16 @@ TRAINING_KIND = "custom_model_development"
 
 
 def experiment_id(name: str = DEFAULT_EXPERIMENT) -> str:
-    """The id of experiment `name`, created (with the project's artifact root) if missing, and
-    tagged to open in the MLflow UI's model-training view."""
+    """The id of experiment `name`, created if missing (under `artifact_root()`; for a tracking
+    server by default in its own artifact store), and tagged to open in the MLflow UI's
+    model-training view."""
     mlflow_client = client()
     found = with_retries(lambda: mlflow_client.get_experiment_by_name(name), "find experiment")
     if found is None:
+        root = artifact_root()
         try:
             return mlflow_client.create_experiment(
-                name, artifact_location=f"{artifact_root()}/{name}", tags={EXPERIMENT_KIND_TAG: TRAINING_KIND}
+                name, artifact_location=f"{root}/{name}" if root else None, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND}
             )
         except MlflowException:  # another process created it first
             found = with_retries(lambda: mlflow_client.get_experiment_by_name(name), "find experiment")
