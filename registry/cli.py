@@ -132,14 +132,11 @@ def _reproduce(args) -> int:
 
 def _analyze(args) -> int:
     from registry.analysis import analyze
-    from registry.analysis.latex import compile_pdf
 
     done = analyze(args.suite, Path(args.out), rules=_rules(args), log_to_mlflow=not args.no_mlflow,
-                   count_prompt_tokens=not args.no_prompt_count)
+                   count_prompt_tokens=not args.no_prompt_count, pdf=args.pdf)
     for path in done.files:
         print(path)
-    if args.pdf:
-        print(compile_pdf(Path(args.out)))
     print(f"suite {args.suite}: {len(done.data.runs)} runs analysed"
           + (f"; files logged to MLflow run {done.run_id}" if done.run_id else ""))
     return 0

@@ -8,8 +8,10 @@ with designed accuracies, so each verdict and each test number is known in advan
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from conftest import TINY_RUN, private_store
 
 from latentbridge.config import RunConfig
 from latentbridge.data.synthetic import synthetic_examples
-from latentbridge.metric_names import ACCURACY, BRIDGED, SOURCE, TARGET, TEST_PREFIX
+from latentbridge.metric_names import ACCURACY, BRIDGED, BRIDGED_ACCURACY, LOSS, SOURCE, TARGET, TEST_PREFIX
 
 SUITE = "paper"
 N = 200
@@ -34,6 +36,16 @@ RUNS = {
 # 100 (target); the bridged target right on the first k and invalid on the rest, or one constant answer
 TEST_SEED, TEST_SOURCE_RIGHT, TEST_TARGET_RIGHT = 98, 80, 100
 TEST_BRIDGED = {"k64": 150, "k48": 100, "k32": 60, "no-fixes": "2"}  # "2" is the gold of 16 test questions
+NO_LM_LOSS = "no-fixes"  # the run that logs only the total loss, no loss/lm
+
+
+def _total_loss(step: int, k: int) -> float:
+    return 3.0 * math.exp(-step / 150) + 32 / k
+
+
+def _lm_loss(step: int, k: int) -> float:
+    """The loss/lm the fake trainer logs: the LM term, 80% of the total."""
+    return 0.8 * _total_loss(step, k)
 
 
 def _records(step: int, bridged: int) -> list[dict]:
@@ -66,7 +78,8 @@ def _test_records(step: int, bridged: int | str) -> list[dict]:
 
 
 def _fake_run(
-    root: Path, config: RunConfig, curve: list[int], tags: dict[str, str], status: str = "FINISHED", test: int | str | None = None
+    root: Path, config: RunConfig, curve: list[int], tags: dict[str, str], status: str = "FINISHED", test: int | str | None = None,
+    lm_loss: bool = True,
 ) -> str:
     from latentbridge.evaluate import write_jsonl
     from registry.reporter import MlflowReporter
@@ -76,8 +89,9 @@ def _fake_run(
     run_id = open_run(run_dir, config.name, SUITE, tags={"suite": SUITE, **tags})
     reporter = MlflowReporter(run_id)
     reporter.log_params(config.flat())
+    k = config.translator.num_tokens
     for step in range(1, 301, 10):
-        reporter.log_metrics({"loss": 3.0 * math.exp(-step / 150) + 32 / config.translator.num_tokens}, step)
+        reporter.log_metrics({"loss": _total_loss(step, k), **({"loss/lm": _lm_loss(step, k)} if lm_loss else {})}, step)
     for step, correct in zip((0, 100, 200, 300), curve):
         records = _records(step, correct)
         invalid = sum(r["bridged"]["answer"] == "[invalid]" for r in records)
@@ -110,7 +124,7 @@ def suite_store(tmp_path_factory, tiny_pair):
             # as the launcher tags it at submit: the diff against the suite's base (K=64, lr 3e-4)
             diff = {key: v for key, v in config.flat().items() if key != "name" and suite_base.flat()[key] != v}
             tags = {"fixes": fixes, "slurm_job_id": f"job-{name}", "config_diff": json.dumps(diff)}
-            ids[name] = _fake_run(root / "runs", config, curve, tags, test=TEST_BRIDGED[name])
+            ids[name] = _fake_run(root / "runs", config, curve, tags, test=TEST_BRIDGED[name], lm_loss=name != NO_LM_LOSS)
         _fake_run(root / "runs", base.override("name=crashed"), [30, 40, 40, 40], {}, status="FAILED")
         _fake_run(root / "runs", base.override("name=other", "suite=elsewhere"), [30, 40, 40, 40], {"suite": "elsewhere"})
         yield {"root": root, "ids": ids}
@@ -224,7 +238,7 @@ def test_latex_tables(analysis):
     paper = (analysis.out / "paper.tex").read_text()
     for name in ("main_results", "ablations", "compression"):
         assert f"\\input{{tables/{name}}}" in paper
-    assert "\\includegraphics[width=\\linewidth]{figures/compression_quality.pdf}" in paper
+    assert "\\includegraphics{figures/compression_quality.pdf}" in paper
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (apt-get install texlive-latex-base texlive-latex-recommended)")
@@ -237,6 +251,7 @@ def test_paper_compiles_with_pdflatex(analysis, tmp_path):
     assert pdf.read_bytes().startswith(b"%PDF")
     log = (copy / "paper.log").read_text(errors="replace")
     assert "LaTeX Warning: Reference" not in log and "LaTeX Warning: There were undefined references" not in log
+    assert "Overfull \\hbox" not in log  # every table and figure fits the text width
 
 
 def test_files_are_logged_to_an_analysis_run_and_not_reanalysed(analysis, suite_store):
@@ -259,3 +274,184 @@ def test_unknown_suite_is_a_clear_error(suite_store, capsys):
     assert main(["analyze", "--suite", "nosuch", "--out", str(suite_store["root"] / "x")]) == 2
     err = capsys.readouterr().err
     assert "suite 'nosuch' has no finished runs" in err and "'paper'" in err and "'elsewhere'" in err
+
+
+# --------------------------------------------------------------------------- figures and paper (issue 15)
+def _runs(analysis) -> dict:
+    return {run.label: run for run in analysis.data.runs}
+
+
+def _errorbars(ax) -> dict[str, tuple[list[float], list[float]]]:
+    """label -> (x, y) of each errorbar the axes drew."""
+    from matplotlib.container import ErrorbarContainer
+
+    return {c.get_label(): (list(c.lines[0].get_xdata()), list(c.lines[0].get_ydata())) for c in ax.containers if isinstance(c, ErrorbarContainer)}
+
+
+def test_training_curves_plot_the_answer_nll_and_each_evaluation_with_its_interval(analysis):
+    """The loss panel plots loss/lm (the total loss, dashed, for a run without it); each
+    evaluation's bridged accuracy carries its bootstrap interval from that evaluation's records."""
+    import matplotlib.pyplot as plt
+
+    from registry.analysis.collect import LM_LOSS
+    from registry.analysis.figures import loss_curve, training_curves
+    from registry.verdict import accuracy_interval
+
+    runs = _runs(analysis)
+    steps = range(1, 301, 10)
+    key, points = loss_curve(runs["k64"])
+    assert key == LM_LOSS and points == [(s, pytest.approx(_lm_loss(s, 64))) for s in steps]
+    assert loss_curve(runs[NO_LM_LOSS]) == (LOSS, [(s, pytest.approx(_total_loss(s, 64))) for s in steps])
+    # every evaluation: the share right and its interval, from that evaluation's records
+    k64 = runs["k64"].evaluations
+    assert sorted(k64) == [0, 100, 200, 300]
+    assert k64[100] == (0.5, *accuracy_interval([i < 100 for i in range(N)])) and k64[300].value == 0.7
+
+    fig = training_curves(analysis.data.runs)
+    acc_ax, loss_ax = fig.axes
+    assert loss_ax.get_title() == "Answer NLL (loss/lm)"
+    drawn = {(line.get_linestyle(), round(line.get_ydata()[0], 6)) for line in loss_ax.get_lines()}
+    assert ("-", round(_lm_loss(1, 64), 6)) in drawn and ("--", round(_total_loss(1, 64), 6)) in drawn
+    assert ("-", round(_total_loss(1, 32), 6)) not in drawn  # a run with loss/lm: its total is not plotted
+    bars = acc_ax.containers
+    assert len(bars) == len(RUNS)  # one set of interval bars per run
+    k64_bars = bars[list(RUNS).index("k64")]
+    lows = sorted(seg[0][1] for seg in k64_bars.lines[2][0].get_segments())
+    assert lows == pytest.approx(sorted(100 * k64[s].low for s in k64))  # in %
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(t.startswith("target alone (val) 60.0 [") for t in legend)  # the baseline with its interval
+    plt.close(fig)
+
+    results = {r["run"]: r for r in json.loads((analysis.out / "ablation_results.json").read_text())["runs"]}
+    assert results["k64"]["evaluations"][-1] == [300, 0.7, k64[300].low, k64[300].high]
+    assert "loss/lm" in results["k64"]["history"] and "loss/lm" not in results[NO_LM_LOSS]["history"]
+    paper = (analysis.out / "paper.tex").read_text()
+    assert "dashed: the total loss, for the runs that logged no \\texttt{loss/lm} (no-fixes)" in paper
+    assert "95\\% bootstrap intervals over the evaluation's questions (from its records)" in paper
+
+
+def test_stability_labels_drops_in_points_on_a_percent_axis_and_marks_zero(analysis):
+    import matplotlib.pyplot as plt
+
+    from registry.analysis.figures import drop_label, stability
+
+    runs = _runs(analysis)
+    assert drop_label(runs["no-fixes"]) == "−15.0 pt" and drop_label(runs["k64"]) == "0 pt"
+    zero = dataclasses.replace(runs["k32"], label="zero")
+    zero.facts = dataclasses.replace(zero.facts, history={BRIDGED_ACCURACY: [(0, 0.02), (100, 0.0)]})
+    fig = stability([runs["k64"], runs["no-fixes"], zero])
+    (ax,) = fig.axes
+    assert "%" in ax.get_ylabel()
+    heights = sorted(round(bar.get_height(), 6) for bars in ax.containers for bar in bars)
+    assert heights == [0.0, 2.0, 50.0, 65.0, 70.0, 70.0]  # in %
+    assert [t.get_text() for t in ax.texts] == ["0 pt", "−2.0 pt", "−15.0 pt"]  # fixes on (k64, zero), then off
+    markers = [line for line in ax.get_lines() if line.get_marker() == "o"]
+    assert [(list(m.get_xdata()), list(m.get_ydata())) for m in markers] == [([1 + 0.19], [0])]  # zero's final bar
+    plt.close(fig)
+
+
+def test_sequence_length_plots_only_runs_that_change_k_alone(analysis):
+    """Members: recorded config diffs within {translator.num_tokens}; the rest left out, saying why."""
+    import matplotlib.pyplot as plt
+
+    from registry.analysis.figures import k_sweep, sequence_length
+
+    runs = _runs(analysis)
+    members, left_out = k_sweep(analysis.data.runs)
+    assert [r.label for r in members] == ["k64", "k48", "k32"] and left_out == {"no-fixes": "also lr"}
+    fig = sequence_length(analysis.data.runs)
+    (ax,) = fig.axes
+    points = sorted((x[0], y[0]) for x, y in _errorbars(ax).values())
+    assert points == [(32, 30.0), (48, 50.0), (64, 75.0)]  # held-out test, in %
+    assert "Left out (1): no-fixes (also lr)." in ax.get_xlabel()
+    plt.close(fig)
+
+    unrecorded = dataclasses.replace(runs["k48"], label="old")
+    unrecorded.facts = dataclasses.replace(unrecorded.facts, config_diff={}, diff_basis="not recorded at submit")
+    members, left_out = k_sweep([runs["k64"], unrecorded])
+    assert [r.label for r in members] == ["k64"] and left_out == {"old": "config diff not recorded"}
+    fig = sequence_length([runs["k64"], unrecorded])
+    assert "Only K=64: one point, no trade-off to read." in fig.axes[0].get_xlabel()
+    plt.close(fig)
+    caption = (analysis.out / "paper.tex").read_text()
+    assert "differs from the suite's base in $K$ alone" in caption and "Left out: no-fixes" in caption
+
+
+def test_compression_quality_plots_held_out_test_one_legend_entry_a_run(analysis):
+    """Test accuracy (not the validation peak), final validation marked for an untested run,
+    runs told apart by legend (no labels on the points), coinciding ratios spread apart."""
+    import matplotlib.pyplot as plt
+
+    from registry.analysis.figures import compression_quality
+
+    runs = _runs(analysis)
+    untested = dataclasses.replace(runs["k48"], label="untested", test=None)
+    fig = compression_quality([*analysis.data.runs, untested])
+    ax = fig.axes[0]
+    drawn = _errorbars(ax)
+    values = {label: round(y[0], 6) for label, (_, y) in drawn.items()}
+    target = next(label for label in values if "alone, full prompt (val)" in label)  # "untested" has no test: baselines on val
+    assert values == {"k64 (K=64)": 75.0, "k48 (K=48)": 50.0, "k32 (K=32)": 30.0, "no-fixes (K=64)": 8.0,
+                      "untested (K=48), final val": 55.0, target: 60.0}
+    assert drawn["k64 (K=64)"][0] != drawn["no-fixes (K=64)"][0]  # the same ratio, spread apart
+    assert drawn[target][0] == [pytest.approx(1.0)]
+    assert not ax.texts  # no point labels to overlap: the legend names the runs
+    legend = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert set(values) == legend
+    plt.close(fig)
+    table = (analysis.out / "tables" / "compression.tex").read_text()
+    assert "Bridged [95\\% CI] & Split" in table and re.search(r"k64 & 64 & .* & 75\.0 \[[\d.]+, [\d.]+\] & test", table)
+
+
+def test_figures_are_drawn_at_print_size_with_readable_text(analysis):
+    """No figure is wider than the paper's text and it is included unscaled: every text is >= 8 pt on paper."""
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    from registry.analysis.figures import DRAW, PRINT_WIDTH, SMALLEST_FONT
+
+    for name, draw in DRAW.items():
+        fig = draw(analysis.data.runs)
+        fig.canvas.draw()
+        assert fig.get_size_inches()[0] <= PRINT_WIDTH, name
+        texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+        assert texts and min(t.get_fontsize() for t in texts) >= SMALLEST_FONT, name
+        plt.close(fig)
+        box = re.search(rb"/MediaBox \[\s*0 0 ([\d.]+) ([\d.]+)", (analysis.out / "figures" / f"{name}.pdf").read_bytes())
+        assert float(box.group(1)) <= PRINT_WIDTH * 72 + 0.5, name
+    paper = (analysis.out / "paper.tex").read_text()
+    assert paper.count("\\includegraphics{figures/") == len(DRAW) and "\\includegraphics[" not in paper
+
+
+def test_ablations_table_keeps_each_change_whole(analysis):
+    from registry.analysis.collect import SuiteData
+    from registry.analysis.latex import ablations
+
+    run = _runs(analysis)["no-fixes"]
+    diff = {"loss.info_nce_weight": "0.0", "loss.kl_weight": "0.0", "optim.lr": "0.0003", "optim.warmup_steps": "0",
+            "train.early_stop_patience": "0", "translator.dit_teacher": "prompt"}
+    long = dataclasses.replace(run, facts=dataclasses.replace(run.facts, config_diff=diff))
+    table = ablations(SuiteData(SUITE, [long]))
+    assert "..." not in table and "\\begin{tabularx}{\\linewidth}{l>{\\raggedright\\arraybackslash}X" in table
+    for key, value in diff.items():
+        assert f"{key}={value}".replace("_", "\\_") in table
+
+
+def test_reanalysis_replaces_the_analysis_run_and_logs_the_pdf(analysis, suite_store):
+    """One analysis run a suite and scope: the second analysis deletes the first; paper.pdf is
+    logged when made; another suite's analysis run in the same experiment is left alone."""
+    from registry.analysis import analyze
+    from registry.analysis.analyze import SCOPE_TAG, analysis_runs
+    from registry.store import client
+
+    pdf = shutil.which("pdflatex") is not None
+    first = analyze("elsewhere", suite_store["root"] / "again1", count_prompt_tokens=False)
+    second = analyze("elsewhere", suite_store["root"] / "again2", count_prompt_tokens=False, pdf=pdf)
+    store = client()
+    assert store.get_run(first.run_id).info.lifecycle_stage == "deleted"
+    kept = store.get_run(second.run_id)
+    assert kept.info.lifecycle_stage == "active" and kept.data.tags[SCOPE_TAG] == ",".join(second.data.experiment_ids)
+    assert analysis_runs(second.data.experiment_ids[0], "elsewhere", kept.data.tags[SCOPE_TAG]) == [second.run_id]
+    assert store.get_run(analysis.run_id).info.lifecycle_stage == "active"  # suite "paper"'s analysis, same experiment
+    logged = {a.path for a in store.list_artifacts(second.run_id)}
+    assert ("paper.pdf" in logged) == pdf and (suite_store["root"] / "again2" / "paper.pdf" in second.files) == pdf

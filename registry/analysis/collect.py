@@ -12,12 +12,24 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final, NamedTuple
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from registry.errors import RegistryError
-from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, BRIDGED, SOURCE, TARGET, TEST_EVAL_FILE, TEST_FOLDER, EvalRecord
+from latentbridge.metric_names import (
+    BITS,
+    BITS_HIGH,
+    BITS_LOW,
+    BRIDGED,
+    LOSS_TERM_PREFIX,
+    SOURCE,
+    TARGET,
+    TEST_EVAL_FILE,
+    TEST_FOLDER,
+    EvalRecord,
+)
 from latentbridge.scoring import INVALID
 from latentbridge.stats import bootstrap_ratio_interval
 from registry.facts import (
@@ -44,6 +56,20 @@ from registry.verdict import (
 log = logging.getLogger(__name__)
 
 BASELINES = (TARGET, SOURCE)
+LM_LOSS: Final = LOSS_TERM_PREFIX + "lm"  # the loss's language-modelling term: the answer NLL
+
+
+class Estimate(NamedTuple):
+    """An accuracy and its 95% bootstrap interval over questions."""
+
+    value: float
+    low: float
+    high: float
+
+
+def estimate(correct: list[bool], rules: VerdictRules) -> Estimate:
+    """The share of `correct` answers with its bootstrap interval (`registry.verdict.accuracy_interval`)."""
+    return Estimate(sum(correct) / len(correct), *accuracy_interval(correct, rules.bootstrap_samples, rules.confidence, rules.seed))
 
 
 @dataclass(frozen=True)
@@ -61,6 +87,10 @@ class EvalScores:
     modal_answer: tuple[str, int]  # the bridged answer given most often, and how often
     guess: float  # the accuracy of giving that answer to every question
 
+    def estimate(self, system: str) -> Estimate:
+        """The system's accuracy with its interval (KeyError when the records hold no answers of it)."""
+        return Estimate(self.accuracy[system], *self.intervals[system])
+
 
 def eval_scores(records: list[EvalRecord], rules: VerdictRules) -> EvalScores:
     """Intervals, paired comparisons with the text baselines and the bridged answers' spread."""
@@ -70,14 +100,12 @@ def eval_scores(records: list[EvalRecord], rules: VerdictRules) -> EvalScores:
         if all(system in r for r in records)
     }
     bridged = columns[BRIDGED]
+    estimates = {system: estimate(correct, rules) for system, correct in columns.items()}
     return EvalScores(
         step=int(records[0]["step"]),
         n=len(records),
-        accuracy={system: sum(correct) / len(correct) for system, correct in columns.items()},
-        intervals={
-            system: accuracy_interval(correct, rules.bootstrap_samples, rules.confidence, rules.seed)
-            for system, correct in columns.items()
-        },
+        accuracy={system: e.value for system, e in estimates.items()},
+        intervals={system: (e.low, e.high) for system, e in estimates.items()},
         invalid_rate=sum(r[BRIDGED]["answer"] == INVALID for r in records) / len(records),
         versus={system: Comparison.of(bridged, columns[system], rules) for system in BASELINES if system in columns},
         distinct_outputs=distinct_outputs(records),
@@ -99,6 +127,15 @@ class SuiteRun:
     comparisons: dict = field(default_factory=dict)  # control name -> verdict.Comparison
     bits: tuple[float, float, float] | None = None  # content/bits_transmitted, low, high
     fraction_interval: tuple[float, float] | None = None  # of content/fraction_recovered
+    evaluations: dict[int, Estimate] = field(default_factory=dict)  # step -> bridged validation accuracy, from its records
+
+    def quality(self) -> tuple[str, Estimate] | None:
+        """The bridged accuracy to report and its split: the held-out test's ("test"), else the
+        final validation evaluation's ("val"; the validation peak was selected, so it is biased up)."""
+        for split, scores in (("test", self.test), ("val", self.validation)):
+            if scores is not None:
+                return split, scores.estimate(BRIDGED)
+        return None
 
 
 def fraction_recovered_interval(records: list[EvalRecord], rules: VerdictRules) -> tuple[float, float] | None:
@@ -109,6 +146,15 @@ def fraction_recovered_interval(records: list[EvalRecord], rules: VerdictRules) 
     gained = [c["nll_bits_no_question"] - c["nll_bits_own"] for c in content]
     gap = [c["nll_bits_no_question"] - c["nll_bits_text"] for c in content]
     return bootstrap_ratio_interval(gained, gap, rules.bootstrap_samples, rules.confidence, rules.seed)
+
+
+def _metric_history(mlflow_client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of a metric, one point a step (a step logged again: the last value)."""
+    try:
+        points = mlflow_client.get_metric_history(run_id, key)
+    except MlflowException:
+        return []
+    return sorted({p.step: p.value for p in sorted(points, key=lambda m: (m.step, m.timestamp))}.items())
 
 
 def _test_scores(mlflow_client: MlflowClient, run_id: str, dst: Path, rules: VerdictRules) -> EvalScores | None:
@@ -155,14 +201,23 @@ def collect(suite: str, *, rules: VerdictRules | None = None, count_prompt_token
         )
     facts = [run_facts(mlflow_client, r) for r in finished]
     out = []
+    for fact in facts:  # registry.facts keeps the total loss; the figures plot its LM term
+        lm_loss = _metric_history(mlflow_client, fact.run_id, LM_LOSS)
+        if lm_loss:
+            fact.history[LM_LOSS] = lm_loss
     with tempfile.TemporaryDirectory() as tmp:
-        records_of = {
-            f.run_id: download_eval(mlflow_client, f.run_id, f.final_eval, Path(tmp) / f.run_id)
+        evaluations_of = {  # run id -> step -> the records of that evaluation
+            f.run_id: {step: download_eval(mlflow_client, f.run_id, path, Path(tmp) / f.run_id) for step, path in f.evals}
             for f in facts
-            if f.final_eval is not None
         }
+        records_of = {f.run_id: evaluations_of[f.run_id][f.evals[-1][0]] for f in facts if f.evals}
         for fact, label in zip(facts, _labels(facts)):
             item = SuiteRun(fact, label)
+            item.evaluations = {
+                step: estimate([bool(r[BRIDGED]["correct"]) for r in records], rules)
+                for step, records in evaluations_of[fact.run_id].items()
+                if records and all(BRIDGED in r for r in records)
+            }
             versions = mlflow_client.search_model_versions(f"run_id='{fact.run_id}'")
             if versions:
                 version = min(versions, key=lambda v: int(v.version))

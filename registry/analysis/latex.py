@@ -1,6 +1,8 @@
 """LaTeX tables (main_results, ablations, compression) and a `paper.tex` skeleton.
 
-Each table file holds a bare `tabular` (booktabs), so the paper sets the float and caption.
+Each table file holds a bare `tabular` (booktabs; `tabularx` for ablations, whose change
+descriptions wrap), so the paper sets the float and caption. Figures are included at their
+natural size (`figures.PRINT_WIDTH`), so their text prints at the size it was drawn.
 Everything needs only Debian's texlive-latex-base and texlive-latex-recommended.
 """
 
@@ -12,10 +14,10 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from latentbridge.metric_names import BRIDGED, SOURCE, TARGET, TEST_PREFIX
-from registry.analysis.collect import SuiteData
+from latentbridge.metric_names import BRIDGED, LOSS, SOURCE, TARGET, TEST_PREFIX
 from registry.analysis import tables
-from registry.analysis.figures import FIGURES
+from registry.analysis.collect import LM_LOSS, SuiteData
+from registry.analysis.figures import FIGURES, k_sweep, loss_curve
 
 _SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -39,13 +41,15 @@ def _ratio(x: float | None) -> str:
     return "--" if x is None else f"{x:.1f}$\\times$"
 
 
-def _tabular(columns: str, header: Sequence[str], rows: Sequence[Sequence[str]], empty: str) -> str:
-    lines = [f"\\begin{{tabular}}{{{columns}}}", "\\toprule", " & ".join(header) + " \\\\", "\\midrule"]
+def _tabular(columns: str, header: Sequence[str], rows: Sequence[Sequence[str]], empty: str, width: str = "") -> str:
+    """A booktabs table; with `width` a `tabularx` of that width (its X columns wrap)."""
+    environment, size = ("tabularx", f"{{{width}}}") if width else ("tabular", "")
+    lines = [f"\\begin{{{environment}}}{size}{{{columns}}}", "\\toprule", " & ".join(header) + " \\\\", "\\midrule"]
     if rows:
         lines += [" & ".join(r) + " \\\\" for r in rows]
     else:
         lines.append(f"\\multicolumn{{{len(header)}}}{{l}}{{\\emph{{{tex(empty)}}}}} \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}", ""]
+    lines += ["\\bottomrule", f"\\end{{{environment}}}", ""]
     return "\n".join(lines)
 
 
@@ -86,38 +90,85 @@ def main_results(data: SuiteData) -> str:
 
 
 def ablations(data: SuiteData) -> str:
+    """Every run with its full recorded change, wrapped in a column that takes the rest of the line."""
     header = ["Run", "Changes", "Peak", "Final", "$\\Delta$", "Invalid", "Verdict"]
-    rows = []
-    for run in data.runs:
-        f = run.facts
-        changes = tables.changes(f, short_keys=True)
-        if len(changes) > 60:
-            changes = changes[:57] + "..."
-        rows.append([tex(run.label), f"\\small {tex(changes)}", _pct(f.peak), _pct(f.final), _pct(f.degradation), _pct(f.invalid_rate), tex(run.verdict or "--")])
-    return _tabular("llrrrrl", header, rows, "no finished runs")
+    rows = [
+        [tex(run.label), tex(tables.changes(run.facts)), _pct(run.facts.peak),
+         _pct(run.facts.final), _pct(run.facts.degradation), _pct(run.facts.invalid_rate), tex(run.verdict or "--")]
+        for run in data.runs
+    ]
+    return _tabular("l>{\\raggedright\\arraybackslash}Xrrrrl", header, rows, "no finished runs", width="\\linewidth")
+
+
+_SPLITS = {"test": ("test", tables.TEST_COLUMN), "val": ("val (final)", tables.VALIDATION_COLUMN)}  # name, accuracy columns
 
 
 def compression(data: SuiteData) -> str:
-    header = ["Run", "$K$", "Prompt tokens", "Compression", "Peak", "Final"]
+    """Each run's compression and its reported accuracy (`SuiteRun.quality`: test, else final validation)."""
+    header = ["Run", "$K$", "Prompt tokens", "Compression", "Bridged [95\\% CI]", "Split"]
     ordered = sorted(data.runs, key=lambda r: (r.facts.compression_ratio is None, r.facts.compression_ratio or 0, r.facts.K))
-    rows = [
-        [tex(r.label), str(r.facts.K), "--" if r.facts.prompt_tokens_mean is None else f"{r.facts.prompt_tokens_mean:.0f}",
-         _ratio(r.facts.compression_ratio), _pct(r.facts.peak), _pct(r.facts.final)]
-        for r in ordered
-    ]
-    return _tabular("lrrrrr", header, rows, "no finished runs")
+    rows = []
+    for run in ordered:
+        quality = run.quality()
+        split, columns = _SPLITS[quality[0]] if quality else ("--", None)
+        tokens = run.facts.prompt_tokens_mean
+        accuracy = tables.accuracy_cell(tables.summary_row(run), columns[BRIDGED], missing="--") if columns else "--"
+        rows.append([tex(run.label), str(run.facts.K), "--" if tokens is None else f"{tokens:.0f}", _ratio(run.facts.compression_ratio),
+                     accuracy, split])
+    return _tabular("lrrrrl", header, rows, "no finished runs")
 
 
-FIGURE_CAPTIONS = {
-    "training_curves": "Bridged accuracy (left) and training loss (right) over training steps.",
-    "stability": "Peak versus final bridged accuracy of each run; the number above each pair is the drop in points.",
-    "sequence_length": "Accuracy against the number of soft tokens $K$ for runs that differ only in $K$.",
-    "compression_quality": "Final accuracy against the compression ratio (prompt tokens the target would read as text, divided by $K$).",
-    "content_vs_k": (
-        "Fraction recovered against $K$: the share of the gold solution's log-likelihood gap between no question"
-        " and the full text prompt that the soft tokens close, with 95\\% bootstrap intervals over questions."
-    ),
-}
+def _names(labels: Sequence[str]) -> str:
+    return ", ".join(tex(label) for label in labels)
+
+
+def figure_captions(data: SuiteData) -> dict[str, str]:
+    """Each figure's caption, saying what it plots for this suite: which loss, which split, which runs."""
+    runs = data.runs
+    losses = {r.label: loss_curve(r) for r in runs}
+    total = [label for label, (key, points) in losses.items() if key == LOSS and points]
+    lm = f"\\texttt{{{tex(LM_LOSS)}}}"
+    if any(key == LM_LOSS for key, _ in losses.values()):
+        loss = f"the answer NLL, the loss's language-modelling term {lm}"
+        loss += f"; dashed: the total loss, for the runs that logged no {lm} ({_names(total)})" if total else ""
+    else:
+        loss = f"the total training loss (no run logged its language-modelling term {lm})"
+    untested = [r.label for r in runs if (r.quality() or ("",))[0] == "val"]
+    hollow = f" Hollow markers: final validation accuracy, for the runs with no test evaluation ({_names(untested)})." if untested else ""
+    members, left_out = k_sweep(runs)
+    ks = sorted({r.facts.K for r in members})
+    sweep = ("Bridged accuracy (\\%) on the held-out test questions against the number of soft tokens $K$, with 95\\% bootstrap"
+             " intervals, for the runs whose recorded configuration differs from the suite's base in $K$ alone." + hollow)
+    if not members:
+        sweep += " No run does, so the figure is empty."
+    elif len(ks) == 1:
+        sweep += f" Only $K={ks[0]}$ is among them: one point, no trade-off can be read."
+    if left_out:
+        sweep += (f" Left out: {_names(left_out)}, which also change other settings or recorded no change"
+                  " (the figure says which; Table~\\ref{tab:ablations} lists every change).")
+    return {
+        "training_curves": (
+            "Left: bridged validation accuracy (\\%) at each evaluation, with 95\\% bootstrap intervals over the evaluation's"
+            " questions (from its records); horizontal lines are the text baselines on the final evaluation, bands their"
+            f" intervals. Right: {loss}, smoothed when logged at many steps."
+        ),
+        "stability": (
+            "Peak (light) and final (solid) bridged validation accuracy (\\%) of each run, with the text baselines and their"
+            " 95\\% intervals; the label above each pair is the drop from peak to final in percentage points, and a dot on"
+            " the axis marks an accuracy of 0."
+        ),
+        "sequence_length": sweep,
+        "compression_quality": (
+            "Bridged accuracy (\\%) on the held-out test questions, with 95\\% bootstrap intervals, against the compression"
+            " ratio (prompt tokens the target would read as text, divided by $K$); a star is the target model alone reading"
+            " the full prompt (1$\\times$). The test evaluates once the translator that validation selected, so unlike the"
+            " validation peak it is not biased upward." + hollow
+        ),
+        "content_vs_k": (
+            "Fraction recovered against $K$: the share of the gold solution's log-likelihood gap between no question"
+            " and the full text prompt that the soft tokens close, with 95\\% bootstrap intervals over questions."
+        ),
+    }
 
 
 def paper(data: SuiteData) -> str:
@@ -127,14 +178,17 @@ def paper(data: SuiteData) -> str:
     n = first.n_questions if first else 0
     tested = next((run.test for run in data.runs if run.test), None)
     test_text = f" The translator each run selected on them was then tested once on {tested.n} held-out test questions." if tested else ""
-    figures = "\n".join(
-        f"\\begin{{figure}}[t]\n  \\centering\n  \\includegraphics[width=\\linewidth]{{figures/{name}.pdf}}\n"
-        f"  \\caption{{{FIGURE_CAPTIONS[name]}}}\n  \\label{{fig:{name}}}\n\\end{{figure}}\n"
+    captions = figure_captions(data)
+    figures = "\n".join(  # at natural size: drawn at most figures.PRINT_WIDTH wide, text at its drawn size
+        f"\\begin{{figure}}[t]\n  \\centering\n  \\includegraphics{{figures/{name}.pdf}}\n"
+        f"  \\caption{{{captions[name]}}}\n  \\label{{fig:{name}}}\n\\end{{figure}}\n"
         for name in FIGURES
     )
     return rf"""\documentclass[11pt]{{article}}
 \usepackage[margin=1in]{{geometry}}
 \usepackage{{booktabs}}
+\usepackage{{array}}
+\usepackage{{tabularx}}
 \usepackage{{graphicx}}
 \usepackage{{float}}
 
@@ -172,16 +226,19 @@ See Figures~\ref{{fig:training_curves}} and~\ref{{fig:stability}}.
 \section{{Ablations}}
 \begin{{table}}[H]
   \centering
-  \caption{{Every run of the suite: changes against the suite's base, peak and final bridged
-  accuracy (\%), their difference $\Delta$, invalid answers (\%) and the verdict.}}
+  \small
+  \caption{{Every run of the suite: its full change against the suite's base as recorded at submit,
+  peak and final bridged validation accuracy (\%), their difference $\Delta$ (points), invalid
+  answers (\%) and the verdict.}}
   \label{{tab:ablations}}
-  \resizebox{{\linewidth}}{{!}}{{\input{{tables/ablations}}}}
+  \input{{tables/ablations}}
 \end{{table}}
 
 \section{{Sequence length and compression}}
 \begin{{table}}[H]
   \centering
-  \caption{{Compression and quality.}}
+  \caption{{Compression and quality: the bridged accuracy (\%) with its 95\% bootstrap interval on the
+  held-out test questions, or on the final validation evaluation for a run without a test (Split).}}
   \label{{tab:compression}}
   \input{{tables/compression}}
 \end{{table}}

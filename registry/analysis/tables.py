@@ -33,7 +33,7 @@ from latentbridge.metric_names import (
     TEST_PREFIX,
 )
 from registry.analysis.collect import BASELINES, EvalScores, SuiteData, SuiteRun
-from registry.facts import control_role
+from registry.facts import RunFacts, control_role
 
 # each system's accuracy column on validation (the final evaluation) and on test
 VALIDATION_COLUMN = {SOURCE: "source_alone", TARGET: "target_alone", BRIDGED: "final"}
@@ -65,11 +65,11 @@ SUMMARY_COLUMNS = (
 CONTENT_SUMMARY = "content_summary.json"
 
 
-def changes(facts, short_keys: bool = False) -> str:
+def changes(facts: RunFacts) -> str:
     """What the run changes against its suite's base, as recorded at submit ("base": nothing)."""
     if not facts.diff_recorded:
         return "not recorded"
-    return ", ".join(f"{k.split('.')[-1] if short_keys else k}={v}" for k, v in sorted(facts.config_diff.items())) or "base"
+    return ", ".join(f"{k}={v}" for k, v in sorted(facts.config_diff.items())) or "base"
 
 
 def _record_cells(scores: EvalScores | None, prefix: str, columns: dict[str, str]) -> dict:
@@ -156,6 +156,7 @@ def ablation_results(data: SuiteData) -> dict:
             git_commit=run.facts.git_commit,
             slurm_job=run.facts.slurm_job,
             history={k: [list(p) for p in v] for k, v in run.facts.history.items()},
+            evaluations=[[step, *e] for step, e in sorted(run.evaluations.items())],  # step, bridged accuracy, 95% interval
         )
         runs.append(entry)
     return {
