@@ -147,7 +147,7 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def _content_lines(facts: RunFacts, verdict: Verdict) -> list[str]:
+def _content_lines(facts: RunFacts, verdict: Verdict, validation: dict | None) -> list[str]:
     """What crosses the bridge, and bridged against each control on the same questions."""
     m = facts.metrics
     lines = ["", "## What crosses the bridge (final evaluation)"]
@@ -164,16 +164,19 @@ def _content_lines(facts: RunFacts, verdict: Verdict) -> list[str]:
             f" tokens' own question's gold: {_fmt(m.get(MISMATCHED_FOLLOWS))}",
         ]
     names = {"no_source": "trained no-source control", "trained_text": "trained text control", "mismatched": "mismatched soft tokens"}
-    lines += ["", "## Bridged against the controls (same questions; difference with its 95% paired interval)"]
+    lines += ["", "## Bridged against the baselines and controls (final validation, same questions;"
+              " difference with its 95% paired interval, exact McNemar p)"]
+    lines += [f"- vs {system}-alone (the untrained model reading the few-shot text): {Comparison.from_dict(c).text()}"
+              for system, c in (validation or {}).get("comparisons", {}).items()]
     if not verdict.comparisons:
-        lines.append("- none: the suite has no finished trained control for this pair and task yet")
+        lines.append("- trained controls: none yet (the suite has no finished trained control for this pair and task)")
     lines += [f"- vs {names.get(k, k)}: {c.text()}" for k, c in verdict.comparisons.items()]
     return lines
 
 
-def held_out_test(records: list[EvalRecord] | None, rules: VerdictRules) -> dict | None:
-    """The held-out test evaluation of the translator selected on validation: each system's
-    accuracy with its interval, and bridged against each text baseline on the same questions."""
+def paired_evaluation(records: list[EvalRecord] | None, rules: VerdictRules) -> dict | None:
+    """One evaluation's systems: each one's accuracy with its interval, and bridged against
+    each text baseline on the same questions (paired interval, exact McNemar p)."""
     if not records:
         return None
     column = lambda system: [bool(r[system]["correct"]) for r in records]  # noqa: E731
@@ -235,7 +238,12 @@ def _reproduce_line(facts: RunFacts) -> str:
 
 
 def note(
-    facts: RunFacts, verdict: Verdict, rules: VerdictRules, interval: tuple[float, float] | None, test: dict | None = None
+    facts: RunFacts,
+    verdict: Verdict,
+    rules: VerdictRules,
+    interval: tuple[float, float] | None,
+    test: dict | None = None,
+    validation: dict | None = None,
 ) -> str:
     """The preservation note: why the run exists, how to reproduce it, key metrics, verdict."""
     ci = f" (95% bootstrap interval [{interval[0]:.3f}, {interval[1]:.3f}])" if interval else ""
@@ -273,7 +281,7 @@ def note(
         f"- bridged peak: {_fmt(facts.peak)} at step {facts.peak_step} (degradation {_fmt(facts.degradation)})",
         f"- bridged invalid rate: {_fmt(facts.invalid_rate)}",
         f"- compression ratio: {compression}",
-        *_content_lines(facts, verdict),
+        *_content_lines(facts, verdict, validation),
         *_test_lines(facts, test),
         "",
         f"## Verdict: **{verdict.verdict}**",
@@ -378,8 +386,8 @@ def _preserve(run_id: str, rules: VerdictRules | None) -> Preserved:
         bridged = [bool(r[BRIDGED]["correct"]) for r in records]
         interval = accuracy_interval(bridged, rules.bootstrap_samples, rules.confidence, rules.seed)
         test_file = test_dir / TEST_EVAL_FILE if test_dir is not None else None
-        test = held_out_test(read_eval_jsonl(test_file) if test_file and test_file.is_file() else None, rules)
-        text = note(facts, verdict, rules, interval, test)
+        test = paired_evaluation(read_eval_jsonl(test_file) if test_file and test_file.is_file() else None, rules)
+        text = note(facts, verdict, rules, interval, test, paired_evaluation(records, rules))
 
         archive = local / ARCHIVE
         shutil.copytree(translator, archive / "translator")

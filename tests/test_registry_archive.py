@@ -82,6 +82,9 @@ def test_preserved_version_holds_archive_tags_and_note(store, preserved):
     # validation selects and judges; the held-out test reports, beside it, with intervals and paired tests
     test_section = note.split("## Held-out test (5 questions; the translator selected on validation, step ", 1)[1]
     assert "- bridged vs target-alone: " in test_section and "McNemar p=" in test_section
+    baselines = note.split("## Bridged against the baselines and controls (final validation, same questions;", 1)[1]
+    assert "- vs target-alone (the untrained model reading the few-shot text): " in baselines
+    assert "- vs source-alone (the untrained model reading the few-shot text): " in baselines
     assert tags["test_n_questions"] == "5" and 0 <= float(tags["test_bridged"]) <= 1
     folder = Path(client().download_artifacts(store["finished"], "archive", str(store["root"] / "dl")))
     manifest = verify_manifest(folder, tags["manifest_sha256"])
