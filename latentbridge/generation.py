@@ -253,14 +253,27 @@ class _Engine:
             return
         self.graph = graph
 
+    def _layer_token_bytes(self) -> list[int]:
+        """Bytes one token occupies in each initialized layer, keys and values (GQA as stored)."""
+        return [
+            (layer.keys[0, :, 0].numel() + layer.values[0, :, 0].numel()) * layer.keys.element_size()
+            for layer in self.cache.layers
+            if getattr(layer, "is_initialized", False)
+        ]
+
     @property
     def per_token_kv_bytes(self) -> int:
         """Bytes one token occupies in this cache, all layers, keys and values (GQA as stored)."""
-        total = 0
-        for layer in self.cache.layers:
-            if getattr(layer, "is_initialized", False):
-                total += (layer.keys[0, :, 0].numel() + layer.values[0, :, 0].numel()) * layer.keys.element_size()
-        return total
+        return sum(self._layer_token_bytes())
+
+    @property
+    def sliding_kv_bytes(self) -> int:
+        """The part of `per_token_kv_bytes` in sliding-window layers: a cache needs at most
+        `window` tokens of those (this engine stores them full length and masks)."""
+        if not self.mapping:
+            return 0
+        kinds = list(self.model.config.get_text_config().layer_types)
+        return sum(b for b, kind in zip(self._layer_token_bytes(), kinds) if kind == "sliding_attention")
 
     @property
     def cache_bytes(self) -> int:
@@ -377,19 +390,28 @@ class GenerationStats:
     per_token_kv_bytes: int  # one token, all layers, keys + values, as stored (GQA counted)
     peak_memory_bytes: int | None = None
     row_latency_s: list[float] = field(default_factory=list)
+    sliding_kv_bytes: int = 0  # the part of per_token_kv_bytes in sliding-window layers
+    sliding_window: int | None = None  # tokens those layers need at most
 
     @property
     def total_s(self) -> float:
         return self.prefill_s + self.decode_s
 
+    def held_bytes(self, context: int) -> int:
+        """KV bytes a cache needs for `context` tokens: every token in full-attention layers, at
+        most the window in sliding-window layers."""
+        full = self.per_token_kv_bytes - self.sliding_kv_bytes
+        window = context if self.sliding_window is None else min(context, self.sliding_window)
+        return full * context + self.sliding_kv_bytes * window
+
     def kv_bytes(self, row: int) -> int:
-        """Cache bytes the row holds at its end (prompt plus its new tokens)."""
-        return (self.prompt_tokens[row] + self.new_tokens[row]) * self.per_token_kv_bytes
+        """Cache bytes the row needs at its end (prompt plus its new tokens)."""
+        return self.held_bytes(self.prompt_tokens[row] + self.new_tokens[row])
 
     def kv_read_bytes(self, row: int) -> int:
         """Cache bytes the row's decode steps must read: its context at every step."""
         p, n = self.prompt_tokens[row], self.new_tokens[row]
-        return sum(p + t for t in range(1, n)) * self.per_token_kv_bytes
+        return sum(self.held_bytes(p + t) for t in range(1, n))
 
 
 @dataclass
@@ -505,6 +527,8 @@ def generate_tokens(
         cache_len=engine.max_len,
         cache_bytes=engine.cache_bytes,
         per_token_kv_bytes=engine.per_token_kv_bytes,
+        sliding_kv_bytes=engine.sliding_kv_bytes,
+        sliding_window=engine.window if engine.sliding_kv_bytes else None,
         peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         row_latency_s=[prefill_s + step_s * (len(t) - 1) for t in tokens],
     )

@@ -190,3 +190,18 @@ def test_bucketing_keeps_question_order(tiny_config, monkeypatch):
     out = evaluate._answer(questions, lambda qs: qs, object(), config, "test", lengths)
     assert out == {i: str(len(q)) for i, q in enumerate(questions)}
     assert seen[0] == ["a" * 9, "a" * 7]  # the longest prompts share the first batch
+
+
+def test_kv_bytes_count_sliding_window_layers_at_their_window(tiny_lm):
+    inputs = build_inputs(tiny_lm, PROMPTS)
+    stats = generate_tokens(tiny_lm.model, inputs.inputs_embeds, inputs.attention_mask, 8).stats
+    kinds = list(getattr(tiny_lm.model.config.get_text_config(), "layer_types", None) or [])
+    sliding = kinds.count("sliding_attention")
+    assert stats.sliding_kv_bytes == sliding * 2 * 1 * 24 * 4  # those layers' share of a token
+    context = stats.prompt_tokens[0] + stats.new_tokens[0]
+    if sliding:  # tiny Gemma-3: window 16, the context is longer
+        assert stats.sliding_window == 16 and context > 16
+        full = stats.per_token_kv_bytes - stats.sliding_kv_bytes
+        assert stats.kv_bytes(0) == full * context + stats.sliding_kv_bytes * 16 < stats.per_token_kv_bytes * context
+    else:
+        assert stats.kv_bytes(0) == stats.per_token_kv_bytes * context
