@@ -3,8 +3,14 @@
 `submit` freezes the code (a snapshot of the repo as it is on disk), creates one MLflow run
 per run of the suite (status SCHEDULED, with the git commit and the uncommitted diff),
 and sends the suite out through submitit: on Slurm as ONE job array (one job per run, one
-task per GPU), locally one run after another. It leaves a record that `status`, `logs`,
-`wait` and `cancel` read later (they default to the latest submission).
+task per GPU), locally one run after another (or `--runs-per-device N` at once on each GPU,
+each pinned to its own). A suite of several runs gets one parent MLflow run holding them as
+children. It leaves a record that `status`, `logs`, `wait` and `cancel` read later (they
+default to the latest submission).
+
+Records mode (`--records DIR`, a machine without the MLflow store): no MLflow run is opened
+and nothing imports mlflow; each run writes its record (params, tags, metrics, artifacts,
+status) to DIR/<suite>/<run>-<id>/ for `python -m registry import`, which submit prints.
 
 Provenance: every MLflow run is tagged when it is opened with `command` (the submit command
 line as typed, shell-quoted), `reproduce_command` (that command narrowed to the run with
