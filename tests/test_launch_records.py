@@ -92,7 +92,9 @@ def test_records_mode_trains_without_mlflow_and_imports_as_the_run(tiny_pair, ml
     assert tags["git_commit"] == sub.snapshot["git_commit"] and tags["run_dir"] == sub.runs[0].run_dir
     assert [m.step for m in mlflow_client.get_metric_history(run.info.run_id, "loss")] == list(range(1, 7))
     evals = {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "evals")}
-    assert evals == {f"evals/{p.name}" for p in (folder / "artifacts" / "evals").iterdir()}
+    jsonls = [p.name for p in (folder / "artifacts" / "evals").iterdir()]
+    # the record's eval JSONLs, and the table of each that the import adds, as a live run has
+    assert evals == {f"evals/{name}" for name in jsonls} | {f"evals/{name[:-6]}.table.json" for name in jsonls}
     assert any(path.endswith(".jsonl") for path in evals), evals
     assert "config.json" in {a.path for a in mlflow_client.list_artifacts(run.info.run_id)}
 
