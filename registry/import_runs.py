@@ -39,7 +39,7 @@ from latentbridge.reporting import (
     TERMINAL_STATUSES,
 )
 from registry.errors import RegistryError
-from registry.reporter import EVAL_FOLDERS, MlflowReporter
+from registry.reporter import CURVES_FIGURE, EVAL_FOLDERS, MlflowReporter
 from registry.store import DEFAULT_EXPERIMENT, client, experiment_id, with_retries
 
 log = logging.getLogger(__name__)
@@ -146,12 +146,12 @@ def find_imported(digest: str) -> str | None:
 
 def _log_views(reporter: MlflowReporter, artifacts: Path) -> None:
     """What the MLflow reporter shows beside eval JSONLs when a run logs live: a table of each
-    (unless the record brought one) and the run's curves."""
+    and the run's curves, each unless the record brought it (so export + import is exact)."""
     jsonls = [p for folder in EVAL_FOLDERS for p in sorted((artifacts / folder).glob("*.jsonl"))]
     for path in jsonls:
         if not path.with_suffix(".table.json").exists():
             reporter.log_eval_table(path, path.parent.name)
-    if jsonls:
+    if jsonls and not (artifacts / CURVES_FIGURE).exists():  # an exported run brings its own
         reporter.log_curves()
 
 
