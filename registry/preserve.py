@@ -46,7 +46,6 @@ from latentbridge.metric_names import (
     TEST_EVAL_FILE,
     TEST_FOLDER,
     TEST_PREFIX,
-    EvalRecord,
 )
 from latentbridge.models import sha256_file
 from registry.errors import PreserveError, TamperedArchiveError
@@ -65,11 +64,12 @@ from registry.prompt_length import try_mean_prompt_tokens
 from registry.store import client, exclusive, with_retries
 from registry.tags import NOT_RECORDED
 from registry.verdict import (
-    Comparison,
+    EvalScores,
     Verdict,
     VerdictRules,
     accuracy_interval,
     collapse_flags,
+    eval_scores,
     judge,
 )
 
@@ -147,7 +147,7 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def _content_lines(facts: RunFacts, verdict: Verdict, validation: dict | None) -> list[str]:
+def _content_lines(facts: RunFacts, verdict: Verdict, validation: EvalScores | None) -> list[str]:
     """What crosses the bridge, and bridged against each control on the same questions."""
     m = facts.metrics
     lines = ["", "## What crosses the bridge (final evaluation)"]
@@ -166,44 +166,39 @@ def _content_lines(facts: RunFacts, verdict: Verdict, validation: dict | None) -
     names = {"no_source": "trained no-source control", "trained_text": "trained text control", "mismatched": "mismatched soft tokens"}
     lines += ["", "## Bridged against the baselines and controls (final validation, same questions;"
               " difference with its 95% paired interval, exact McNemar p)"]
-    lines += [f"- vs {system}-alone (the untrained model reading the few-shot text): {Comparison.from_dict(c).text()}"
-              for system, c in (validation or {}).get("comparisons", {}).items()]
+    lines += [f"- vs {system}-alone (the untrained model reading the few-shot text): {c.text()}"
+              for system, c in (validation.versus.items() if validation else ())]
     if not verdict.comparisons:
         lines.append("- trained controls: none yet (the suite has no finished trained control for this pair and task)")
     lines += [f"- vs {names.get(k, k)}: {c.text()}" for k, c in verdict.comparisons.items()]
     return lines
 
 
-def paired_evaluation(records: list[EvalRecord] | None, rules: VerdictRules) -> dict | None:
-    """One evaluation's systems: each one's accuracy with its interval, and bridged against
-    each text baseline on the same questions (paired interval, exact McNemar p)."""
-    if not records:
+def _scores_record(scores: EvalScores | None) -> dict | None:
+    """An evaluation's scores as the archive's metrics.json keeps them."""
+    if scores is None:
         return None
-    column = lambda system: [bool(r[system]["correct"]) for r in records]  # noqa: E731
-    bridged = column(BRIDGED)
-    out = {"n": len(records), "step": records[0].get("step")}
+    out: dict = {"n": scores.n, "step": scores.step}
     for system in (SOURCE, TARGET, BRIDGED):
-        correct = column(system)
-        out[system] = {"accuracy": sum(correct) / len(correct),
-                       "interval": list(accuracy_interval(correct, rules.bootstrap_samples, rules.confidence, rules.seed))}
-    out["comparisons"] = {system: asdict(Comparison.of(bridged, column(system), rules)) for system in (TARGET, SOURCE)}
+        out[system] = {"accuracy": scores.accuracy[system], "interval": list(scores.intervals[system])}
+    out["comparisons"] = {system: asdict(c) for system, c in scores.versus.items()}
     return out
 
 
-def _test_lines(facts: RunFacts, test: dict | None) -> list[str]:
+def _test_lines(facts: RunFacts, test: EvalScores | None) -> list[str]:
     """The note's held-out test section: validation selects the translator, test reports it."""
     if test is None:
         return ["", "## Held-out test", "- none: the run evaluated no held-out test questions (eval.test_questions=0)"]
-    acc = lambda system: (f"{test[system]['accuracy']:.3f} [{test[system]['interval'][0]:.3f},"  # noqa: E731
-                          f" {test[system]['interval'][1]:.3f}]")
+    acc = lambda system: (f"{test.accuracy[system]:.3f} [{test.intervals[system][0]:.3f},"  # noqa: E731
+                          f" {test.intervals[system][1]:.3f}]")
     lines = [
         "",
-        f"## Held-out test ({test['n']} questions; the translator selected on validation, step {test['step']})",
+        f"## Held-out test ({test.n} questions; the translator selected on validation, step {test.step})",
         f"- source-alone: {acc(SOURCE)}",
         f"- target-alone: {acc(TARGET)}",
         f"- bridged: {acc(BRIDGED)}",
     ]
-    lines += [f"- bridged vs {system}-alone: {Comparison.from_dict(c).text()}" for system, c in test["comparisons"].items()]
+    lines += [f"- bridged vs {system}-alone: {c.text()}" for system, c in test.versus.items()]
     m = facts.metrics
     if TEST_PREFIX + BITS in m:
         lines.append(
@@ -242,8 +237,8 @@ def note(
     verdict: Verdict,
     rules: VerdictRules,
     interval: tuple[float, float] | None,
-    test: dict | None = None,
-    validation: dict | None = None,
+    test: EvalScores | None = None,
+    validation: EvalScores | None = None,
 ) -> str:
     """The preservation note: why the run exists, how to reproduce it, key metrics, verdict."""
     ci = f" (95% bootstrap interval [{interval[0]:.3f}, {interval[1]:.3f}])" if interval else ""
@@ -386,8 +381,9 @@ def _preserve(run_id: str, rules: VerdictRules | None) -> Preserved:
         bridged = [bool(r[BRIDGED]["correct"]) for r in records]
         interval = accuracy_interval(bridged, rules.bootstrap_samples, rules.confidence, rules.seed)
         test_file = test_dir / TEST_EVAL_FILE if test_dir is not None else None
-        test = paired_evaluation(read_eval_jsonl(test_file) if test_file and test_file.is_file() else None, rules)
-        text = note(facts, verdict, rules, interval, test, paired_evaluation(records, rules))
+        test_records = read_eval_jsonl(test_file) if test_file and test_file.is_file() else []
+        test = eval_scores(test_records, rules) if test_records else None
+        text = note(facts, verdict, rules, interval, test, eval_scores(records, rules))
 
         archive = local / ARCHIVE
         shutil.copytree(translator, archive / "translator")
@@ -415,7 +411,7 @@ def _preserve(run_id: str, rules: VerdictRules | None) -> Preserved:
                 "bridged_accuracy": facts.peak,
                 "translator": "best_translator" if best is not None else None,
             },
-            "test": test,
+            "test": _scores_record(test),
             "history": {k: [list(p) for p in v] for k, v in facts.history.items()},
             "metrics": facts.metrics,
             "verdict": verdict.to_dict(),
@@ -452,9 +448,9 @@ def _preserve(run_id: str, rules: VerdictRules | None) -> Preserved:
         "bridged_final": opt(verdict.bridged),
         "invalid_rate": opt(facts.invalid_rate),
         "n_questions": str(verdict.n),
-        "test_bridged": opt(test[BRIDGED]["accuracy"]) if test else "none",
-        "test_target_alone": opt(test[TARGET]["accuracy"]) if test else "none",
-        "test_n_questions": str(test["n"]) if test else "0",
+        "test_bridged": opt(test.accuracy[BRIDGED]) if test else "none",
+        "test_target_alone": opt(test.accuracy[TARGET]) if test else "none",
+        "test_n_questions": str(test.n) if test else "0",
         "verdict": verdict.verdict,
         "verdict_rule": verdict.decided_by,
         "bits_transmitted": opt(verdict.bits[0] if verdict.bits else None),

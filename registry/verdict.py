@@ -38,10 +38,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, BRIDGED, MISMATCHED, SOURCE, TARGET, EvalRecord
+from latentbridge.scoring import INVALID
 from latentbridge.stats import bootstrap_mean_interval
 
 VERDICTS = ("headline", "control", "ablation", "negative", "unstable")
@@ -391,4 +393,63 @@ def judge(
         "neither",
         f"bridged {b:.3f} is neither above target-alone {_fmt(t)} nor, with statistical support, between source-alone"
         f" {_fmt(s)} and target-alone" + (f" ({vs_source.text()})" if vs_source is not None else ""),
+    )
+
+
+# --------------------------------------------------------------------------- one evaluation
+BASELINES = (TARGET, SOURCE)
+
+
+class Estimate(NamedTuple):
+    """An accuracy and its 95% bootstrap interval over questions."""
+
+    value: float
+    low: float
+    high: float
+
+
+def estimate(correct: list[bool], rules: VerdictRules) -> Estimate:
+    """The share of `correct` answers with its bootstrap interval (`registry.verdict.accuracy_interval`)."""
+    return Estimate(sum(correct) / len(correct), *accuracy_interval(correct, rules.bootstrap_samples, rules.confidence, rules.seed))
+
+
+@dataclass(frozen=True)
+class EvalScores:
+    """What one evaluation's records say: each system's accuracy with its interval, bridged
+    against each text baseline, and how varied the bridged answers are."""
+
+    step: int  # the training step of the translator evaluated
+    n: int  # questions
+    accuracy: dict[str, float]  # system -> the share of questions it answered correctly
+    intervals: dict[str, tuple[float, float]]  # system -> bootstrap interval of its accuracy
+    invalid_rate: float  # the share of bridged answers with no final number
+    versus: dict[str, Comparison]  # baseline -> bridged against it on the same questions
+    distinct_outputs: int  # different texts the bridged target wrote
+    modal_answer: tuple[str, int]  # the bridged answer given most often, and how often
+    guess: float  # the accuracy of giving that answer to every question
+
+    def estimate(self, system: str) -> Estimate:
+        """The system's accuracy with its interval (KeyError when the records hold no answers of it)."""
+        return Estimate(self.accuracy[system], *self.intervals[system])
+
+
+def eval_scores(records: list[EvalRecord], rules: VerdictRules) -> EvalScores:
+    """Intervals, paired comparisons with the text baselines and the bridged answers' spread."""
+    columns = {
+        system: [bool(r[system]["correct"]) for r in records]
+        for system in (BRIDGED, *BASELINES)
+        if all(system in r for r in records)
+    }
+    bridged = columns[BRIDGED]
+    estimates = {system: estimate(correct, rules) for system, correct in columns.items()}
+    return EvalScores(
+        step=int(records[0]["step"]),
+        n=len(records),
+        accuracy={system: e.value for system, e in estimates.items()},
+        intervals={system: (e.low, e.high) for system, e in estimates.items()},
+        invalid_rate=sum(r[BRIDGED]["answer"] == INVALID for r in records) / len(records),
+        versus={system: Comparison.of(bridged, columns[system], rules) for system in BASELINES if system in columns},
+        distinct_outputs=distinct_outputs(records),
+        modal_answer=modal_answer(records),
+        guess=guess_accuracy(records),
     )

@@ -12,7 +12,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Final
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -24,13 +24,10 @@ from latentbridge.metric_names import (
     BITS_LOW,
     BRIDGED,
     LOSS_TERM_PREFIX,
-    SOURCE,
-    TARGET,
     TEST_EVAL_FILE,
     TEST_FOLDER,
     EvalRecord,
 )
-from latentbridge.scoring import INVALID
 from latentbridge.stats import bootstrap_ratio_interval
 from registry.facts import (
     RunFacts,
@@ -43,75 +40,18 @@ from registry.facts import (
 from registry.prompt_length import try_mean_prompt_tokens
 from registry.store import client
 from registry.verdict import (
-    Comparison,
+    Estimate,
+    EvalScores,
     VerdictRules,
-    accuracy_interval,
     collapse_flags,
-    distinct_outputs,
-    guess_accuracy,
+    estimate,
+    eval_scores,
     judge,
-    modal_answer,
 )
 
 log = logging.getLogger(__name__)
 
-BASELINES = (TARGET, SOURCE)
 LM_LOSS: Final = LOSS_TERM_PREFIX + "lm"  # the loss's language-modelling term: the answer NLL
-
-
-class Estimate(NamedTuple):
-    """An accuracy and its 95% bootstrap interval over questions."""
-
-    value: float
-    low: float
-    high: float
-
-
-def estimate(correct: list[bool], rules: VerdictRules) -> Estimate:
-    """The share of `correct` answers with its bootstrap interval (`registry.verdict.accuracy_interval`)."""
-    return Estimate(sum(correct) / len(correct), *accuracy_interval(correct, rules.bootstrap_samples, rules.confidence, rules.seed))
-
-
-@dataclass(frozen=True)
-class EvalScores:
-    """What one evaluation's records say: each system's accuracy with its interval, bridged
-    against each text baseline, and how varied the bridged answers are."""
-
-    step: int  # the training step of the translator evaluated
-    n: int  # questions
-    accuracy: dict[str, float]  # system -> the share of questions it answered correctly
-    intervals: dict[str, tuple[float, float]]  # system -> bootstrap interval of its accuracy
-    invalid_rate: float  # the share of bridged answers with no final number
-    versus: dict[str, Comparison]  # baseline -> bridged against it on the same questions
-    distinct_outputs: int  # different texts the bridged target wrote
-    modal_answer: tuple[str, int]  # the bridged answer given most often, and how often
-    guess: float  # the accuracy of giving that answer to every question
-
-    def estimate(self, system: str) -> Estimate:
-        """The system's accuracy with its interval (KeyError when the records hold no answers of it)."""
-        return Estimate(self.accuracy[system], *self.intervals[system])
-
-
-def eval_scores(records: list[EvalRecord], rules: VerdictRules) -> EvalScores:
-    """Intervals, paired comparisons with the text baselines and the bridged answers' spread."""
-    columns = {
-        system: [bool(r[system]["correct"]) for r in records]
-        for system in (BRIDGED, *BASELINES)
-        if all(system in r for r in records)
-    }
-    bridged = columns[BRIDGED]
-    estimates = {system: estimate(correct, rules) for system, correct in columns.items()}
-    return EvalScores(
-        step=int(records[0]["step"]),
-        n=len(records),
-        accuracy={system: e.value for system, e in estimates.items()},
-        intervals={system: (e.low, e.high) for system, e in estimates.items()},
-        invalid_rate=sum(r[BRIDGED]["answer"] == INVALID for r in records) / len(records),
-        versus={system: Comparison.of(bridged, columns[system], rules) for system in BASELINES if system in columns},
-        distinct_outputs=distinct_outputs(records),
-        modal_answer=modal_answer(records),
-        guess=guess_accuracy(records),
-    )
 
 
 @dataclass

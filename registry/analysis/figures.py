@@ -34,7 +34,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from latentbridge.metric_names import BRIDGED_ACCURACY, FRACTION, LOSS, PROMPT_TOKENS_MEAN, SOURCE, TARGET
-from registry.analysis.collect import LM_LOSS, Estimate, SuiteRun
+from registry.analysis.collect import LM_LOSS, SuiteRun
+from registry.verdict import Estimate
 
 PRINT_WIDTH = 6.3  # inches: at most the paper's text width (6.5 in), where figures print at 100%
 SMALLEST_FONT = 8  # points, at print size

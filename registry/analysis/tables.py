@@ -32,8 +32,9 @@ from latentbridge.metric_names import (
     TARGET_ACCURACY,
     TEST_PREFIX,
 )
-from registry.analysis.collect import BASELINES, EvalScores, SuiteData, SuiteRun
+from registry.analysis.collect import SuiteData, SuiteRun
 from registry.facts import RunFacts, control_role
+from registry.verdict import BASELINES, EvalScores
 
 # each system's accuracy column on validation (the final evaluation) and on test
 VALIDATION_COLUMN = {SOURCE: "source_alone", TARGET: "target_alone", BRIDGED: "final"}
