@@ -131,12 +131,22 @@ class LossConfig:
     prompt_alignment_weight: float = 0.0  # MSE of soft tokens to the question's target embeddings
     token_alignment_weight: float = 0.0  # MSE of soft tokens to the bridge teacher
     flow_weight: float = 0.0  # rectified-flow loss of the DiT bridge
+    # the target, reading only [BOS][soft tokens]"Q:", writes the question back: a term that
+    # pays only for what the soft tokens say about the question (no answer format to learn)
+    reconstruction_weight: float = 0.0
+    content_first_steps: int = 0  # curriculum: the first N steps train on the content terms alone
 
     def __post_init__(self) -> None:
         _check_finite(self, "loss")
         for f in dataclasses.fields(self):
             _check_positive("loss", f.name, getattr(self, f.name), allow_zero=True)
         _check_positive("loss", "kl_tokens", self.kl_tokens)
+        if self.content_first_steps and not (self.reconstruction_weight or self.info_nce_weight):
+            raise ConfigError(
+                f"loss.content_first_steps={self.content_first_steps} trains on the content terms alone,"
+                " but loss.reconstruction_weight and loss.info_nce_weight are both 0: set one of them"
+                " or set loss.content_first_steps=0"
+            )
         _check_positive("loss", "info_nce_temperature", self.info_nce_temperature)
         if not any(getattr(self, f.name) for f in dataclasses.fields(self) if f.name.endswith("_weight")):
             raise ConfigError("every loss.*_weight is 0: there is nothing to train on")
@@ -247,6 +257,11 @@ class RunConfig:
         kind = self.translator.kind
         if self.loss.info_nce_weight and self.train.batch_size < 2:
             raise ConfigError("loss.info_nce_weight > 0 needs train.batch_size >= 2 (in-batch negatives)")
+        if self.loss.reconstruction_weight and self.translator.injection != "prepend":
+            raise ConfigError(
+                "loss.reconstruction_weight > 0 needs translator.injection=prepend (the target reads the"
+                f" soft tokens before a two-token cue; got {self.translator.injection!r})"
+            )
         if self.loss.flow_weight and kind != "dit":
             raise ConfigError(f"loss.flow_weight > 0 needs translator.kind=dit (got {kind!r})")
         if kind == "dit" and self.translator.dit_teacher == "prompt" and self.eval.prompt_mode != "soft_only":

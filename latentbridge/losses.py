@@ -8,7 +8,11 @@
                    in-batch negatives, float32, from half of warmup;
   prompt_alignment MSE of the soft tokens to the target's embeddings of the question;
   token_alignment  MSE of the soft tokens to the bridge teacher (answer or question);
-  flow             the DiT bridge's rectified-flow loss.
+  flow             the DiT bridge's rectified-flow loss;
+  reconstruction   next-token loss on the question's own text, the target reading only
+                   `[BOS] [soft tokens] Q:` (nothing of the question but what crossed).
+For the first `content_first_steps` steps only the content terms (info_nce, reconstruction)
+train: the soft tokens learn to say the question before they learn the answer's format.
 Logits are computed only where they are used (answer positions): for a 262k vocabulary
 the LM head is most of a step's cost.
 """
@@ -24,7 +28,7 @@ from torch import nn
 from latentbridge.bridge import IGNORE_INDEX, Bridge, TargetInputs, build_inputs
 from latentbridge.data import Example
 from latentbridge.models import FrozenLM
-from latentbridge.prompts import answer_target, question_block
+from latentbridge.prompts import RECONSTRUCTION_CUE, answer_target, question_block, reconstruction_target
 
 
 def _answer_positions(lm: FrozenLM, inputs: TargetInputs):
@@ -106,27 +110,41 @@ def compute_losses(
     if weights.flow_weight or weights.token_alignment_weight:
         teacher, teacher_mask = bridge.bridge_teacher(examples)
     soft, flow = translator_step(states, mask, teacher if weights.flow_weight else None, teacher_mask)
-    student = bridge.target_inputs(questions, soft, answers)
     terms: dict[str, torch.Tensor] = {}
+    content_only = step < weights.content_first_steps
+    if weights.reconstruction_weight:
+        retell = build_inputs(
+            bridge.target,
+            [RECONSTRUCTION_CUE] * len(questions),
+            answers=[reconstruction_target(q) for q in questions],
+            soft=soft,
+            max_answer_tokens=cfg.train.max_answer_tokens,
+        )
+        retell_logits, retell_labels, _ = answer_logits(bridge.target, retell)
+        terms["reconstruction"] = F.cross_entropy(retell_logits, retell_labels)
     logits = labels = order = None
-    if weights.lm_weight or weights.kl_weight:
+    if (weights.lm_weight or weights.kl_weight) and not content_only:
+        student = bridge.target_inputs(questions, soft, answers)
         logits, labels, order = answer_logits(bridge.target, student)
-    if weights.lm_weight:
+    if weights.lm_weight and not content_only:
         terms["lm"] = F.cross_entropy(logits, labels)
-    if weights.kl_weight and step >= warmup:
-        with torch.no_grad():
-            full_text = build_inputs(
+    if weights.kl_weight and step >= warmup and not content_only:
+        from latentbridge import prefix_cache  # (local: only this block uses it)
+
+        with torch.no_grad():  # the teacher reads the exemplars from their keys, computed once a run
+            teacher, full_text = prefix_cache.scoring_inputs(
                 bridge.target,
+                prefix_cache.fewshot_prefix(bridge.exemplars),
                 [bridge.prompt(q) for q in questions],
-                answers=answers,
-                max_answer_tokens=cfg.train.max_answer_tokens,
+                answers,
+                cfg.train.max_answer_tokens,
             )
-            teacher_logits, _, _ = answer_logits(bridge.target, full_text, first_n=weights.kl_tokens)
+            teacher_logits, _, _ = answer_logits(teacher, full_text, first_n=weights.kl_tokens)
         student_logits = logits[order <= weights.kl_tokens]
         terms["kl"] = F.kl_div(
             F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits, -1), log_target=True, reduction="batchmean"
         )
-    use_info_nce = bool(weights.info_nce_weight) and step >= warmup // 2
+    use_info_nce = bool(weights.info_nce_weight) and (step >= warmup // 2 or content_only)
     if use_info_nce or weights.prompt_alignment_weight:
         question_emb, question_mask = bridge.target_token_embeddings([question_block(q) for q in questions])
         if use_info_nce:
@@ -144,6 +162,7 @@ def compute_losses(
         "prompt_alignment": weights.prompt_alignment_weight,
         "token_alignment": weights.token_alignment_weight,
         "flow": weights.flow_weight,
+        "reconstruction": weights.reconstruction_weight,
     }
     terms["total"] = sum(scale[name] * value for name, value in terms.items())
     return terms

@@ -48,6 +48,14 @@ def fewshot_prompt(exemplars: Sequence[Example], question: str | None) -> str:
     return HEADER + shots + (ANSWER_CUE if question is None else question_block(question))
 
 
+RECONSTRUCTION_CUE = "Q:"  # what the target reads after the soft tokens when it retells the question
+
+
+def reconstruction_target(question: str) -> str:
+    """What the target writes after `RECONSTRUCTION_CUE` (the reconstruction loss): the question."""
+    return " " + question.strip() + "\n"
+
+
 def answer_target(example: Example) -> str:
     """What the target is trained to write after the cue: the worked solution."""
     return " " + clean_solution(example.answer) + "\n"

@@ -273,6 +273,89 @@ register(
     )
 )
 
+# Bridges between the two embedded models that carry the question (issue 17). The positive
+# control's recipe (the source reads the question alone, LM + InfoNCE) at K=32, cross-family, and
+# what is added to make the soft tokens say the question: the reconstruction term (the target
+# retells the question from the soft tokens alone) from the first step, or first alone for 300
+# steps (`loss.content_first_steps`: the soft tokens learn to say the question before the answer's
+# format). Batch 32 (31 in-batch negatives, and a small model's step costs about the same at 8),
+# 1,000 steps, 20,000 synthetic training questions (the generator is free: 32,000 draws see each
+# about 1.6 times, so a translator cannot memorise its way to low loss). KL is off: its teacher reads
+# the whole 8-shot prompt, the costliest forward, and the trained text control is the fairer
+# reference. 500 validation and 500 test questions. Each direction and task has its two trained
+# controls; the content-first bridge, the expected best, runs with three seeds.
+CARRY = {
+    "dtype": "bfloat16",
+    "data.source": "synthetic",
+    "data.source_reads": "question",
+    "data.synthetic_train_size": 20000,
+    "data.val_size": 500,
+    "translator.num_tokens": 32,
+    "translator.width": 768,
+    "translator.depth": 4,
+    "train.steps": 1000,
+    "train.batch_size": 32,
+    "train.eval_every": 250,
+    "train.checkpoint_every": 250,
+    "train.max_answer_tokens": 64,
+    "train.early_stop_patience": 0,
+    "optim.lr": 3e-4,
+    "optim.warmup_steps": 100,
+    "loss.kl_weight": 0.0,
+    "loss.info_nce_weight": 0.05,
+    "eval.num_questions": 500,
+    "eval.test_questions": 500,
+    "eval.batch_size": 100,
+    "eval.max_new_tokens": 48,
+}
+GSM8K_TASK = {
+    "data.source": "gsm8k",
+    "train.max_answer_tokens": 256,
+    "eval.max_new_tokens": 256,
+    "eval.batch_size": 50,
+}
+DIRECTIONS = {
+    "s2g": {"source_model": "smollm2-135m", "target_model": "gemma3-270m"},
+    "g2s": {"source_model": "gemma3-270m", "target_model": "smollm2-135m"},
+}
+RECONSTRUCT = {"loss.reconstruction_weight": 1.0}
+CONTENT_FIRST = {**RECONSTRUCT, "loss.content_first_steps": 300}
+CONTENT_CONTROLS = {"loss.reconstruction_weight": 0.0, "loss.content_first_steps": 0}
+CARRY_MEMBERS: dict[str, tuple[dict[str, object], dict[str, str]]] = {
+    "lm-nce": ({}, {"role": "bridge"}),
+    "recon": (RECONSTRUCT, {"role": "bridge"}),
+    "recon-first": (CONTENT_FIRST, {"role": "bridge"}),
+    "recon-first-seed2": ({**CONTENT_FIRST, "seed": 2}, {"role": "bridge", "seed_of": "recon-first"}),
+    "recon-first-seed3": ({**CONTENT_FIRST, "seed": 3}, {"role": "bridge", "seed_of": "recon-first"}),
+    "no-source": ({**NO_SOURCE, **CONTENT_CONTROLS}, CONTROL_TAGS["no-source"]),
+    "trained-text": ({**TRAINED_TEXT, **CONTENT_CONTROLS}, CONTROL_TAGS["trained-text"]),
+    "gsm8k-recon-first": ({**GSM8K_TASK, **CONTENT_FIRST}, {"role": "bridge"}),
+    "gsm8k-no-source": ({**GSM8K_TASK, **NO_SOURCE, **CONTENT_CONTROLS}, CONTROL_TAGS["no-source"]),
+    "gsm8k-trained-text": ({**GSM8K_TASK, **TRAINED_TEXT, **CONTENT_CONTROLS}, CONTROL_TAGS["trained-text"]),
+}
+register(
+    Suite(
+        name="embedded-carry",
+        description=(
+            "SmolLM2-135M <-> Gemma-3-270M, both directions, K=32: the positive control's recipe"
+            " cross-family, plus the reconstruction term (from the start, or alone first), with the"
+            " trained controls; synthetic (three seeds of the content-first bridge) and GSM8K."
+        ),
+        base=CARRY,
+        runs={
+            f"{direction}-{member}": {**pair, **changes}
+            for direction, pair in DIRECTIONS.items()
+            for member, (changes, _) in CARRY_MEMBERS.items()
+        },
+        run_tags={
+            f"{direction}-{member}": {"direction": direction, **tags}
+            for direction in DIRECTIONS
+            for member, (_, tags) in CARRY_MEMBERS.items()
+        },
+        tasks=1,
+    )
+)
+
 register(
     Suite(
         name="single-gpu",

@@ -56,3 +56,19 @@ def test_missing_file_and_malformed_line_are_named(tmp_path):
 def test_too_small_train_split_is_refused():
     with pytest.raises(DataError, match="too few"):
         load_splits(DataConfig(val_size=20, synthetic_train_size=25))
+
+
+def test_a_hub_dataset_reads_its_mirror_when_one_is_set_and_names_what_is_missing(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # the hub is out of reach: importing it fails
+    folder = tmp_path / "openai" / "gsm8k" / "main"
+    folder.mkdir(parents=True)
+    rows = [json.dumps({"question": f"q{i}?", "answer": f"step\n#### {i}"}) for i in range(30)]
+    _write(folder / "train.jsonl", rows)
+    monkeypatch.setenv("LATENTBRIDGE_DATASET_MIRROR", str(tmp_path))
+    with pytest.raises(DataError, match=r"no .*openai/gsm8k/main/test.jsonl.*or unset LATENTBRIDGE_DATASET_MIRROR"):
+        load_splits(DataConfig(source="gsm8k", val_size=10))
+    _write(folder / "test.jsonl", rows[:4])
+    splits = load_splits(DataConfig(source="gsm8k", val_size=10))
+    assert len(splits.test) == 4 and splits.test[2].gold == "2" and len(splits.train) + len(splits.validation) == 30

@@ -215,6 +215,16 @@ def test_test_evaluation_beside_validation(analysis):
     assert "p=1.8e-15" in md  # k64's test gain over target-alone
 
 
+def test_the_content_summary_says_how_each_bridge_ran(analysis):
+    runs = {r["name"]: r for r in json.loads((analysis.out / "content_summary.json").read_text())["runs"]}
+    assert sorted(runs) == sorted(RUNS)
+    k32 = runs["k32"]
+    assert (k32["K"], k32["batch_size"], k32["steps"], k32["task"]) == (32, 2, 300, "synthetic")
+    assert k32["direction"] == f"{k32['source_model']} -> {k32['target_model']}" and k32["source_model"] != k32["target_model"]
+    assert k32["split"] == "test" or k32["bridged_accuracy"] is not None
+    assert k32["target_accuracy"] is not None and k32["verdict"] == "negative"
+
+
 def test_a_suite_without_test_evaluations_has_no_test_columns(suite_store):
     from registry.analysis import analyze
 

@@ -1,9 +1,18 @@
-"""Load the train/validation/test splits a `DataConfig` names."""
+"""Load the train/validation/test splits a `DataConfig` names.
+
+A hub dataset (`data.source=gsm8k`) comes through `datasets`; on machines that cannot reach the
+hub (cluster nodes, a GPU box without internet), `LATENTBRIDGE_DATASET_MIRROR` names a folder
+holding `<hub_id>/<hub_config>/<split>.jsonl` (e.g. `openai/gsm8k/main/train.jsonl`, the hub's
+own records): the
+same run then reads those files, and its config is unchanged (where the bytes come from is not
+part of the experiment).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from pathlib import Path
 
@@ -12,6 +21,7 @@ from latentbridge.data.examples import Example, Splits
 from latentbridge.data.synthetic import synthetic_examples
 
 log = logging.getLogger(__name__)
+DATASET_MIRROR_ENV = "LATENTBRIDGE_DATASET_MIRROR"
 
 
 class DataError(ValueError):
@@ -51,6 +61,17 @@ def read_jsonl(path: str | Path) -> list[Example]:
 
 
 def _from_hub(config: DataConfig) -> tuple[list[Example], list[Example]]:
+    mirror = os.environ.get(DATASET_MIRROR_ENV)
+    if mirror:
+        folder = Path(mirror) / config.hub_id / config.hub_config
+        missing = [str(folder / f"{split}.jsonl") for split in ("train", "test") if not (folder / f"{split}.jsonl").is_file()]
+        if missing:
+            raise DataError(
+                f"{DATASET_MIRROR_ENV}={mirror} has no {' or '.join(missing)}: put the hub's {config.hub_id!r}"
+                f" ({config.hub_config!r}) splits there as JSON lines, or unset {DATASET_MIRROR_ENV} to download them"
+            )
+        log.info("data: %s from the mirror %s", config.hub_id, folder)
+        return read_jsonl(folder / "train.jsonl"), read_jsonl(folder / "test.jsonl")
     import datasets
 
     loaded = datasets.load_dataset(config.hub_id, config.hub_config)

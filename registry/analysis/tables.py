@@ -195,7 +195,12 @@ def content_summary(data: SuiteData) -> dict:
                 "split": "test" if test else f.params.get("eval.split", "validation"),
                 "source_model": f.source_model,
                 "target_model": f.target_model,
+                "direction": f"{f.source_model} -> {f.target_model}",
+                "task": f.params.get("data.source", ""),
+                "seed": f.params.get("seed", ""),
                 "K": f.K,
+                "batch_size": int(f.params["train.batch_size"]) if "train.batch_size" in f.params else None,  # as it ran
+                "steps": int(f.params["train.steps"]) if "train.steps" in f.params else None,
                 "bits_transmitted": metric(BITS),
                 "bits_transmitted_low": metric(BITS_LOW),
                 "bits_transmitted_high": metric(BITS_HIGH),
@@ -205,8 +210,8 @@ def content_summary(data: SuiteData) -> dict:
                 "mismatched_accuracy": metric(MISMATCHED_ACCURACY),
                 "mismatched_follows_soft_source": metric(MISMATCHED_FOLLOWS),
                 "bridged_accuracy": metric(BRIDGED_ACCURACY),
-                "target_alone_accuracy": metric(TARGET_ACCURACY),
-                "source_alone_accuracy": metric(SOURCE_ACCURACY),
+                "target_accuracy": metric(TARGET_ACCURACY),  # the untrained target reading the 8-shot text
+                "source_accuracy": metric(SOURCE_ACCURACY),
                 "no_source_accuracy": controls.get("no_source"),
                 "trained_text_accuracy": controls.get("trained_text"),
                 "verdict": run.verdict,
