@@ -1,7 +1,8 @@
 """Text-baseline outputs cached per (model, prompts, generation settings), across evaluations and runs.
 
 Source-alone and target-alone answers depend only on the model's weights and tokenizer, the
-exact prompts, `max_new_tokens`, the dtype and device kind, and the decoding code, so a run
+exact prompts, `max_new_tokens`, the dtype and device kind, and the decoding code (with whether
+the few-shot prefix is shared, `latentbridge.prefix_cache`: the same tokens up to rounding), so a run
 that evaluates the same questions with the same models reuses them instead of generating
 ~250 tokens for every question again. The key is a sha256 of all of those; the weights enter
 as a fingerprint of sampled values of every parameter (any retrained or re-quantized weights
@@ -23,6 +24,7 @@ from typing import Sequence
 
 import torch
 
+from latentbridge import prefix_cache
 from latentbridge.generation import GENERATION_VERSION
 from latentbridge.models import FrozenLM, cache_root
 
@@ -70,7 +72,11 @@ def prompts_digest(prompts: Sequence[str]) -> str:
 
 
 def key_material(lm: FrozenLM, prompts: Sequence[str], max_new_tokens: int) -> dict[str, str | int]:
+    """What the outputs depend on. A shared prefix adds `shared_prefix` (its rounding differs in
+    low precision); unshared outputs keep the keys they had before sharing existed."""
+    shared = {"shared_prefix": True} if prefix_cache.enabled() else {}
     return {
+        **shared,
         "model": lm.name,
         "weights": weights_fingerprint(lm.model),
         "tokenizer": tokenizer_fingerprint(lm.tokenizer),

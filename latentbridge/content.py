@@ -42,8 +42,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from latentbridge import distributed
-from latentbridge.bridge import Bridge, build_inputs
+from latentbridge import distributed, prefix_cache
+from latentbridge.bridge import Bridge
 from latentbridge.data import Example
 from latentbridge.losses import answer_nll
 from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, FRACTION, RETRIEVAL, RETRIEVAL_CHANCE, ContentRecord
@@ -84,11 +84,14 @@ class ContentResult:
 
 
 def _rows_nll(bridge: Bridge, texts: Sequence[str], answers: Sequence[str], soft: torch.Tensor | None) -> torch.Tensor:
-    """Summed NLL (nats) of each answer under its text (and soft tokens, when given)."""
+    """Summed NLL (nats) of each answer under its text (and soft tokens, when given). Texts that
+    start with the few-shot exemplars read them from the prefix computed once (`prefix_cache`)."""
     if soft is None:
-        inputs = build_inputs(bridge.target, texts, answers=answers, max_answer_tokens=bridge.config.train.max_answer_tokens)
-    else:
-        inputs = bridge.target_inputs(list(texts), soft.to(bridge.target.dtype), list(answers))
+        scorer, inputs = prefix_cache.scoring_inputs(
+            bridge.target, prefix_cache.fewshot_prefix(bridge.exemplars), texts, answers, bridge.config.train.max_answer_tokens
+        )
+        return answer_nll(scorer, inputs).cpu()
+    inputs = bridge.target_inputs(list(texts), soft.to(bridge.target.dtype), list(answers))
     return answer_nll(bridge.target, inputs).cpu()
 
 

@@ -15,8 +15,8 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from latentbridge import baseline_cache, distributed, generation
-from latentbridge.bridge import Bridge, build_inputs, tokenize
+from latentbridge import baseline_cache, distributed, generation, prefix_cache
+from latentbridge.bridge import Bridge, tokenize
 from latentbridge.config import EvalConfig
 from latentbridge.content import ContentResult
 from latentbridge.data import Example
@@ -72,16 +72,18 @@ def _gathered(outputs: dict[int, str]) -> list[str] | None:
 
 
 def text_baselines(bridge: Bridge, examples: Sequence[Example], config: EvalConfig) -> dict[str, list[str]] | None:
-    """Source-alone and target-alone answers with the full few-shot text prompt."""
+    """Source-alone and target-alone answers with the full few-shot text prompt (each model
+    reads the exemplars once: `latentbridge.prefix_cache`)."""
     questions = [ex.question for ex in examples]
     texts = [bridge.prompt(q) for q in questions]
+    shared = prefix_cache.fewshot_prefix(bridge.exemplars)
     out = {}
     for name, lm in (("source", bridge.source), ("target", bridge.target)):
         cached = baseline_cache.load(lm, texts, config.max_new_tokens) if distributed.is_main() else None
         if distributed.broadcast_from_main(cached is not None):  # every rank skips together
             out[name] = cached
             continue
-        prompts = lambda qs, lm=lm: build_inputs(lm, [bridge.prompt(q) for q in qs])  # noqa: E731
+        prompts = lambda qs, lm=lm: prefix_cache.generation_inputs(lm, shared, [bridge.prompt(q) for q in qs])  # noqa: E731
         lengths = [len(ids) for ids in tokenize(lm, texts)]
         out[name] = _gathered(_answer(questions, prompts, lm, config, f"{name}-alone", lengths))
         if distributed.is_main():

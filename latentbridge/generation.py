@@ -8,11 +8,16 @@ cache, and it gives the same tokens as `model.generate(do_sample=False)` (tests 
 token for token):
 
 - prefill: one forward over the left-padded prompt embeddings (soft prefixes included) with
-  position ids counted from each row's first real token, as `generate` does;
+  position ids counted from each row's first real token, as `generate` does; with a shared
+  prefix (`latentbridge.prefix_cache`) its keys and values are copied into the first slots of
+  every row and the forward runs over the left-padded suffixes only, so a row holds
+  `[prefix][padding][suffix]` and its positions continue from the prefix past the padding;
 - decode: one token a step into a preallocated cache of `max_len` slots; on CUDA the step is
   captured once as a CUDA graph and replayed, so a step costs no Python or launch overhead;
   the causal, padding and sliding-window masks are computed inside the step from a position
-  tensor, so the graph stays valid from step to step;
+  tensor, so the graph stays valid from step to step; the sliding window is measured in
+  positions (each slot's position is kept), which is the slot distance under left padding
+  and stays right when padding sits between a shared prefix and the suffix;
 - attention: grouped-query attention reads each KV head once (the query heads that share it
   become rows of one query), never a repeated copy of the cache;
 - stopping: each row stops at EOS or once it has written `#### <number>` and a newline (or
@@ -26,7 +31,6 @@ token for token):
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import re
@@ -42,6 +46,7 @@ from transformers.cache_utils import Cache, StaticLayer
 
 from latentbridge.bridge import TargetInputs
 from latentbridge.models import FrozenLM
+from latentbridge.prefix_cache import PrefixedInputs, SharedPrefix, cache_argument
 from latentbridge.scoring import cut_generation
 
 log = logging.getLogger(__name__)
@@ -71,22 +76,27 @@ def static_attention(
 ) -> tuple[torch.Tensor, None]:
     """SDPA over a static cache with a boolean (B, 1, q, S) mask (True = attend).
 
-    Prefill (q > 1) starts at cache slot 0, so only the first q slots hold keys; decode (q = 1)
-    folds the G query heads that share a KV head into G query rows, so the cache is read once.
+    Prefill (q > 1) reads the slots its mask covers (the prompt, after any shared prefix), not
+    the whole cache; decode (q = 1) folds the G query heads that share a KV head into G query
+    rows, so the cache is read once.
     """
     if kwargs.get("softcap") is not None:
         raise NotImplementedError("attention logit soft-capping is not supported by the static decoder")
     batch, q_heads, q_len, dim = query.shape
     kv_heads = key.shape[1]
     groups = q_heads // kv_heads
-    if q_len > 1:
+    if attention_mask is not None:  # the slots the mask covers; the rest of the cache is unwritten
+        width = attention_mask.shape[-1]
+        key, value = key[:, :, :width], value[:, :, :width]
+    elif q_len > 1:
         key, value = key[:, :, :q_len], value[:, :, :q_len]
+    if q_len > 1:
+        width = key.shape[2]
         if groups > 1:
-            key = key[:, :, None].expand(batch, kv_heads, groups, q_len, dim).reshape(batch, q_heads, q_len, dim)
-            value = value[:, :, None].expand(batch, kv_heads, groups, q_len, value.shape[-1])
-            value = value.reshape(batch, q_heads, q_len, -1)
-        mask = attention_mask[..., :q_len] if attention_mask is not None else None
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
+            key = key[:, :, None].expand(batch, kv_heads, groups, width, dim).reshape(batch, q_heads, width, dim)
+            value = value[:, :, None].expand(batch, kv_heads, groups, width, value.shape[-1])
+            value = value.reshape(batch, q_heads, width, -1)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling)
     else:
         folded = query.reshape(batch, kv_heads, groups, dim)
         mask = attention_mask.expand(batch, 1, groups, key.shape[2]) if attention_mask is not None else None
@@ -128,12 +138,6 @@ class _use_static_attention:
 # --------------------------------------------------------------------------- the engine
 
 
-def _cache_argument(model: torch.nn.Module) -> str:
-    """transformers >= 5.2x calls the cache `cache`; earlier 5.x `past_key_values`."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -158,10 +162,11 @@ class _Engine:
         self.mapping = bool(layer_types) and "sliding_attention" in layer_types
         # every layer full-length: sliding windows are applied by the mask, as a dynamic cache does
         self.cache = Cache(layers=[StaticLayer(max_cache_len=self.max_len) for _ in range(text.num_hidden_layers)])
-        self.cache_arg = _cache_argument(self.model)
+        self.cache_arg = cache_argument(self.model)
         dev = self.device
         self.valid = torch.zeros(self.batch, self.max_len, dtype=torch.bool, device=dev)
         self.slots = torch.arange(self.max_len, device=dev)
+        self.slot_positions = torch.zeros(self.batch, self.max_len, dtype=torch.long, device=dev)  # position of each slot's token
         self.cache_pos = torch.zeros((), dtype=torch.long, device=dev)
         self.positions = torch.zeros(self.batch, 1, dtype=torch.long, device=dev)
         self.tokens = torch.zeros(self.batch, 1, dtype=torch.long, device=dev)
@@ -174,44 +179,66 @@ class _Engine:
             return full
         return {"full_attention": full, "sliding_attention": sliding}
 
-    def _prefill_masks(self, mask: torch.Tensor):
-        length = mask.shape[1]
-        rows = torch.arange(length, device=self.device)
-        causal = rows[None, :] <= rows[:, None]
-        # a padding query attends to itself alone, so no row is empty (an empty row gives NaN keys)
-        full = (mask.bool()[:, None, None, :] & causal) | torch.eye(length, dtype=torch.bool, device=self.device)
+    def _prefill_masks(self, start: int, length: int, positions: torch.Tensor):
+        """(B, 1, length, start + length) masks for prompt slots [start, start + length) reading
+        every slot before them (a shared prefix fills [0, start))."""
+        width = start + length
+        keys = self.slots[:width]
+        queries = keys[start:]
+        causal = keys[None, :] <= queries[:, None]
+        # a padding query attends to itself too, so no row is empty (an empty row gives NaN keys)
+        own = keys[None, :] == queries[:, None]
+        full = (self.valid[:, None, None, :width] & causal) | own
         sliding = None
         if self.mapping:
-            near = rows[None, :] > rows[:, None] - self.window
-            sliding = full & near | torch.eye(length, dtype=torch.bool, device=self.device)
+            near = self.slot_positions[:, None, :width] > positions[:, :, None] - self.window
+            sliding = full & near[:, None] | own
         return self._layer_masks(full, sliding)
 
     def _decode_masks(self):
         valid = self.valid & (self.slots <= self.cache_pos)
         sliding = None
         if self.mapping:
-            sliding = (valid & (self.slots > self.cache_pos - self.window))[:, None, None, :]
+            sliding = (valid & (self.slot_positions > self.positions - self.window))[:, None, None, :]
         return self._layer_masks(valid[:, None, None, :], sliding)
 
     # ------------------------------------------------------------------ steps
     def _forward(self, **inputs):
         return self.model(use_cache=True, logits_to_keep=1, **{self.cache_arg: self.cache}, **inputs)
 
-    def prefill(self, embeds: torch.Tensor, mask: torch.Tensor) -> None:
-        """Run the prompt; leaves the first new token in `out[:, 0]` and the state at step 1."""
+    def _load_prefix(self, prefix: SharedPrefix) -> None:
+        """Copy the prefix's keys and values into slots [0, P) of every row."""
+        for layer, keys, values in zip(self.cache.layers, prefix.keys, prefix.values):
+            if not layer.is_initialized:
+                layer.lazy_initialization(keys.expand(self.batch, -1, -1, -1), values.expand(self.batch, -1, -1, -1))
+            layer.keys[:, :, : prefix.length].copy_(keys)
+            layer.values[:, :, : prefix.length].copy_(values)
+            layer.cumulative_length.fill_(prefix.length)
+
+    def prefill(self, embeds: torch.Tensor, mask: torch.Tensor, prefix: SharedPrefix | None = None) -> None:
+        """Run the prompt (after `prefix`, whose keys are copied in, not recomputed); leaves the
+        first new token in `out[:, 0]` and the state at step 1."""
         for layer in self.cache.layers:
             layer.reset()
+        start = 0
+        if prefix is not None:
+            self._load_prefix(prefix)
+            start = prefix.length
         length = embeds.shape[1]
         self.valid.zero_()
-        self.valid[:, :length] = mask.bool()
-        self.valid[:, length:] = True
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        logits = self._forward(inputs_embeds=embeds, attention_mask=self._prefill_masks(mask), position_ids=positions).logits
+        self.valid[:, :start] = True
+        self.valid[:, start : start + length] = mask.bool()
+        self.valid[:, start + length :] = True
+        padding = length - mask.long().sum(-1, keepdim=True)  # left padding of each row's suffix
+        self.slot_positions.copy_(self.slots - padding * (self.slots >= start))
+        positions = start + (mask.long().cumsum(-1) - 1).clamp(min=0)
+        masks = self._prefill_masks(start, length, positions)
+        logits = self._forward(inputs_embeds=embeds, attention_mask=masks, position_ids=positions).logits
         first = logits[:, -1].argmax(-1, keepdim=True)
         self.tokens.copy_(first)
         self.out[:, :1] = first
         self.positions.copy_(positions[:, -1:] + 1)
-        self.cache_pos.fill_(length)
+        self.cache_pos.fill_(start + length)
         self.step_index.fill_(1)
 
     def _step(self) -> None:
@@ -392,6 +419,7 @@ class GenerationStats:
     row_latency_s: list[float] = field(default_factory=list)
     sliding_kv_bytes: int = 0  # the part of per_token_kv_bytes in sliding-window layers
     sliding_window: int | None = None  # tokens those layers need at most
+    shared_prefix_tokens: int = 0  # of prompt_length/prompt_tokens: a shared prefix's, computed once, not in this prefill
 
     @property
     def total_s(self) -> float:
@@ -436,11 +464,14 @@ def generate_tokens(
     stop: Callable[[list[int]], bool] | None = None,
     graphs: bool | None = None,
     chunk: int | None = None,
+    prefix: SharedPrefix | None = None,
 ) -> GenerationResult:
     """Greedy new tokens for a left-padded batch of embeddings.
 
     `stop(row_tokens)` says whether a row stops at its last token; None runs every row to
     `max_new_tokens`. `graphs` forces CUDA-graph decoding on or off (default: on for CUDA).
+    With `prefix`, every row reads the prefix's cached keys first and the batch holds what
+    follows it.
     """
     device = inputs_embeds.device
     use_graph = _graphs_wanted(device, graphs)
@@ -454,12 +485,13 @@ def generate_tokens(
             embeds = torch.cat([embeds.new_zeros(embeds.shape[0], pad, embeds.shape[2]), embeds], 1)
             mask = torch.cat([mask.new_zeros(mask.shape[0], pad), mask], 1)
     batch, length = mask.shape
+    start = prefix.length if prefix is not None else 0
     if chunk is None:
         chunk = 16 if device.type == "cuda" else 4
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    engine = _engine(model, batch, length + max_new_tokens, device, use_graph)
+    engine = _engine(model, batch, start + length + max_new_tokens, device, use_graph)
     rows: list[list[int]] = [[] for _ in range(batch)]
     finished = [False] * batch
     finish_step = [max_new_tokens - 1] * batch
@@ -481,7 +513,7 @@ def generate_tokens(
     with _use_static_attention(model), torch.compiler.set_stance("force_eager"):
         synchronize(device)
         started = time.perf_counter()
-        engine.prefill(embeds.to(next(model.parameters()).dtype), mask)
+        engine.prefill(embeds.to(next(model.parameters()).dtype), mask, prefix)
         take(0, engine.out[:, :1].cpu())
         prefill_s = time.perf_counter() - started
         produced, pending = 1, None
@@ -517,8 +549,8 @@ def generate_tokens(
     tokens = [row[: finish_step[r] + 1] for r, row in enumerate(rows)]
     stats = GenerationStats(
         batch=batch,
-        prompt_length=length,
-        prompt_tokens=[int(x) for x in real.tolist()],
+        prompt_length=start + length,
+        prompt_tokens=[start + int(x) for x in real.tolist()],
         new_tokens=[len(t) for t in tokens],
         steps=steps,
         prefill_s=prefill_s,
@@ -531,6 +563,7 @@ def generate_tokens(
         sliding_window=engine.window if engine.sliding_kv_bytes else None,
         peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         row_latency_s=[prefill_s + step_s * (len(t) - 1) for t in tokens],
+        shared_prefix_tokens=start,
     )
     return GenerationResult(tokens=tokens, stats=stats)
 
@@ -543,15 +576,18 @@ def decode_texts(lm: FrozenLM, tokens: Sequence[Sequence[int]]) -> list[str]:
 
 
 def generate_with_stats(
-    lm: FrozenLM, inputs: TargetInputs, max_new_tokens: int, **options
+    lm: FrozenLM, inputs: TargetInputs | PrefixedInputs, max_new_tokens: int, **options
 ) -> tuple[list[str], GenerationResult]:
+    if isinstance(inputs, PrefixedInputs):
+        options["prefix"], inputs = inputs.prefix, inputs.suffix
     rule = AnswerLineRule(lm.tokenizer, eos_ids_of(lm.model, lm.tokenizer))
     result = generate_tokens(lm.model, inputs.inputs_embeds, inputs.attention_mask, max_new_tokens, stop=rule, **options)
     return decode_texts(lm, result.tokens), result
 
 
-def generate(lm: FrozenLM, inputs: TargetInputs, max_new_tokens: int) -> list[str]:
-    """Greedy continuations of a left-padded batch of input embeddings, cut at the next question."""
+def generate(lm: FrozenLM, inputs: TargetInputs | PrefixedInputs, max_new_tokens: int) -> list[str]:
+    """Greedy continuations of a left-padded batch of input embeddings (after a shared prefix
+    for `PrefixedInputs`), cut at the next question."""
     return generate_with_stats(lm, inputs, max_new_tokens)[0]
 
 
@@ -561,19 +597,24 @@ def generate(lm: FrozenLM, inputs: TargetInputs, max_new_tokens: int) -> list[st
 @torch.no_grad()
 def plain_generate_tokens(
     model: torch.nn.Module,
-    inputs_embeds: torch.Tensor,
+    inputs_embeds: torch.Tensor | None,
     attention_mask: torch.Tensor,
     max_new_tokens: int,
     *,
     eos_ids: Sequence[int] | None = None,
     stopping_criteria=None,
     min_new_tokens: int | None = None,
+    input_ids: torch.Tensor | None = None,
+    cache_implementation: str | None = None,
 ) -> torch.Tensor:
     """transformers' own greedy `generate` on the same inputs: the reference the tests and
-    the bench compare against. Rows that stop early are padded with the pad id."""
+    the bench compare against. From embeddings, or (`input_ids`, embeddings None) from token
+    ids, with its default dynamic cache or `cache_implementation` ("static"). Returns the new
+    tokens only; rows that stop early are padded with the pad id."""
     config = model.generation_config
-    return model.generate(
-        inputs_embeds=inputs_embeds,
+    prompt = {"inputs_embeds": inputs_embeds} if input_ids is None else {"input_ids": input_ids}
+    out = model.generate(
+        **prompt,
         attention_mask=attention_mask,
         max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens,
@@ -585,4 +626,6 @@ def plain_generate_tokens(
         eos_token_id=list(eos_ids) if eos_ids is not None else config.eos_token_id,
         pad_token_id=config.pad_token_id if config.pad_token_id is not None else 0,
         stopping_criteria=stopping_criteria,
+        cache_implementation=cache_implementation,
     )
+    return out if input_ids is None else out[:, input_ids.shape[1] :]

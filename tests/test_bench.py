@@ -116,3 +116,35 @@ def test_train_losses_choose_the_train_runs_and_refuse_unknown_names(tmp_path):
     assert set(json.loads((out / "bench.json").read_text())["train"]["runs"]) == {"lm_kl_b2"}
     with pytest.raises(SystemExit, match="--train-losses: \\['kl'\\] not in lm, lm_kl"):
         bench.parse(["--train-losses", "lm,kl"])
+
+
+def test_eval_parts_time_a_whole_evaluation_with_and_without_the_shared_prefix(tiny_config, tmp_path, monkeypatch):
+    """eval-ref: N questions x source-alone, target-alone, bridged at the tiny shapes, the text
+    systems unshared and shared; eval-embedded: `evaluate`'s own
+    text baselines both ways on a saved tiny run (the same answers) and its bridged answers."""
+    from latentbridge.bridge import Bridge
+    from latentbridge.checkpoint import TranslatorMeta, save_translator
+    from latentbridge.data import load_splits
+    from latentbridge.prompts import select_exemplars
+    from latentbridge.train import load_models
+
+    monkeypatch.setenv("LATENTBRIDGE_CACHE", str(tmp_path / "cache"))
+    source, target = load_models(tiny_config)
+    bridge = Bridge(tiny_config, source, target, select_exemplars(load_splits(tiny_config.data).train, 2, 42))
+    save_translator(tmp_path / "translator", bridge.translator,
+                    TranslatorMeta(tiny_config, source.hidden_size, target.hidden_size, target.embedding_rms))
+    out = tmp_path / "bench"
+    code = bench.main(["--quick", "--device", "cpu", "--out", str(out), "--parts", "eval-ref,eval-embedded",
+                       "--translator", str(tmp_path / "translator"), "--embedded-questions", "3",
+                       "--embedded-new-tokens", "4", "--embedded-batch", "2"])
+    results = json.loads((out / "bench.json").read_text())
+    assert code == 0 and results["errors"] == {}
+    ref = results["eval-ref"]
+    assert set(ref["systems"]) == {"source-alone", "target-alone", "bridged-8"} and ref["questions"] == 6
+    assert ref["total_unshared_s"] > 0 and ref["total_shared_s"] > 0
+    for name in ("source-alone", "target-alone"):  # bf16 random weights: agreement is reported, not asserted
+        assert ref["systems"][name]["agreement"]["rows"] == 6 and ref["systems"][name]["shared_s"] > 0
+    emb = results["eval-embedded"]
+    assert emb["questions"] == 3 and emb["answers_identical"] == {"source": 3, "target": 3}
+    assert emb["bridged_s"] > 0 and emb["total_shared_s"] > 0
+    assert not list((tmp_path / "cache").glob("baselines/*.json"))  # the baseline cache stayed off

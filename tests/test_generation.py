@@ -144,7 +144,8 @@ def test_text_baselines_are_cached_across_evaluations(tiny_config, tmp_path, mon
     real_generate = evaluate.generate
 
     def counting(lm, inputs, max_new_tokens):
-        calls.append(inputs.inputs_embeds.shape[0])
+        rows = getattr(inputs, "suffix", inputs)  # after the shared few-shot prefix (prefix_cache.PrefixedInputs)
+        calls.append(rows.attention_mask.shape[0])
         return real_generate(lm, inputs, max_new_tokens)
 
     monkeypatch.setattr(evaluate, "generate", counting)

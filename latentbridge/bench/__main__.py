@@ -2,6 +2,7 @@
 
     python -m latentbridge.bench --parts hardware,gen,train,methods-ref,estimate --out bench_out   # one GPU
     python -m latentbridge.bench --parts methods-embedded --out bench_out                        # CPU is fine
+    python -m latentbridge.bench --parts hardware,eval-ref --out bench_eval                       # a whole evaluation, prefix shared or not
     python -m latentbridge.bench --quick --out /tmp/bench                                         # tiny shapes, CPU smoke
     python -m registry import bench_out/record --experiment bench                                 # then, where the store is
 
@@ -30,7 +31,7 @@ import torch
 
 from latentbridge.reporting import FileReporter
 
-PARTS = ("hardware", "equality", "gen", "train", "methods-ref", "methods-embedded", "estimate")
+PARTS = ("hardware", "equality", "gen", "train", "methods-ref", "methods-embedded", "estimate", "eval-ref", "eval-embedded")
 RECORD = "record"  # the run record's folder inside --out
 RECORDED_FILES = ("bench.json", "methods_samples.jsonl", "bench.log", "train_profile.txt")
 EXPERIMENT = "bench"  # the MLflow experiment the printed import command names
@@ -71,7 +72,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--embedded-new-tokens", type=int, default=96)
     p.add_argument("--embedded-batch", type=int, default=4)
     p.add_argument("--translator", default="", help="a saved translator folder for the embedded bridged runs (else untrained)")
-    p.add_argument("--eval-questions", type=int, default=200)
+    p.add_argument("--eval-questions", type=int, default=200, help="estimate and eval-ref: questions an evaluation asks")
+    p.add_argument("--eval-batch", type=int, default=64, help="eval-ref: questions a batch")
+    p.add_argument("--prefix-tokens", type=int, default=1000, help="eval-ref: the shared few-shot prefix (8 exemplars)")
+    p.add_argument("--question-tokens", type=_ints, default=[40, 120], help="eval-ref: question lengths, low,high")
+    p.add_argument("--eval-new-tokens", type=int, default=256, help="eval-ref: new tokens forced a row")
     p.add_argument("--run-steps", type=int, default=2000)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--profile", action="store_true", help="train part: also write train_profile.txt (torch.profiler)")
@@ -87,6 +92,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.gen_batches, args.prompt_tokens, args.new_tokens = [2, 4], 48, 16
         args.train_batches, args.train_steps = [2], 2
         args.methods_batch, args.methods_new_tokens, args.ks = 2, 12, [4, 8]
+        args.eval_questions, args.eval_batch, args.prefix_tokens = 6, 4, 48
+        args.question_tokens, args.eval_new_tokens = [4, 12], 8
     return args
 
 
@@ -113,11 +120,9 @@ def _translators(args, source, target, device) -> dict[int, torch.nn.Module]:
     return out
 
 
-def _embedded(args, log):
-    """Every method on the embedded pair with real weights. With --translator the bridge is the
-    saved run's (its config: models, data, K, what the source reads); else untrained translators
-    at each of --ks on the default config."""
-    from latentbridge.bench import methods
+def _embedded_pair(args):
+    """The embedded pair (or, with --translator, the saved run's pair), its config, exemplars and
+    validation questions, and a Bridge for a given K sharing the models."""
     from latentbridge.bridge import Bridge
     from latentbridge.checkpoint import load_translator
     from latentbridge.config import RunConfig
@@ -149,11 +154,36 @@ def _embedded(args, log):
                 bridges[k].translator = trained[0]
         return bridges[k]
 
+    return base, ks, examples, bridge_for_k, dtype
+
+
+def _embedded(args, log):
+    """Every method on the embedded pair with real weights. With --translator the bridge is the
+    saved run's (its config: models, data, K, what the source reads); else untrained translators
+    at each of --ks on the default config."""
+    from latentbridge.bench import methods
+
+    base, ks, examples, bridge_for_k, dtype = _embedded_pair(args)
     summary, records = methods.run_embedded(bridge_for_k, examples, ks, args.embedded_new_tokens, args.embedded_batch, log=log)
     return {"source": base.source_model, "target": base.target_model, "questions": len(examples),
             "data": base.data.source, "source_reads": base.data.source_reads,
             "max_new_tokens": args.embedded_new_tokens, "batch": args.embedded_batch, "dtype": str(dtype),
             "translator": args.translator or "untrained (random init)", "methods": summary}, records
+
+
+def _eval_embedded(args, log):
+    """A whole evaluation on the embedded pair (`eval_bench.embedded`): --embedded-questions,
+    --embedded-batch, --embedded-new-tokens, the largest of --ks (or the saved translator's)."""
+    import dataclasses
+
+    from latentbridge.bench import eval_bench
+
+    base, ks, examples, bridge_for_k, dtype = _embedded_pair(args)
+    bridge = bridge_for_k(max(ks))
+    config = dataclasses.replace(base.eval, batch_size=args.embedded_batch, max_new_tokens=args.embedded_new_tokens)
+    return {"source": base.source_model, "target": base.target_model, "k": max(ks), "dtype": str(dtype),
+            "translator": args.translator or "untrained (random init)",
+            **eval_bench.embedded(bridge, examples, config, log=log)}
 
 
 def estimate(results: dict, args) -> dict:
@@ -331,6 +361,22 @@ def main(argv: list[str] | None = None) -> int:
         return summary
 
     part("methods-embedded", methods_embedded)
+
+    def eval_ref():
+        from latentbridge.bench import eval_bench
+        from latentbridge.bench.shapes import random_model
+        from latentbridge.models import FrozenLM
+
+        source = FrozenLM(args.source_shape, random_model(args.source_shape, device=device, seed=1), tokenizer=None)
+        target = FrozenLM(args.target_shape, random_model(args.target_shape, device=device, seed=2), tokenizer=None)
+        translator = _translators(args, source, target, device)[max(args.ks)]
+        low, high = args.question_tokens
+        return eval_bench.reference(source, target, translator, questions=args.eval_questions, batch=args.eval_batch,
+                                    prefix_tokens=args.prefix_tokens, question_tokens=(low, high),
+                                    cue_tokens=4 if args.quick else 10, new_tokens=args.eval_new_tokens, log=log)
+
+    part("eval-ref", eval_ref)
+    part("eval-embedded", lambda: _eval_embedded(args, log))
     part("estimate", lambda: estimate(results, args))
 
     results["total_seconds"] = time.perf_counter() - started

@@ -37,6 +37,7 @@ from latentbridge.bridge import TargetInputs, bos_ids, build_inputs, tokenize
 from latentbridge.bench.generation_bench import warm_stop
 from latentbridge.generation import GenerationResult, generate_tokens, generate_with_stats, synchronize
 from latentbridge.models import FrozenLM
+from latentbridge.prefix_cache import fewshot_prefix, generation_inputs, id_rows_batch
 from latentbridge.prompts import ANSWER_CUE, question_block
 from latentbridge.scoring import INVALID, extract_answer, is_correct
 
@@ -54,20 +55,11 @@ def relay_text(question: str, source_output: str) -> str:
     return f"Q: {question.strip()}\nA helper's solution: {source_output.strip()}\n{ANSWER_CUE}"
 
 
-def _left_padded(lm: FrozenLM, rows: list[list[int]]) -> TargetInputs:
-    """Embeddings of token-id rows, left-padded."""
-    length = max(len(r) for r in rows)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer is not None else 0
-    ids = torch.tensor([[pad] * (length - len(r)) + r for r in rows], device=lm.device)
-    mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows], device=lm.device)
-    return TargetInputs(inputs_embeds=lm.embed(ids), attention_mask=mask)
-
-
 def truncated_inputs(lm: FrozenLM, questions: Sequence[str], k: int) -> TargetInputs:
     """`[BOS] [last k tokens of 'Q: question'] \\n cue`."""
     cue = tokenize(lm, ["\n" + ANSWER_CUE])[0]
     body = tokenize(lm, [question_block(q)[: -len(ANSWER_CUE)].rstrip("\n") for q in questions])
-    return _left_padded(lm, [bos_ids(lm) + ids[-k:] + cue for ids in body])
+    return id_rows_batch(lm, [bos_ids(lm) + ids[-k:] + cue for ids in body])
 
 
 @dataclass
@@ -187,9 +179,11 @@ def run_embedded(bridge_for_k, examples, ks: Sequence[int], max_new_tokens: int,
         done = [r for r in records if r["method"] == name]
         log(f"[methods] {name}: accuracy {sum(r['correct'] for r in done)}/{len(done)}, {meter.seconds:.1f}s")
 
+    shared = fewshot_prefix(base.exemplars)  # the text systems read the exemplars once, as evaluate does
+
     def text_alone(lm: FrozenLM):
         def one(questions):
-            texts, result = generate_with_stats(lm, build_inputs(lm, [base.prompt(q) for q in questions]), max_new_tokens)
+            texts, result = generate_with_stats(lm, generation_inputs(lm, shared, [base.prompt(q) for q in questions]), max_new_tokens)
             return _Batch(result=result, upstream_s=0.0, texts=texts)
         return one
 
@@ -215,7 +209,7 @@ def run_embedded(bridge_for_k, examples, ks: Sequence[int], max_new_tokens: int,
 
     def relay(questions):
         began = time.perf_counter()
-        notes, first = generate_with_stats(source, build_inputs(source, [base.prompt(q) for q in questions]), max_new_tokens)
+        notes, first = generate_with_stats(source, generation_inputs(source, shared, [base.prompt(q) for q in questions]), max_new_tokens)
         inputs = build_inputs(target, [relay_text(q, n) for q, n in zip(questions, notes)])
         synchronize(device)
         upstream = time.perf_counter() - began

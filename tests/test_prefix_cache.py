@@ -1,0 +1,231 @@
+"""Sharing the few-shot prefix's keys and values changes no token and no logit beyond rounding.
+
+Tiny random Llama and Gemma-3 (sliding window 16, far shorter than the ~300-token prompts, so
+the sliding layers' masks matter), rows of different lengths, each path against the same
+batch built without sharing.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_generation import tiny_lm  # noqa: F401 (the fixture: tiny Llama and tiny Gemma-3 with a 16-token window)
+
+from latentbridge import generation, prefix_cache
+from latentbridge.bridge import build_inputs, tokenize
+from latentbridge.data import Example
+from latentbridge.losses import answer_logits, answer_nll
+from latentbridge.prefix_cache import PrefixedInputs
+from latentbridge.prompts import fewshot_prompt
+
+EXEMPLARS = [
+    Example(question=f"Ken sold {a} eggs in April and {b} in May. How many eggs?", answer=f"{a} + {b} = {a + b}\n#### {a + b}")
+    for a, b in ((3, 4), (12, 30), (7, 8))
+]
+QUESTIONS = [
+    "How many?",
+    "Weng sold 12 clips in April and 7 clips in May. How many clips in total?",
+    "Tina baked 40 cookies and gave away 9 of them to Randy. How many cookies are left?",
+]
+ANSWERS = [" 3 clips.\n#### 3\n", " 12 + 7 = 19 clips in total.\n#### 19\n", " 40 - 9 = 31\n#### 31\n"]
+PREFIX = prefix_cache.fewshot_prefix(EXEMPLARS)
+TEXTS = [fewshot_prompt(EXEMPLARS, q) for q in QUESTIONS]
+
+
+def _window(lm) -> int | None:
+    text = lm.model.config.get_text_config()
+    return text.sliding_window if "sliding_attention" in (getattr(text, "layer_types", None) or []) else None
+
+
+def _recording_logits(monkeypatch) -> list[torch.Tensor]:
+    """Every engine forward's last-position logits, in order (prefill, then each decode step)."""
+    seen: list[torch.Tensor] = []
+    forward = generation._Engine._forward
+
+    def recording(self, **inputs):
+        out = forward(self, **inputs)
+        seen.append(out.logits[:, -1].float().clone())
+        return out
+
+    monkeypatch.setattr(generation._Engine, "_forward", recording)
+    return seen
+
+
+def test_split_ids_are_the_whole_prompts_ids(tiny_lm):
+    shared = prefix_cache.generation_inputs(tiny_lm, PREFIX, TEXTS)
+    assert isinstance(shared, PrefixedInputs)
+    prefix = shared.prefix
+    assert prefix.ids[: -len(prefix.text_ids)] == tuple(tiny_lm.tokenizer("", add_special_tokens=True)["input_ids"])
+    rows = prefix_cache.suffix_ids(tiny_lm, prefix, TEXTS)
+    assert [list(prefix.text_ids) + row for row in rows] == tokenize(tiny_lm, TEXTS)
+    assert len({len(r) for r in rows}) == len(rows)  # rows of different lengths: the suffixes are padded
+    window = _window(tiny_lm)
+    if window is not None:
+        assert prefix.length > 4 * window  # the sliding layers see a window, not the prefix
+
+
+def test_a_boundary_that_tokenizes_differently_is_not_shared(tiny_lm):
+    """Cut a word in two where BPE merges it: the prefix's ids are then not the text's first
+    ids, and the batch is built unshared."""
+    text = TEXTS[1]
+    whole = tokenize(tiny_lm, [text])[0]
+    cut = next(c for c in range(len(PREFIX) + 5, len(text)) if tokenize(tiny_lm, [text[:c]])[0] != whole[: len(tokenize(tiny_lm, [text[:c]])[0])])
+    prefix = prefix_cache.shared_prefix(tiny_lm, text[:cut])
+    assert prefix_cache.suffix_ids(tiny_lm, prefix, [text]) is None
+    inputs = prefix_cache.generation_inputs(tiny_lm, text[:cut], [text])
+    assert not isinstance(inputs, PrefixedInputs)
+    prefix_cache.release(tiny_lm)
+
+
+def test_generation_after_the_shared_prefix_matches_the_full_prompt(tiny_lm, monkeypatch):
+    """Same tokens, same logits at the prefill and at every decode step (float32 rounding)."""
+    logits = _recording_logits(monkeypatch)
+    full = build_inputs(tiny_lm, TEXTS)
+    assert full.attention_mask[:, 0].tolist().count(0) == 2  # left-padded without sharing
+    expected = generation.generate_tokens(tiny_lm.model, full.inputs_embeds, full.attention_mask, 24)
+    unshared_logits = list(logits)
+    logits.clear()
+    shared = prefix_cache.generation_inputs(tiny_lm, PREFIX, TEXTS)
+    result = generation.generate_tokens(tiny_lm.model, shared.suffix.inputs_embeds, shared.suffix.attention_mask, 24, prefix=shared.prefix)
+    assert result.tokens == expected.tokens
+    assert all(len(set(row)) > 3 for row in result.tokens)  # not one repeated token
+    assert len(logits) == len(unshared_logits) == 24
+    for ours, reference in zip(logits, unshared_logits):
+        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
+    assert result.stats.prompt_tokens == expected.stats.prompt_tokens  # the prefix is counted in each row
+    assert result.stats.shared_prefix_tokens == shared.prefix.length
+    assert result.stats.prompt_length == shared.prefix.length + shared.suffix.inputs_embeds.shape[1]
+
+
+def test_generate_text_after_the_shared_prefix_matches(tiny_lm):
+    """Through `generate` (the answer-line rule and EOS), as the text baselines call it."""
+    full = generation.generate(tiny_lm, build_inputs(tiny_lm, TEXTS), 16)
+    assert generation.generate(tiny_lm, prefix_cache.generation_inputs(tiny_lm, PREFIX, TEXTS), 16) == full
+
+
+def test_teacher_forced_logits_after_the_shared_prefix_match(tiny_lm):
+    """What the KL teacher and the content metrics' text NLL compute, with and without sharing."""
+    full = build_inputs(tiny_lm, TEXTS, answers=ANSWERS, max_answer_tokens=12)
+    scorer, shared = prefix_cache.scoring_inputs(tiny_lm, PREFIX, TEXTS, ANSWERS, max_answer_tokens=12)
+    assert scorer is not tiny_lm and shared.inputs_embeds.shape[1] < full.inputs_embeds.shape[1]
+    for first_n in (None, 5):
+        expected, labels, order = answer_logits(tiny_lm, full, first_n=first_n)
+        ours, our_labels, our_order = answer_logits(scorer, shared, first_n=first_n)
+        assert torch.equal(our_labels, labels) and torch.equal(our_order, order)
+        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(answer_nll(scorer, shared), answer_nll(tiny_lm, full), rtol=1e-5, atol=1e-4)
+
+
+def test_sharing_switched_off_builds_the_full_rows(tiny_lm, monkeypatch):
+    monkeypatch.setenv(prefix_cache.ENV, "0")
+    assert not isinstance(prefix_cache.generation_inputs(tiny_lm, PREFIX, TEXTS), PrefixedInputs)
+    scorer, inputs = prefix_cache.scoring_inputs(tiny_lm, PREFIX, TEXTS, ANSWERS)
+    assert scorer is tiny_lm and torch.equal(inputs.labels, build_inputs(tiny_lm, TEXTS, answers=ANSWERS).labels)
+    monkeypatch.delenv(prefix_cache.ENV)
+    # a text that does not start with the prefix (the cue alone) is never shared
+    scorer, _ = prefix_cache.scoring_inputs(tiny_lm, PREFIX, ["A: Let's think step by step."], ANSWERS[:1])
+    assert scorer is tiny_lm
+
+
+def test_the_prefix_is_computed_once_a_model(tiny_lm, monkeypatch):
+    prefix_cache.release(tiny_lm)
+    calls = []
+    real = tiny_lm.model.base_model.forward
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("inputs_embeds").shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_lm.model.base_model, "forward", counting)
+    for batch in (TEXTS[:2], TEXTS[2:]):
+        prefix_cache.generation_inputs(tiny_lm, PREFIX, batch)
+        prefix_cache.scoring_inputs(tiny_lm, PREFIX, batch, ANSWERS[: len(batch)])
+    assert len(calls) == 1 and calls[0][0] == 1  # one batch-1 forward over the prefix
+
+
+# --------------------------------------------------------------------------- the callers
+
+
+@pytest.fixture
+def tiny_bridge(tiny_config):
+    from latentbridge.bridge import Bridge
+    from latentbridge.data import load_splits
+    from latentbridge.prompts import select_exemplars
+    from latentbridge.train import load_models
+
+    def build(*overrides: str):
+        config = tiny_config.override(*overrides) if overrides else tiny_config
+        splits = load_splits(config.data)
+        exemplars = select_exemplars(splits.train, config.data.num_shots, config.data.fewshot_seed)
+        bridge = Bridge(config, *load_models(config), exemplars)
+        for lm in (bridge.source, bridge.target):
+            prefix_cache.release(lm)
+        return bridge, splits
+
+    return build
+
+
+def _both_ways(monkeypatch, fn):
+    """`fn()` with sharing on (checking the shared path ran), then off."""
+    built = []
+    real = prefix_cache._shared_rows
+
+    def spying(*args):
+        built.append(real(*args) is not None)
+        return real(*args)
+
+    monkeypatch.setattr(prefix_cache, "_shared_rows", spying)
+    shared = fn()
+    assert built and all(built)  # every few-shot batch went through the shared prefix
+    monkeypatch.setenv(prefix_cache.ENV, "0")
+    try:
+        return shared, fn()
+    finally:
+        monkeypatch.delenv(prefix_cache.ENV)
+
+
+def test_text_baselines_are_the_same_with_and_without_sharing(tiny_bridge, monkeypatch):
+    from latentbridge import baseline_cache, evaluate
+
+    monkeypatch.setenv(baseline_cache.ENV, "0")
+    bridge, splits = tiny_bridge("eval.max_new_tokens=12", "eval.batch_size=3")
+    shared, unshared = _both_ways(monkeypatch, lambda: evaluate.text_baselines(bridge, splits.validation[:5], bridge.config.eval))
+    assert shared == unshared and len(shared["source"]) == len(shared["target"]) == 5
+
+
+def test_the_kl_teacher_is_the_same_with_and_without_sharing(tiny_bridge, monkeypatch):
+    from latentbridge.bridge import TranslatorStep
+    from latentbridge.losses import compute_losses
+
+    bridge, splits = tiny_bridge("loss.kl_weight=1.0", "loss.kl_tokens=4", "train.max_answer_tokens=16")
+    step = TranslatorStep(bridge.translator)
+    examples = splits.train[:3]
+    warm = bridge.config.optim.warmup_steps
+    shared, unshared = _both_ways(monkeypatch, lambda: compute_losses(bridge, examples, warm, step))
+    assert shared["kl"] > 0
+    torch.testing.assert_close(shared["kl"], unshared["kl"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(shared["total"], unshared["total"], rtol=1e-4, atol=1e-6)
+
+
+def test_content_text_nlls_are_the_same_with_and_without_sharing(tiny_bridge, monkeypatch):
+    """soft_plus_text: the text rows and the no-question rows (the exemplars and the cue) share."""
+    from latentbridge.content import content_metrics
+
+    bridge, splits = tiny_bridge("eval.prompt_mode=soft_plus_text")
+    run = lambda: content_metrics(bridge, splits.validation[:4], negatives_count=2, seed=0, batch_size=2).records  # noqa: E731
+    shared, unshared = _both_ways(monkeypatch, run)
+    for ours, reference in zip(shared, unshared):
+        for key in ("nll_bits_text", "nll_bits_no_question", "nll_bits_own"):
+            assert ours[key] == pytest.approx(reference[key], rel=1e-5, abs=1e-4)
+
+
+def test_baseline_cache_keys_say_whether_the_prefix_was_shared(tiny_bridge, monkeypatch):
+    """Shared outputs get their own entries; unshared ones keep the keys they had before."""
+    from latentbridge import baseline_cache
+
+    bridge, _ = tiny_bridge()
+    prompts = TEXTS
+    shared = baseline_cache.key_material(bridge.target, prompts, 8)
+    monkeypatch.setenv(prefix_cache.ENV, "0")
+    unshared = baseline_cache.key_material(bridge.target, prompts, 8)
+    assert shared == {**unshared, "shared_prefix": True} and "shared_prefix" not in unshared
