@@ -57,7 +57,14 @@ from launch.record import (
     new_run_record,
 )
 from launch.suites import SUITES, config_diff, get_suite
-from launch.user_config import CONFIG_ENV, DEFAULT_PATH, UserConfigError, load_user_config, resolve
+from launch.user_config import (
+    CONFIG_ENV,
+    DEFAULT_PATH,
+    UserConfigError,
+    export_environment,
+    load_user_config,
+    resolve,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROG = "python launch"
@@ -178,8 +185,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     cli["wait_timeout"] = getattr(args, "wait_timeout", None) or getattr(args, "timeout", None)
     cli["slurm_args"] = parse_slurm_args(getattr(args, "slurm_arg", None))
     settings = resolve(cli, file_settings)
-    if settings.get("tracking_uri") and not os.environ.get("MLFLOW_TRACKING_URI"):
-        os.environ["MLFLOW_TRACKING_URI"] = settings["tracking_uri"]  # the environment wins over the file
+    export_environment(settings)  # tracking_uri, artifact_root: the environment wins over the file
     return settings
 
 

@@ -18,10 +18,18 @@ command line > config file > built-in defaults. Example:
     wait_timeout = 7200        # seconds that --wait waits at most
     runs_dir = "/scratch/me/latentbridge-runs"
     tracking_uri = "http://mlflow-host:5000"
+    artifact_root = "s3://lab-bucket/latentbridge"   # optional: see below
 
     [submit.slurm_args]        # any other sbatch option: --mail-type=END ...
     mail-type = "END"
     mail-user = "me@example.org"
+
+`tracking_uri` and `artifact_root` reach the store through the environment: `submit` (and the
+other commands) export them as `MLFLOW_TRACKING_URI` and `LATENTBRIDGE_ARTIFACT_ROOT` where those
+are not set already (the environment wins), and `submit` hands both to every job. `artifact_root`
+is where NEW experiments keep their artifacts, instead of the store's default (a tracking
+server's own artifact store, else `mlartifacts/` at the repo root): a URI every node can write
+(`s3://...`, `gs://...`, `file:///shared/...`) or an absolute path (made a `file://` URI).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 CONFIG_ENV = "LATENTBRIDGE_LAUNCH_CONFIG"
 DEFAULT_PATH = Path("~/.config/latentbridge/launch.toml")
@@ -52,8 +61,12 @@ SETTINGS: dict[str, tuple[type, Any]] = {
     "wait_timeout": (float, 3600.0),
     "runs_dir": (str, None),
     "tracking_uri": (str, None),
+    "artifact_root": (str, None),
     "slurm_args": (dict, None),
 }
+
+# settings handed to the store as environment variables (see the module doc); the environment wins
+ENVIRONMENT = {"tracking_uri": "MLFLOW_TRACKING_URI", "artifact_root": "LATENTBRIDGE_ARTIFACT_ROOT"}
 
 
 class UserConfigError(ValueError):
@@ -74,6 +87,35 @@ def _check_slurm_args(value: dict[str, Any], where: str) -> None:
                 f"{where}.{option} = {setting!r} should be a string, a number or true"
                 f" (it becomes #SBATCH --{option}=VALUE)"
             )
+
+
+def _check_artifact_root(value: str, where: str) -> str:
+    """`artifact_root` as the URI the store gets: a URI with a scheme kept as it is, an absolute
+    path (`~` expanded) made a `file://` URI; empty or relative values are refused (jobs run
+    from another folder, on other hosts)."""
+    if not value.strip():
+        raise UserConfigError(f"{where} = {value!r} is empty: leave the setting out for the store's default "
+                              "(a tracking server's own artifact store)")
+    scheme = urlparse(value).scheme
+    if len(scheme) > 1:  # not a Windows drive letter
+        if scheme == "file" and not urlparse(value).path.startswith("/"):
+            raise UserConfigError(f"{where} = {value!r} is not an absolute file URI: write file:///absolute/path")
+        return value
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        raise UserConfigError(
+            f"{where} = {value!r} is a relative path, which each job would read from its own folder: "
+            "give a URI every node can write (s3://bucket/prefix, file:///shared/mlartifacts) or an absolute path"
+        )
+    return path.as_uri()
+
+
+def export_environment(settings: dict[str, Any]) -> None:
+    """Hand `tracking_uri` and `artifact_root` to the store (and the jobs) as their environment
+    variables, where the environment does not set them already."""
+    for key, name in ENVIRONMENT.items():
+        if settings.get(key) and not os.environ.get(name):
+            os.environ[name] = settings[key]
 
 
 def config_path(explicit: str | None = None) -> tuple[Path, bool]:
@@ -124,6 +166,8 @@ def load_user_config(explicit: str | None = None) -> tuple[dict[str, Any], Path 
             _check_wait_timeout(value, f"{path}: submit.{key}")
         if key == "slurm_args":
             _check_slurm_args(value, f"{path}: submit.{key}")
+        if key == "artifact_root":
+            value = _check_artifact_root(value, f"{path}: submit.{key}")
         settings[key] = value
     return settings, path
 

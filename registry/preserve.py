@@ -48,6 +48,7 @@ from latentbridge.metric_names import (
     TEST_PREFIX,
 )
 from latentbridge.models import sha256_file
+from registry.artifacts import upload
 from registry.errors import PreserveError, TamperedArchiveError
 from registry.facts import (
     RunFacts,
@@ -421,7 +422,7 @@ def _preserve(run_id: str, rules: VerdictRules | None) -> Preserved:
         (archive / "NOTE.md").write_text(text + "\n")
         write_manifest(archive)
         manifest_sha = sha256_file(archive / MANIFEST)
-        with_retries(lambda: mlflow_client.log_artifacts(run_id, str(archive), ARCHIVE), "log archive")
+        upload(mlflow_client, run_id, archive, ARCHIVE)
 
     try:
         with_retries(lambda: mlflow_client.create_registered_model(name), "create registered model")

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from mlflow.entities import Metric, Param, RunTag
 
 from latentbridge.metric_names import ACCURACY, BITS, FRACTION, RETRIEVAL, SYSTEMS, EvalRecord
+from registry.artifacts import upload
 from registry.store import client, with_retries
 
 log = logging.getLogger(__name__)
@@ -99,12 +100,10 @@ class MlflowReporter:
         with_retries(lambda: self.client.log_batch(self.run_id, tags=batch), "set tags")
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """A file or a folder (a translator checkpoint): see `registry.artifacts.upload`."""
         path = Path(path)
-        if path.is_dir():
-            with_retries(lambda: self.client.log_artifacts(self.run_id, str(path), artifact_path), "log artifacts")
-            return
-        with_retries(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path), "log artifact")
-        if artifact_path in EVAL_FOLDERS and path.suffix == ".jsonl":
+        upload(self.client, self.run_id, path, artifact_path)
+        if path.is_file() and artifact_path in EVAL_FOLDERS and path.suffix == ".jsonl":
             self._log_eval_views(path, artifact_path)
 
     def _log_eval_views(self, path: Path, artifact_path: str) -> None:

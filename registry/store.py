@@ -4,7 +4,9 @@ Default: the SQLite file `mlflow.db` at the repo root, artifacts in `mlartifacts
 it. `MLFLOW_TRACKING_URI` overrides it (e.g. `http://host:5000`, a tracking server). A tracking
 server keeps the artifacts too: experiments are created with no artifact location of the
 project's own, so the server's default (`mlflow-artifacts:/`, proxied to its
-`--artifacts-destination`) holds them; `LATENTBRIDGE_ARTIFACT_ROOT` still wins where it is set.
+`--artifacts-destination`) holds them; `LATENTBRIDGE_ARTIFACT_ROOT` still wins where it is set
+(the launch config's `artifact_root` is exported as it: see `launch.user_config`). Uploads go
+through `registry.artifacts`.
 
 Many jobs log into one SQLite store at once, safely, because:
 - the schema is created exactly once, under an exclusive file lock (`<db>.lock`): many
@@ -280,8 +282,10 @@ def experiment_id(name: str = DEFAULT_EXPERIMENT) -> str:
             return mlflow_client.create_experiment(
                 name, artifact_location=f"{root}/{name}" if root else None, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND}
             )
-        except MlflowException:  # another process created it first
+        except MlflowException:  # another process created it first, or the store refused it
             found = with_retries(lambda: mlflow_client.get_experiment_by_name(name), "find experiment")
+            if found is None:
+                raise
     if EXPERIMENT_KIND_TAG not in found.tags:  # made before the tag, or by another tool: a user's choice stays
         mlflow_client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
     return found.experiment_id
