@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mlflow", action="store_true", help="do not log the files as an MLflow analysis run")
     p.add_argument("--no-prompt-count", action="store_true", help="do not load tokenizers to count prompt tokens")
     p.add_argument("--pdf", action="store_true", help="also compile paper.pdf with pdflatex")
+    p.add_argument("--include-unfinished", action="store_true",
+                   help="also runs that did not finish but logged an evaluation, judged on their last one and"
+                        " labelled '[<status> at step N of M]'")
     _add_rules(p)
 
     p = commands.add_parser("summarize", help="valid, invalid and correct answers per eval JSONL")
@@ -134,7 +137,8 @@ def _analyze(args) -> int:
     from registry.analysis import analyze
 
     done = analyze(args.suite, Path(args.out), rules=_rules(args), log_to_mlflow=not args.no_mlflow,
-                   count_prompt_tokens=not args.no_prompt_count, pdf=args.pdf)
+                   count_prompt_tokens=not args.no_prompt_count, pdf=args.pdf,
+                   include_unfinished=args.include_unfinished)
     for path in done.files:
         print(path)
     print(f"suite {args.suite}: {len(done.data.runs)} runs analysed"

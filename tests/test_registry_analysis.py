@@ -223,6 +223,27 @@ def test_the_content_summary_says_how_each_bridge_ran(analysis):
     assert k32["direction"] == f"{k32['source_model']} -> {k32['target_model']}" and k32["source_model"] != k32["target_model"]
     assert k32["split"] == "test" or k32["bridged_accuracy"] is not None
     assert k32["target_accuracy"] is not None and k32["verdict"] == "negative"
+    for name, run in runs.items():  # each comparison the verdict made is in the summary, with its test
+        assert all(run[f"bridged_minus_{c}_p"] <= 1 and run[f"bridged_minus_{c}_low"] <= run[f"bridged_minus_{c}"]
+                   <= run[f"bridged_minus_{c}_high"] for c in analysis.data.runs[list(RUNS).index(name)].comparisons), name
+
+
+def test_a_run_cut_off_is_reported_as_partial_only_when_asked(analysis, suite_store):
+    from registry.analysis import analyze
+
+    def summary(out):
+        return {r["name"]: r for r in json.loads((out / "content_summary.json").read_text())["runs"]}
+
+    assert not any(name.startswith("crashed") for name in summary(analysis.out))  # by default: finished runs only
+    assert {r["status"] for r in summary(analysis.out).values()} == {"FINISHED"}
+    result = analyze(SUITE, suite_store["root"] / "partial", log_to_mlflow=False, count_prompt_tokens=False,
+                     include_unfinished=True)
+    runs = summary(result.out)
+    crashed = runs.pop("crashed [failed at step 300 of 300]")
+    assert crashed["status"] == "FAILED" and crashed["last_step"] == 300
+    assert crashed["verdict_rule"].startswith("partial run (failed), judged on its last evaluation (step 300): ")
+    assert sorted(runs) == sorted(RUNS) and result.data.skipped == []
+    assert "| crashed [failed at step 300 of 300] |" in (result.out / "summary.md").read_text()
 
 
 def test_a_suite_without_test_evaluations_has_no_test_columns(suite_store):

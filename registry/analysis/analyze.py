@@ -83,11 +83,12 @@ def analyze(
     log_to_mlflow: bool = True,
     count_prompt_tokens: bool = True,
     pdf: bool = False,
+    include_unfinished: bool = False,
 ) -> AnalysisResult:
     """Tables, figures and LaTeX of `suite` in `out` (with `pdf`: paper.pdf too, by pdflatex),
     logged as the suite's analysis run unless `log_to_mlflow` is False."""
     out = Path(out)
-    data = collect(suite, rules=rules, count_prompt_tokens=count_prompt_tokens)
+    data = collect(suite, rules=rules, count_prompt_tokens=count_prompt_tokens, include_unfinished=include_unfinished)
     files = write_tables(data, out)
     files += write_figures(data.runs, out / "figures")
     files += write_latex(data, out)

@@ -1,5 +1,10 @@
 """Collect a suite's finished training runs from MLflow, with their verdicts and final answers.
 
+With `include_unfinished`, runs that did not finish (cut off by a lease, killed, crashed) but
+logged at least one evaluation are kept too, judged on their last evaluation and labelled
+`<name> [<status> at step N of M]` in every table, so a study cut short still reports what it
+saw, and nobody mistakes a partial run for a finished one.
+
 Each run is scored on two evaluations: its final validation evaluation (the one the verdict
 judges; validation also picked the best translator) and, when the trainer ran one, the test
 evaluation of that best translator and the text baselines (reported, never used to select).
@@ -23,6 +28,7 @@ from latentbridge.metric_names import (
     BITS_HIGH,
     BITS_LOW,
     BRIDGED,
+    BRIDGED_ACCURACY,
     LOSS_TERM_PREFIX,
     TEST_EVAL_FILE,
     TEST_FOLDER,
@@ -68,6 +74,11 @@ class SuiteRun:
     bits: tuple[float, float, float] | None = None  # content/bits_transmitted, low, high
     fraction_interval: tuple[float, float] | None = None  # of content/fraction_recovered
     evaluations: dict[int, Estimate] = field(default_factory=dict)  # step -> bridged validation accuracy, from its records
+    status: str = "FINISHED"  # the MLflow run status; anything else is a partial run
+
+    @property
+    def partial(self) -> bool:
+        return self.status != "FINISHED"
 
     def quality(self) -> tuple[str, Estimate] | None:
         """The bridged accuracy to report and its split: the held-out test's ("test"), else the
@@ -115,22 +126,34 @@ class SuiteData:
     experiment_ids: list[str] = field(default_factory=list)
 
 
-def _labels(runs: list[RunFacts]) -> list[str]:
+def _labels(runs: list[RunFacts], status: dict[str, str]) -> list[str]:
     counts = Counter(r.name for r in runs)
-    return [r.name if counts[r.name] == 1 else f"{r.name}#{r.run_id[:6]}" for r in runs]
+    labels = [r.name if counts[r.name] == 1 else f"{r.name}#{r.run_id[:6]}" for r in runs]
+    return [
+        label if status[r.run_id] == "FINISHED"
+        else f"{label} [{status[r.run_id].lower()} at step {r.evals[-1][0]} of {r.params.get('train.steps', '?')}]"
+        for label, r in zip(labels, runs)
+    ]
 
 
-def collect(suite: str, *, rules: VerdictRules | None = None, count_prompt_tokens: bool = True) -> SuiteData:
-    """Every FINISHED training run of `suite` (oldest first), judged with `rules`."""
+def collect(
+    suite: str, *, rules: VerdictRules | None = None, count_prompt_tokens: bool = True, include_unfinished: bool = False
+) -> SuiteData:
+    """Every FINISHED training run of `suite` (oldest first), judged with `rules`; with
+    `include_unfinished`, also every other run that logged an evaluation (see the module doc)."""
     mlflow_client = client()
     rules = rules or VerdictRules.load()
     experiment_ids = [e.experiment_id for e in mlflow_client.search_experiments()]
     runs = suite_runs(mlflow_client, experiment_ids, suite) if experiment_ids else []
+    status = {r.info.run_id: r.info.status for r in runs}
     finished = [r for r in runs if r.info.status == "FINISHED"]
+    if include_unfinished:
+        finished = [r for r in runs if r.info.status == "FINISHED" or BRIDGED_ACCURACY in r.data.metrics]
+    kept = {r.info.run_id for r in finished}
     skipped = [
         {"run_id": r.info.run_id, "name": r.data.params.get("name", r.info.run_name), "status": r.info.status}
         for r in runs
-        if r.info.status != "FINISHED"
+        if r.info.run_id not in kept
     ]
     if not finished:
         known = sorted({r.data.params.get("suite") or r.data.tags.get("suite", "") for r in suite_runs(mlflow_client, experiment_ids)} - {""}) if experiment_ids else []
@@ -140,6 +163,7 @@ def collect(suite: str, *, rules: VerdictRules | None = None, count_prompt_token
             + f"; suites with runs: {known or 'none'}"
         )
     facts = [run_facts(mlflow_client, r) for r in finished]
+    facts = [f for f in facts if status[f.run_id] == "FINISHED" or f.evals]  # a partial run needs an evaluation
     out = []
     for fact in facts:  # registry.facts keeps the total loss; the figures plot its LM term
         lm_loss = _metric_history(mlflow_client, fact.run_id, LM_LOSS)
@@ -151,8 +175,8 @@ def collect(suite: str, *, rules: VerdictRules | None = None, count_prompt_token
             for f in facts
         }
         records_of = {f.run_id: evaluations_of[f.run_id][f.evals[-1][0]] for f in facts if f.evals}
-        for fact, label in zip(facts, _labels(facts)):
-            item = SuiteRun(fact, label)
+        for fact, label in zip(facts, _labels(facts, status)):
+            item = SuiteRun(fact, label, status=status[fact.run_id])
             item.evaluations = {
                 step: estimate([bool(r[BRIDGED]["correct"]) for r in records], rules)
                 for step, records in evaluations_of[fact.run_id].items()
@@ -182,6 +206,8 @@ def collect(suite: str, *, rules: VerdictRules | None = None, count_prompt_token
                     controls=controls, is_control=fact.kind == "soft_prompt",
                 )
                 item.verdict, item.verdict_rule = verdict.verdict, verdict.rule
+                if item.partial:
+                    item.verdict_rule = f"partial run ({item.status.lower()}), judged on its last evaluation (step {fact.evals[-1][0]}): {item.verdict_rule}"
                 item.comparisons, item.bits = verdict.comparisons, verdict.bits
                 item.validation = eval_scores(records, rules)
                 item.fraction_interval = fraction_recovered_interval(records, rules)

@@ -192,6 +192,8 @@ def content_summary(data: SuiteData) -> dict:
             {
                 "name": run.label,
                 "run_id": f.run_id,
+                "status": run.status,  # FINISHED, or a partial run cut off at `last_step`
+                "last_step": f.evals[-1][0] if f.evals else None,
                 "split": "test" if test else f.params.get("eval.split", "validation"),
                 "source_model": f.source_model,
                 "target_model": f.target_model,
@@ -216,6 +218,14 @@ def content_summary(data: SuiteData) -> dict:
                 "trained_text_accuracy": controls.get("trained_text"),
                 "verdict": run.verdict,
                 "verdict_rule": run.verdict_rule,
+                # bridged - each trained control and the mismatched soft tokens, on the final
+                # validation evaluation's questions: points, paired interval, exact McNemar p
+                **{
+                    f"bridged_minus_{name}{suffix}": value
+                    for name, c in sorted(run.comparisons.items())
+                    for suffix, value in (("", c.bridged - c.other), ("_low", c.diff_interval[0]),
+                                          ("_high", c.diff_interval[1]), ("_p", c.p_value))
+                },
             }
         )
     return {"suite": data.suite, "runs": runs}
