@@ -285,9 +285,7 @@ register(
 # reference. 500 validation and 500 test questions. Each direction and task has its two trained
 # controls; the content-first bridge, the expected best, runs with three seeds.
 CARRY = {
-    "dtype": "bfloat16",
-    "data.source": "synthetic",
-    "data.source_reads": "question",
+    **POSITIVE_CONTROL,
     "data.synthetic_train_size": 20000,
     "data.val_size": 500,
     "translator.num_tokens": 32,
@@ -295,18 +293,8 @@ CARRY = {
     "translator.depth": 4,
     "train.steps": 1000,
     "train.batch_size": 32,
-    "train.eval_every": 250,
-    "train.checkpoint_every": 250,
-    "train.max_answer_tokens": 64,
-    "train.early_stop_patience": 0,
-    "optim.lr": 3e-4,
-    "optim.warmup_steps": 100,
-    "loss.kl_weight": 0.0,
-    "loss.info_nce_weight": 0.05,
     "eval.num_questions": 500,
-    "eval.test_questions": 500,
     "eval.batch_size": 100,
-    "eval.max_new_tokens": 48,
 }
 GSM8K_TASK = {
     "data.source": "gsm8k",
