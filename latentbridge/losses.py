@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentbridge import prefix_cache
 from latentbridge.bridge import IGNORE_INDEX, Bridge, TargetInputs, build_inputs
 from latentbridge.data import Example
 from latentbridge.models import FrozenLM
@@ -129,17 +130,15 @@ def compute_losses(
     if weights.lm_weight and not content_only:
         terms["lm"] = F.cross_entropy(logits, labels)
     if weights.kl_weight and step >= warmup and not content_only:
-        from latentbridge import prefix_cache  # (local: only this block uses it)
-
         with torch.no_grad():  # the teacher reads the exemplars from their keys, computed once a run
-            teacher, full_text = prefix_cache.scoring_inputs(
+            kl_teacher, full_text = prefix_cache.scoring_inputs(
                 bridge.target,
                 prefix_cache.fewshot_prefix(bridge.exemplars),
                 [bridge.prompt(q) for q in questions],
                 answers,
                 cfg.train.max_answer_tokens,
             )
-            teacher_logits, _, _ = answer_logits(teacher, full_text, first_n=weights.kl_tokens)
+            teacher_logits, _, _ = answer_logits(kl_teacher, full_text, first_n=weights.kl_tokens)
         student_logits = logits[order <= weights.kl_tokens]
         terms["kl"] = F.kl_div(
             F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits, -1), log_target=True, reduction="batchmean"

@@ -75,3 +75,14 @@ def test_bad_reconstruction_settings_are_refused_with_the_way_out(tiny_config):
         tiny_config.override("loss.reconstruction_weight=1", "translator.injection=adapter")
     with pytest.raises(ConfigError, match=r"loss.content_first_steps=10 .*set one of them"):
         tiny_config.override("loss.content_first_steps=10", "loss.info_nce_weight=0")
+
+
+def test_the_kl_teacher_and_the_token_alignment_teacher_are_kept_apart(bridge_for):
+    """phase2-swap trains KL and token alignment together: the KL block's teacher model must not
+    replace the DiT bridge's teacher embeddings that token alignment reads."""
+    bridge, examples = bridge_for("loss.kl_weight=0.5", "loss.token_alignment_weight=0.1", "loss.info_nce_weight=0.0",
+                                  "optim.warmup_steps=0")
+    terms = compute_losses(bridge, examples, step=1, translator_step=TranslatorStep(bridge.translator))
+    assert {"lm", "kl", "token_alignment"} <= set(terms) and torch.isfinite(terms["token_alignment"])
+    expected = terms["lm"] + 0.5 * terms["kl"] + 0.1 * terms["token_alignment"]
+    assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-5)
