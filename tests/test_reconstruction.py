@@ -61,7 +61,7 @@ def test_content_first_steps_leave_out_the_answer_terms_then_add_them(bridge_for
     late = compute_losses(bridge, examples, step=3, translator_step=TranslatorStep(bridge.translator))
     assert "lm" not in early and "reconstruction" in early
     assert {"lm", "reconstruction"} <= set(late)
-    assert float(late["total"]) == pytest.approx(float(late["lm"]) + 0.5 * float(late["reconstruction"]), rel=1e-5)
+    assert late["total"].item() == pytest.approx(late["lm"].item() + 0.5 * late["reconstruction"].item(), rel=1e-5)
 
 
 def test_info_nce_trains_from_the_first_step_of_a_content_first_curriculum(bridge_for):
