@@ -82,6 +82,20 @@ def _last_line(trace: str) -> str:
     return lines[-1].strip()[:300] if lines else "error"
 
 
+# What a run that ran out of accelerator memory says (torch, and cuBLAS failing to create its handle)
+OUT_OF_DEVICE_MEMORY = ("OutOfMemoryError", "CUDA out of memory", "CUBLAS_STATUS_ALLOC_FAILED")
+
+
+def failure_detail(trace: str, submission_id: str) -> str:
+    """The failure's last line; for a run that ran out of GPU memory, also the way out (on one
+    GPU shared by 20 runs, six died so)."""
+    detail = _last_line(trace)
+    if any(marker in str(trace) for marker in OUT_OF_DEVICE_MEMORY):
+        detail += (" -- out of GPU memory: run fewer runs a GPU (--runs-per-device) or lower train.batch_size /"
+                   f" eval.batch_size; `python launch resume {submission_id}` continues it from its last checkpoint")
+    return detail
+
+
 def _pid_alive(pid: str) -> bool:
     try:
         stat = Path(f"/proc/{int(pid)}/stat").read_text()
@@ -153,7 +167,7 @@ class Monitor:
             kind, value = result
             if kind == "success":
                 return RunState(entry.name, entry.job_id, "COMPLETED", done=True, ok=True, result=value)
-            return RunState(entry.name, entry.job_id, "FAILED", done=True, detail=_last_line(value))
+            return RunState(entry.name, entry.job_id, "FAILED", done=True, detail=failure_detail(value, sub.id))
         return self._ended_without_result(entry)
 
     def _local_running(self, entry: RunEntry) -> bool:

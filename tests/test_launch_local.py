@@ -138,3 +138,16 @@ def test_device_slots_pin_each_run_to_its_own_gpus(tmp_path):
     executor = make_executor(one_gpu_runs, tmp_path / "submitit", "lb-pin")
     pin_gpus(executor, (1,))
     assert executor.parameters["visible_gpus"] == [1] and executor.parameters["gpus_per_node"] == 1
+
+
+def test_a_run_out_of_gpu_memory_is_told_the_way_out():
+    from launch.monitor import failure_detail
+
+    oom = ("Traceback (most recent call last):\n  ...\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 4.00 GiB."
+           " GPU 0 has a total capacity of 139.80 GiB of which 871.75 MiB is free.")
+    detail = failure_detail(oom, "embedded-carry/20261203-061321-f4fb")
+    assert detail.startswith("torch.OutOfMemoryError: CUDA out of memory")
+    assert "--runs-per-device" in detail and "python launch resume embedded-carry/20261203-061321-f4fb" in detail
+    cublas = "RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+    assert "--runs-per-device" in failure_detail(cublas, "s/1")
+    assert failure_detail("Traceback ...\nValueError: bad value", "s/1") == "ValueError: bad value"
