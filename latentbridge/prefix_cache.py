@@ -112,10 +112,23 @@ def compute_prefix(lm: FrozenLM, ids: Sequence[int], text_ids: Sequence[int] | N
     )
 
 
-def shared_prefix(lm: FrozenLM, text: str) -> SharedPrefix:
+def common_ids(lm: FrozenLM, text: str, continued: str) -> tuple[int, ...]:
+    """The ids `text` and `continued` (a text that starts with it) both start with: `text`'s ids
+    less the last ones that merge with what follows. Byte-level BPE (SmolLM2's) ends a text on one
+    "\n\n" token but splits it "\n" "\n" before the next word, so the exemplars' ids alone are not
+    the first ids of a prompt that goes on with a question."""
+    alone, whole = tokenize(lm, [text, continued])
+    n = 0
+    while n < min(len(alone), len(whole)) and alone[n] == whole[n]:
+        n += 1
+    return tuple(alone[:n])
+
+
+def shared_prefix(lm: FrozenLM, text: str, continued: str | None = None) -> SharedPrefix:
     """`[BOS] text`'s keys and values for `lm`, computed on first use and kept for the model (one
-    prefix a model: a run has one set of exemplars). The weights are frozen, so they stay valid."""
-    text_ids = tuple(tokenize(lm, [text])[0])
+    prefix a model: a run has one set of exemplars). The weights are frozen, so they stay valid.
+    With `continued` (a text that goes on after `text`), only the ids the two share (`common_ids`)."""
+    text_ids = tuple(tokenize(lm, [text])[0]) if continued is None else common_ids(lm, text, continued)
     ids = tuple(bos_ids(lm)) + text_ids
     kept = _PREFIXES.get(lm.model)
     if kept is not None and kept.ids == ids and kept.keys[0].dtype == lm.dtype and kept.keys[0].device == lm.device:
@@ -151,7 +164,7 @@ def _shared_rows(lm: FrozenLM, prefix_text: str, texts: Sequence[str]) -> tuple[
     """The prefix and each text's ids after it, where sharing is on and exact; else None."""
     if not enabled() or not texts or not all(t.startswith(prefix_text) for t in texts):
         return None
-    prefix = shared_prefix(lm, prefix_text)
+    prefix = shared_prefix(lm, prefix_text, continued=texts[0])
     rows = suffix_ids(lm, prefix, texts)
     return None if rows is None else (prefix, rows)
 

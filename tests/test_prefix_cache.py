@@ -66,15 +66,41 @@ def test_split_ids_are_the_whole_prompts_ids(tiny_lm):
 
 def test_a_boundary_that_tokenizes_differently_is_not_shared(tiny_lm):
     """Cut a word in two where BPE merges it: the prefix's ids are then not the text's first
-    ids, and the batch is built unshared."""
+    ids, and the batch is built unshared; told what follows, the prefix keeps only the ids the
+    text really starts with, and shares those exactly."""
     text = TEXTS[1]
     whole = tokenize(tiny_lm, [text])[0]
     cut = next(c for c in range(len(PREFIX) + 5, len(text)) if tokenize(tiny_lm, [text[:c]])[0] != whole[: len(tokenize(tiny_lm, [text[:c]])[0])])
     prefix = prefix_cache.shared_prefix(tiny_lm, text[:cut])
     assert prefix_cache.suffix_ids(tiny_lm, prefix, [text]) is None
-    inputs = prefix_cache.generation_inputs(tiny_lm, text[:cut], [text])
-    assert not isinstance(inputs, PrefixedInputs)
     prefix_cache.release(tiny_lm)
+    inputs = prefix_cache.generation_inputs(tiny_lm, text[:cut], [text])
+    assert isinstance(inputs, PrefixedInputs)
+    assert len(inputs.prefix.text_ids) < len(tokenize(tiny_lm, [text[:cut]])[0])
+    assert list(inputs.prefix.text_ids) + prefix_cache.suffix_ids(tiny_lm, inputs.prefix, [text])[0] == whole
+    prefix_cache.release(tiny_lm)
+
+
+def test_a_prefix_ending_on_a_merged_blank_line_shares_the_ids_before_it():
+    """SmolLM2's byte-level BPE: the exemplars end on one "\n\n" token alone, but a prompt goes on
+    "\n" "\n" "Q": the shared ids stop before the blank line, and every prompt starts with them."""
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    corpus = ["Q: Ken sold 3 eggs.\nA: 3\n\nQ: Ann has 4 pens.\nA: 4\n\n"] * 50
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    lm = SimpleNamespace(tokenizer=PreTrainedTokenizerFast(tokenizer_object=backend))
+    prefix_text = "Q: Ken sold 3 eggs.\nA: 3\n\n"
+    prompts = [prefix_text + "Q: Ann has 4 pens.\nA:", prefix_text + "Q: Bo has 12 cards.\nA:"]
+    alone = tokenize(lm, [prefix_text])[0]
+    assert tokenize(lm, prompts)[0][: len(alone)] != alone  # the hazard: the text's own ids are not the prompt's
+    shared = prefix_cache.common_ids(lm, prefix_text, prompts[0])
+    assert len(shared) == len(alone) - 1  # all but the blank line
+    assert all(row[: len(shared)] == list(shared) for row in tokenize(lm, prompts))
 
 
 def test_generation_after_the_shared_prefix_matches_the_full_prompt(tiny_lm, monkeypatch):
