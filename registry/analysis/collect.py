@@ -131,7 +131,7 @@ def _labels(runs: list[RunFacts], status: dict[str, str]) -> list[str]:
     labels = [r.name if counts[r.name] == 1 else f"{r.name}#{r.run_id[:6]}" for r in runs]
     return [
         label if status[r.run_id] == "FINISHED"
-        else f"{label} [{status[r.run_id].lower()} at step {r.evals[-1][0]} of {r.params.get('train.steps', '?')}]"
+        else f"{label} [{status[r.run_id].lower()} at step {r.evals[-1][0]} of {r.steps}]"
         for label, r in zip(labels, runs)
     ]
 
@@ -146,24 +146,23 @@ def collect(
     experiment_ids = [e.experiment_id for e in mlflow_client.search_experiments()]
     runs = suite_runs(mlflow_client, experiment_ids, suite) if experiment_ids else []
     status = {r.info.run_id: r.info.status for r in runs}
-    finished = [r for r in runs if r.info.status == "FINISHED"]
-    if include_unfinished:
-        finished = [r for r in runs if r.info.status == "FINISHED" or BRIDGED_ACCURACY in r.data.metrics]
-    kept = {r.info.run_id for r in finished}
+    # a partial run must have logged an evaluation (its metric, here; its eval JSONL, below)
+    chosen = [r for r in runs if status[r.info.run_id] == "FINISHED" or (include_unfinished and BRIDGED_ACCURACY in r.data.metrics)]
+    facts = [run_facts(mlflow_client, r) for r in chosen]
+    facts = [f for f in facts if status[f.run_id] == "FINISHED" or f.evals]
+    kept = {f.run_id for f in facts}
     skipped = [
         {"run_id": r.info.run_id, "name": r.data.params.get("name", r.info.run_name), "status": r.info.status}
         for r in runs
         if r.info.run_id not in kept
     ]
-    if not finished:
+    if not facts:
         known = sorted({r.data.params.get("suite") or r.data.tags.get("suite", "") for r in suite_runs(mlflow_client, experiment_ids)} - {""}) if experiment_ids else []
         raise RegistryError(
             f"suite {suite!r} has no finished runs in {mlflow_client.tracking_uri}"
             + (f" ({len(skipped)} unfinished)" if skipped else "")
             + f"; suites with runs: {known or 'none'}"
         )
-    facts = [run_facts(mlflow_client, r) for r in finished]
-    facts = [f for f in facts if status[f.run_id] == "FINISHED" or f.evals]  # a partial run needs an evaluation
     out = []
     for fact in facts:  # registry.facts keeps the total loss; the figures plot its LM term
         lm_loss = _metric_history(mlflow_client, fact.run_id, LM_LOSS)
@@ -225,4 +224,4 @@ def collect(
                     item.verdict = preserved_verdict
                     item.verdict_source = f"preserved as {version.name} v{version.version}"
             out.append(item)
-    return SuiteData(suite, out, skipped, experiment_ids=sorted({r.info.experiment_id for r in finished}))
+    return SuiteData(suite, out, skipped, experiment_ids=sorted({r.info.experiment_id for r in chosen if r.info.run_id in kept}))

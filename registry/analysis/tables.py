@@ -199,10 +199,10 @@ def content_summary(data: SuiteData) -> dict:
                 "target_model": f.target_model,
                 "direction": f"{f.source_model} -> {f.target_model}",
                 "task": f.params.get("data.source", ""),
-                "seed": f.params.get("seed", ""),
+                "seed": f.seed,
                 "K": f.K,
                 "batch_size": int(f.params["train.batch_size"]) if "train.batch_size" in f.params else None,  # as it ran
-                "steps": int(f.params["train.steps"]) if "train.steps" in f.params else None,
+                "steps": f.steps,
                 "bits_transmitted": metric(BITS),
                 "bits_transmitted_low": metric(BITS_LOW),
                 "bits_transmitted_high": metric(BITS_HIGH),
