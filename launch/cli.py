@@ -356,10 +356,10 @@ def _open_parent_run(folder: Path, sub_id: str, suite: str, argv: Sequence[str])
 
 def _log_config(run_id: str, run_dir: Path, config: RunConfig) -> None:
     """The resolved config, as the run's artifact `config.json` (also left in the run dir)."""
-    from registry.store import client, with_retries
+    from registry.artifacts import upload
+    from registry.store import client
 
-    path = _write_config(run_dir, config)
-    with_retries(lambda: client().log_artifact(run_id, str(path)), "log config")
+    upload(client(), run_id, _write_config(run_dir, config))
 
 
 def submit(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ from latentbridge.reporting import (
 )
 from registry.errors import RegistryError
 from registry.reporter import CURVES_FIGURE, EVAL_FOLDERS, MlflowReporter
+from registry.artifacts import upload
 from registry.store import DEFAULT_EXPERIMENT, client, experiment_id, with_retries
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ def import_record(folder: Path, experiment: str | None = None) -> Imported:
             reporter.log_metrics(by_step[step], step)
         artifacts = folder / ARTIFACTS_DIR
         if artifacts.is_dir() and any(artifacts.iterdir()):
-            with_retries(lambda: mlflow_client.log_artifacts(run_id, str(artifacts)), "log artifacts")
+            upload(mlflow_client, run_id, artifacts)
             _log_views(reporter, artifacts)
     except BaseException:
         with_retries(lambda: mlflow_client.delete_run(run_id), "delete half-imported run")

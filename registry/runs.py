@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mlflow.entities import RunStatus, RunTag
 
+from registry.artifacts import upload
 from registry.store import REPO_ROOT, client, experiment_id, with_retries
 from registry.tags import CODE_SNAPSHOT_FILE
 
@@ -105,4 +106,4 @@ def record_code(run_id: str, code: Mapping[str, str], diff_file: Path | None = N
     tags = [RunTag(key, str(value)) for key, value in code.items()]
     with_retries(lambda: mlflow_client.log_batch(run_id, tags=tags), "tag code")
     if diff_file is not None and Path(diff_file).is_file():
-        with_retries(lambda: mlflow_client.log_artifact(run_id, str(diff_file), "code"), "log diff")
+        upload(mlflow_client, run_id, Path(diff_file), "code")

@@ -18,6 +18,7 @@ from registry.analysis.figures import write_figures
 from registry.analysis.latex import compile_pdf, write_latex
 from registry.analysis.tables import write_tables
 from registry.facts import RUN_KIND_TAG
+from registry.artifacts import upload
 from registry.store import client, with_retries
 from registry.verdict import VerdictRules
 
@@ -64,7 +65,7 @@ def log_analysis_run(data: SuiteData, out: Path, files: list[Path]) -> str:
                 copy = Path(tmp) / file.relative_to(out)
                 copy.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(file, copy)
-            with_retries(lambda: mlflow_client.log_artifacts(run.info.run_id, tmp), "log analysis artifacts")
+            upload(mlflow_client, run.info.run_id, Path(tmp))
     except BaseException:
         mlflow_client.set_terminated(run.info.run_id, "FAILED")
         raise
