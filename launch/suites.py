@@ -315,6 +315,8 @@ CARRY_MEMBERS: dict[str, tuple[dict[str, object], dict[str, str]]] = {
     "recon-first": (CONTENT_FIRST, {"role": "bridge"}),
     "recon-first-seed2": ({**CONTENT_FIRST, "seed": 2}, {"role": "bridge", "seed_of": "recon-first"}),
     "recon-first-seed3": ({**CONTENT_FIRST, "seed": 3}, {"role": "bridge", "seed_of": "recon-first"}),
+    "lm-nce-seed2": ({"seed": 2}, {"role": "bridge", "seed_of": "lm-nce"}),
+    "lm-nce-seed3": ({"seed": 3}, {"role": "bridge", "seed_of": "lm-nce"}),
     "no-source": ({**NO_SOURCE, **CONTENT_CONTROLS}, CONTROL_TAGS["no-source"]),
     "trained-text": ({**TRAINED_TEXT, **CONTENT_CONTROLS}, CONTROL_TAGS["trained-text"]),
     "gsm8k-recon-first": ({**GSM8K_TASK, **CONTENT_FIRST}, {"role": "bridge"}),
@@ -327,7 +329,7 @@ register(
         description=(
             "SmolLM2-135M <-> Gemma-3-270M, both directions, K=32: the positive control's recipe"
             " cross-family, plus the reconstruction term (from the start, or alone first), with the"
-            " trained controls; synthetic (three seeds of the content-first bridge) and GSM8K."
+            " trained controls; synthetic (three seeds each of the plain and the content-first bridge) and GSM8K."
         ),
         base=CARRY,
         runs={
