@@ -243,7 +243,10 @@ def test_a_run_cut_off_is_reported_as_partial_only_when_asked(analysis, suite_st
     assert crashed["status"] == "FAILED" and crashed["last_step"] == 300
     assert crashed["verdict_rule"].startswith("partial run (failed), judged on its last evaluation (step 300): ")
     assert sorted(runs) == sorted(RUNS) and result.data.skipped == []
-    assert "| crashed [failed at step 300 of 300] |" in (result.out / "summary.md").read_text()
+    md = (result.out / "summary.md").read_text()
+    assert "| crashed [failed at step 300 of 300] |" in md
+    assert f"runs ({len(RUNS)} finished, 1 cut off or failed)" in md.splitlines()[0]
+    assert (analysis.out / "summary.md").read_text().splitlines()[0].endswith(f"{len(RUNS)} runs (finished)")
 
 
 def test_a_suite_without_test_evaluations_has_no_test_columns(suite_store):

@@ -202,7 +202,7 @@ def paper(data: SuiteData) -> str:
 \begin{{abstract}}
 A trained translator turns the hidden states of a frozen source model into $K$ soft tokens
 that a frozen target model reads in place of its text prompt. This draft reports the
-{len(data.runs)} finished runs of suite \texttt{{{tex(data.suite)}}} ({pair}), evaluated on {n}
+{len(data.runs)} runs{tables.finished_part(data.runs)} of suite \texttt{{{tex(data.suite)}}} ({pair}), evaluated on {n}
 {split} questions.{test_text} A result is a headline only when the bridged target beats the target alone
 with statistical support on the same questions.
 \end{{abstract}}

@@ -14,6 +14,7 @@ import csv
 import json
 import time
 from pathlib import Path
+from collections.abc import Sequence
 
 from latentbridge.metric_names import (
     BITS,
@@ -256,6 +257,12 @@ def write_tables(data: SuiteData, out: Path) -> list[Path]:
     return [json_path, md_path, csv_path, content_path]
 
 
+def finished_part(runs: Sequence[SuiteRun]) -> str:
+    """' (finished)', or how many finished when `--include-unfinished` brought in partial runs."""
+    finished = sum(1 for r in runs if not r.partial)
+    return " (finished)" if finished == len(runs) else f" ({finished} finished, {len(runs) - finished} cut off or failed)"
+
+
 def _pct(x: float | None, missing: str = "–") -> str:
     return missing if x is None else f"{100 * x:.1f}"
 
@@ -292,7 +299,7 @@ def markdown(data: SuiteData, rows: list[dict]) -> str:
         return " / ".join(cell(prefix) for prefix in splits.values())
 
     lines = [
-        f"# Suite `{data.suite}`: {len(rows)} finished runs",
+        f"# Suite `{data.suite}`: {len(rows)} runs" + finished_part(data.runs),
         "",
         "Accuracies in % with 95% bootstrap intervals; degradation = peak - final (points); compression ="
         " prompt tokens / K (prompt tokens / (prompt tokens + K) with soft_plus_text). *val* selects: the"
