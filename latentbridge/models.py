@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import multiprocessing
 import os
 import re
 import shutil
@@ -19,7 +20,8 @@ import socket
 import struct
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -244,6 +246,51 @@ def load_frozen_lm(
     return FrozenLM(name=name_or_path, model=model, tokenizer=tokenizer)
 
 
+def load_frozen_lms(
+    names: Sequence[str], *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> list[FrozenLM]:
+    """`load_frozen_lm` for each name, after converting the GGUFs not yet cached side by side."""
+    convert_pending(names)
+    return [load_frozen_lm(name, dtype=dtype, device=device) for name in names]
+
+
+def convert_pending(names: Sequence[str]) -> list[str]:
+    """Dequantize the embedded models and `.gguf` files among `names` that are not cached yet, each
+    in its own process at once (the conversion is single-threaded Python and numpy: two models on a
+    2-core laptop take the time of the slower one); returns the names converted. One pending model,
+    or one core, converts in this process when it is first loaded. A failure is raised here as it
+    would be by `load_frozen_lm`."""
+    pending = [name for name in dict.fromkeys(names) if _needs_conversion(name)]
+    if len(pending) < 2 or (os.cpu_count() or 1) < 2:
+        return []
+    logger.info("Converting %s at once, a process each", ", ".join(pending))
+    context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or threads
+    with ProcessPoolExecutor(max_workers=len(pending), mp_context=context) as pool:
+        list(pool.map(_pretrained_source, pending))
+    return pending
+
+
+def _needs_conversion(name_or_path: str) -> bool:
+    """Whether `name_or_path` is an installed embedded model or a `.gguf` file with no complete cache entry."""
+    if name_or_path in EMBEDDED_MODELS:
+        embedded = EMBEDDED_MODELS[name_or_path]
+        if importlib.util.find_spec(embedded.package) is None:
+            return False  # load_frozen_lm says how to install it
+        return not _is_complete(_gguf_cache_dir(name_or_path, embedded.sha256()))
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return not _is_complete(_gguf_cache_dir(_gguf_label(path), sha256_file(path)))
+    return False
+
+
+def _gguf_label(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem)
+
+
+def _gguf_cache_dir(label: str, sha256: str) -> Path:
+    return cache_root() / "models" / f"{label}-{sha256[:12]}"
+
+
 def _pretrained_source(name_or_path: str) -> str:
     """What `from_pretrained` should open: a local directory or a hub id."""
     if name_or_path in EMBEDDED_MODELS:
@@ -258,9 +305,8 @@ def _pretrained_source(name_or_path: str) -> str:
             ) from error.__cause__
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        label = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem)
         try:
-            return str(_converted_gguf_dir(label, sha256_file(path), lambda scratch: _link_into(path, scratch)))
+            return str(_converted_gguf_dir(_gguf_label(path), sha256_file(path), lambda scratch: _link_into(path, scratch)))
         except UnreadableModelFileError as error:
             raise UnreadableModelFileError(
                 f"{error}. Download or copy {path} again (compare its size and sha256 with the original)"
@@ -365,7 +411,7 @@ def _converted_gguf_dir(label: str, sha256: str, materialize: Callable[[Path], P
     `materialize` puts the GGUF alone in an empty directory: transformers would otherwise mix in a
     `config.json` or `tokenizer.json` that happens to sit beside the file.
     """
-    target = cache_root() / "models" / f"{label}-{sha256[:12]}"
+    target = _gguf_cache_dir(label, sha256)
     if _is_complete(target):
         return target
     # Checked in this order: a directory that exists came either from a complete rename (marker
@@ -381,7 +427,7 @@ def _converted_gguf_dir(label: str, sha256: str, materialize: Callable[[Path], P
         gguf_path = materialize(scratch)
         _dequantize_into(gguf_path, staging, label)
         shutil.rmtree(scratch)
-        marker = {"source": label, "sha256": sha256, "gguf": gguf_path.name, "created": time.time()}
+        marker = {"source": label, "sha256": sha256, "gguf": gguf_path.name, "created": time.time(), "pid": os.getpid()}
         (staging / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2))
         staging.chmod(0o755)  # mkdtemp makes it private; a shared cache must be readable
         try:

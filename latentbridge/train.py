@@ -59,7 +59,7 @@ from latentbridge.metric_names import (
     compression_ratio,
 )
 from latentbridge.device_metrics import per_rank_metrics, read_own_device
-from latentbridge.models import DTYPES, FrozenLM, load_frozen_lm
+from latentbridge.models import DTYPES, FrozenLM, load_frozen_lms
 from latentbridge.prompts import select_exemplars
 from latentbridge.reporting import NullReporter, Reporter
 
@@ -118,10 +118,8 @@ def seed_everything(seed: int) -> None:
 
 def load_models(config: RunConfig) -> tuple[FrozenLM, FrozenLM]:
     dtype, device = DTYPES[config.dtype], distributed.device()
-    return (
-        load_frozen_lm(config.source_model, dtype=dtype, device=device),
-        load_frozen_lm(config.target_model, dtype=dtype, device=device),
-    )
+    source, target = load_frozen_lms([config.source_model, config.target_model], dtype=dtype, device=device)
+    return source, target
 
 
 class Trainer:

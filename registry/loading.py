@@ -126,7 +126,7 @@ def load_with_archive(uri: str, *, which: Which = "final", device: str = "cpu"):
     from latentbridge.bridge import Bridge
     from latentbridge.checkpoint import load_translator
     from latentbridge.data import load_splits
-    from latentbridge.models import DTYPES, load_frozen_lm
+    from latentbridge.models import DTYPES, load_frozen_lms
     from latentbridge.prompts import select_exemplars
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,8 +134,7 @@ def load_with_archive(uri: str, *, which: Which = "final", device: str = "cpu"):
         translator, meta = load_translator(folder / archive.translator_folder(which), device=device)
     config = meta.config
     dtype = DTYPES[config.dtype]
-    source = load_frozen_lm(config.source_model, dtype=dtype, device=device)
-    target = load_frozen_lm(config.target_model, dtype=dtype, device=device)
+    source, target = load_frozen_lms([config.source_model, config.target_model], dtype=dtype, device=device)
     exemplars = select_exemplars(load_splits(config.data).train, config.data.num_shots, config.data.fewshot_seed)
     bridge = Bridge(config, source, target, exemplars)
     bridge.translator = translator.float().to(device).eval()

@@ -223,6 +223,30 @@ def test_gguf_is_converted_once_then_read_from_cache(
     assert torch.equal(again.embed(torch.tensor([[1, 2, 3]])), lm.embed(torch.tensor([[1, 2, 3]])))
 
 
+def test_pending_ggufs_are_converted_side_by_side_in_their_own_processes(tmp_path: Path, isolated_cache: Path) -> None:
+    import json
+
+    ggufs = [
+        str(write_tiny_gguf(make_tiny_lm(tmp_path / name, tokenizer="bpe", hidden=hidden, layers=2), tmp_path / f"{name}.gguf"))
+        for name, hidden in (("one", 32), ("two", 48))
+    ]
+    assert models.convert_pending([ggufs[0], ggufs[1], ggufs[0]]) == ggufs
+    markers = [json.loads((d / COMPLETE_MARKER).read_text()) for d in _cached_dirs(isolated_cache)]
+    assert len(markers) == 2 and len({m["pid"] for m in markers} | {os.getpid()}) == 3  # two other processes
+    assert models.convert_pending(ggufs) == []  # both cached now
+    source, target = models.load_frozen_lms(ggufs)
+    assert (source.hidden_size, target.hidden_size) == (32, 48)
+
+
+def test_a_failed_side_by_side_conversion_is_raised_with_its_way_out(tmp_path: Path, isolated_cache: Path) -> None:
+    good = write_tiny_gguf(make_tiny_lm(tmp_path / "good", tokenizer="bpe", hidden=32, layers=2), tmp_path / "good.gguf")
+    bad = tmp_path / "cut.gguf"
+    bad.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(models.UnreadableModelFileError, match=r"cut\.gguf.*Download or copy"):
+        models.convert_pending([str(good), str(bad)])
+    assert models.convert_pending([str(good)]) == []  # one pending model converts on load, in-process
+
+
 def test_incomplete_cache_dir_is_rebuilt(tiny_gguf: tuple[Path, Path], isolated_cache: Path) -> None:
     _, gguf_path = tiny_gguf
     load_frozen_lm(str(gguf_path))

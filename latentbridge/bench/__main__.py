@@ -127,7 +127,7 @@ def _embedded_pair(args):
     from latentbridge.checkpoint import load_translator
     from latentbridge.config import RunConfig
     from latentbridge.data import load_splits
-    from latentbridge.models import load_frozen_lm
+    from latentbridge.models import load_frozen_lms
     from latentbridge.prompts import select_exemplars
 
     device = torch.device(args.device)
@@ -139,8 +139,7 @@ def _embedded_pair(args):
     else:
         base = RunConfig(source_model=args.embedded_source, target_model=args.embedded_target)
         ks = args.ks
-    source = load_frozen_lm(base.source_model, dtype=dtype, device=device)
-    target = load_frozen_lm(base.target_model, dtype=dtype, device=device)
+    source, target = load_frozen_lms([base.source_model, base.target_model], dtype=dtype, device=device)
     splits = load_splits(base.data)
     exemplars = select_exemplars(splits.train, base.data.num_shots, base.data.fewshot_seed)
     examples = splits.validation[: args.embedded_questions]
