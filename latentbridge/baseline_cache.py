@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 
 from latentbridge import prefix_cache
-from latentbridge.generation import GENERATION_VERSION
+from latentbridge.generation import GENERATION_VERSION, shared_prefix_decode_enabled
 from latentbridge.models import FrozenLM, cache_root
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,11 @@ def prompts_digest(prompts: Sequence[str]) -> str:
 
 def key_material(lm: FrozenLM, prompts: Sequence[str], max_new_tokens: int) -> dict[str, str | int]:
     """What the outputs depend on. A shared prefix adds `shared_prefix` (its rounding differs in
-    low precision); unshared outputs keep the keys they had before sharing existed."""
+    low precision), and `prefix_read_once` when decode reads it once for the batch (the same);
+    unshared outputs keep the keys they had before sharing existed."""
     shared = {"shared_prefix": True} if prefix_cache.enabled() else {}
+    if shared and shared_prefix_decode_enabled():
+        shared["prefix_read_once"] = True
     return {
         **shared,
         "model": lm.name,

@@ -20,6 +20,13 @@ token for token):
   and stays right when padding sits between a shared prefix and the suffix;
 - attention: grouped-query attention reads each KV head once (the query heads that share it
   become rows of one query), never a repeated copy of the cache;
+- a shared prefix in decode ("cascade" attention): the rows' copies of slots `[0, P)` are
+  identical, so a decode step reads the prefix's own (1, kv_heads, P, head_dim) keys and values
+  once for the whole batch (one batched product with every row's query heads) and each row's
+  cache only from slot P on; the scores of both parts go through the row's mask (a sliding
+  window can leave early prefix slots out) and one float32 softmax, so the result is the
+  per-row one up to rounding. The prefill still reads the rows' copies.
+  `LATENTBRIDGE_SHARED_PREFIX_DECODE=0` makes every row read its own copy again (A/B timing);
 - stopping: each row stops at EOS or once it has written `#### <number>` and a newline (or
   starts a new question), checked on the host a chunk of steps behind the GPU; the loop ends
   when every row has stopped. Finished rows keep stepping (their tokens are discarded), as a
@@ -36,8 +43,10 @@ import os
 import re
 import time
 import weakref
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +64,7 @@ GENERATION_VERSION = "static-greedy-1"
 ATTENTION_NAME = "latentbridge_static"
 GRAPHS_ENV = "LATENTBRIDGE_CUDA_GRAPHS"  # "0" turns CUDA-graph decoding off
 DECODE_ATTENTION_ENV = "LATENTBRIDGE_DECODE_ATTENTION"  # "matmul": two batched products instead of SDPA
+SHARED_PREFIX_DECODE_ENV = "LATENTBRIDGE_SHARED_PREFIX_DECODE"  # "0": each row reads its own copy of a shared prefix
 
 _DONE = re.compile(r"####\s*[-+]?[\d,]*\.?\d+\s*\n|\nQ:")
 STOP_WINDOW = 24
@@ -62,6 +72,65 @@ STOP_WINDOW = 24
 
 
 # --------------------------------------------------------------------------- attention
+
+
+def shared_prefix_decode_enabled() -> bool:
+    """Whether decode reads a shared prefix once for the batch (`SHARED_PREFIX_DECODE_ENV`)."""
+    return os.environ.get(SHARED_PREFIX_DECODE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+_DECODE_PREFIX: ContextVar[SharedPrefix | None] = ContextVar("latentbridge_decode_prefix", default=None)
+"""The shared prefix whose keys and values `static_attention` reads once for the whole batch
+at a decode step (layer by `module.layer_idx`); set by `_Engine.decode` while it steps with one
+(`_reading_prefix_once`), None otherwise."""
+
+
+@contextmanager
+def _reading_prefix_once(prefix: SharedPrefix | None) -> Iterator[None]:
+    """Decode steps in this block read `prefix`'s keys and values once for the batch (none: none)."""
+    token = _DECODE_PREFIX.set(prefix)
+    try:
+        yield
+    finally:
+        _DECODE_PREFIX.reset(token)
+
+
+def _attention_probs(scores: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """softmax(scale * scores) in float32 over the slots `mask` allows (True = attend)."""
+    scores = scores.float() * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1)
+
+
+def _prefix_once_attention(
+    folded: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    prefix_keys: torch.Tensor,
+    prefix_values: torch.Tensor,
+) -> torch.Tensor:
+    """Decode attention over `[shared prefix][the row's own slots]`, the prefix read once.
+
+    `folded` (B, kv_heads, G, d) holds each row's query heads by KV head; `key`/`value`
+    (B, kv_heads, width, d) the rows' cache, read from slot P on only; `prefix_keys`/
+    `prefix_values` (1, kv_heads, P, d) the prefix every row starts with; `mask`
+    (B, 1, G, width) says which slots each row attends, the prefix's included. Returns
+    (B, kv_heads, G, d_v)."""
+    batch, kv_heads, groups, dim = folded.shape
+    length = prefix_keys.shape[2]
+    # every row's query heads as rows of one query per KV head: (kv_heads, B * G, d)
+    queries = folded.transpose(0, 1).reshape(kv_heads, batch * groups, dim)
+    shared = torch.matmul(queries, prefix_keys[0].transpose(-1, -2))  # (kv_heads, B * G, P)
+    shared = shared.reshape(kv_heads, batch, groups, length).transpose(0, 1)
+    own = torch.matmul(folded, key[:, :, length:].transpose(-1, -2))  # (B, kv_heads, G, width - P)
+    probs = _attention_probs(torch.cat([shared, own], -1), mask, scale).to(value.dtype)
+    head_probs = probs[..., :length].transpose(0, 1).reshape(kv_heads, batch * groups, length)
+    from_prefix = torch.matmul(head_probs, prefix_values[0])  # (kv_heads, B * G, d_v)
+    from_prefix = from_prefix.reshape(kv_heads, batch, groups, -1).transpose(0, 1)
+    return from_prefix + torch.matmul(probs[..., length:], value[:, :, length:])
 
 
 def static_attention(
@@ -78,7 +147,8 @@ def static_attention(
 
     Prefill (q > 1) reads the slots its mask covers (the prompt, after any shared prefix), not
     the whole cache; decode (q = 1) folds the G query heads that share a KV head into G query
-    rows, so the cache is read once.
+    rows, so the cache is read once, and reads a shared prefix once for the batch while
+    `_reading_prefix_once` names one (`_prefix_once_attention`).
     """
     if kwargs.get("softcap") is not None:
         raise NotImplementedError("attention logit soft-capping is not supported by the static decoder")
@@ -100,11 +170,14 @@ def static_attention(
     else:
         folded = query.reshape(batch, kv_heads, groups, dim)
         mask = attention_mask.expand(batch, 1, groups, key.shape[2]) if attention_mask is not None else None
-        if os.environ.get(DECODE_ATTENTION_ENV) == "matmul":
-            scores = torch.matmul(folded, key.transpose(-1, -2)) * (scaling if scaling is not None else dim**-0.5)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            out = torch.matmul(scores.float().softmax(-1).to(value.dtype), value)
+        scale = scaling if scaling is not None else dim**-0.5
+        prefix = _DECODE_PREFIX.get()
+        if prefix is not None:
+            layer = module.layer_idx
+            out = _prefix_once_attention(folded, key, value, mask, scale, prefix.keys[layer], prefix.values[layer])
+        elif os.environ.get(DECODE_ATTENTION_ENV) == "matmul":
+            probs = _attention_probs(torch.matmul(folded, key.transpose(-1, -2)), mask, scale)
+            out = torch.matmul(probs.to(value.dtype), value)
         else:
             out = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, scale=scaling)
         out = out.reshape(batch, q_heads, 1, -1)
@@ -154,6 +227,9 @@ class _Engine:
     use_graph: bool
     graph: object | None = None
     graph_failed: bool = False
+    decode_prefix: SharedPrefix | None = field(default=None, init=False)
+    """The shared prefix the decode steps read once for the batch (the captured step reads its
+    tensors); None when the batch has none or `SHARED_PREFIX_DECODE_ENV` is off."""
 
     def __post_init__(self) -> None:
         text = self.model.config.get_text_config()
@@ -224,6 +300,7 @@ class _Engine:
         if prefix is not None:
             self._load_prefix(prefix)
             start = prefix.length
+        self._set_decode_prefix(prefix if shared_prefix_decode_enabled() else None)
         length = embeds.shape[1]
         self.valid.zero_()
         self.valid[:, :start] = True
@@ -241,6 +318,14 @@ class _Engine:
         self.cache_pos.fill_(start + length)
         self.step_index.fill_(1)
 
+    def _set_decode_prefix(self, prefix: SharedPrefix | None) -> None:
+        """Make the decode steps read `prefix` once (None: each row's cache alone). A captured
+        step reads the prefix it was captured with, so another one is captured again."""
+        if prefix is not self.decode_prefix and self.graph is not None:
+            log.debug("shared prefix for decode changed; the decode step is captured again")
+            self.graph = None
+        self.decode_prefix = prefix
+
     def _step(self) -> None:
         logits = self._forward(input_ids=self.tokens, attention_mask=self._decode_masks(), position_ids=self.positions).logits
         chosen = logits[:, -1].argmax(-1, keepdim=True)
@@ -254,13 +339,14 @@ class _Engine:
         """`steps` greedy steps, queued without waiting (the graph replays asynchronously)."""
         if steps <= 0:
             return
-        if not self.use_graph or self.graph_failed:
-            for _ in range(steps):
-                self._step()
-            return
-        if self.graph is None:
-            self._capture()  # runs one real step while warming up
-            steps -= 1
+        with _reading_prefix_once(self.decode_prefix):
+            if not self.use_graph or self.graph_failed:
+                for _ in range(steps):
+                    self._step()
+                return
+            if self.graph is None:
+                self._capture()  # runs one real step while warming up
+                steps -= 1
         for _ in range(steps):
             self.graph.replay()
 
@@ -420,6 +506,7 @@ class GenerationStats:
     sliding_kv_bytes: int = 0  # the part of per_token_kv_bytes in sliding-window layers
     sliding_window: int | None = None  # tokens those layers need at most
     shared_prefix_tokens: int = 0  # of prompt_length/prompt_tokens: a shared prefix's, computed once, not in this prefill
+    prefix_read_once: bool = False  # decode read the shared prefix once a step for the batch, not once a row
 
     @property
     def total_s(self) -> float:
@@ -437,9 +524,19 @@ class GenerationStats:
         return self.held_bytes(self.prompt_tokens[row] + self.new_tokens[row])
 
     def kv_read_bytes(self, row: int) -> int:
-        """Cache bytes the row's decode steps must read: its context at every step."""
+        """Cache bytes the row's decode steps must read: its context at every step. Where the
+        decode read the shared prefix once a step for the batch (`prefix_read_once`), the row
+        counts its own context after the prefix and an equal share (1 / batch) of the prefix's
+        part (`held_bytes(c) - held_bytes(c - P)`: P tokens in full layers, the window's tokens
+        inside the prefix in sliding ones), so the rows' sum counts the prefix once a step."""
         p, n = self.prompt_tokens[row], self.new_tokens[row]
-        return sum(self.held_bytes(p + t) for t in range(1, n))
+        contexts = [p + t for t in range(1, n)]
+        if not self.prefix_read_once:
+            return sum(self.held_bytes(c) for c in contexts)
+        shared = self.shared_prefix_tokens
+        own = sum(self.held_bytes(c - shared) for c in contexts)
+        prefix = sum(self.held_bytes(c) - self.held_bytes(c - shared) for c in contexts)
+        return own + prefix // self.batch
 
 
 @dataclass
@@ -564,6 +661,7 @@ def generate_tokens(
         peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         row_latency_s=[prefill_s + step_s * (len(t) - 1) for t in tokens],
         shared_prefix_tokens=start,
+        prefix_read_once=engine.decode_prefix is not None,
     )
     return GenerationResult(tokens=tokens, stats=stats)
 

@@ -8,7 +8,9 @@ gradient) and give each batch only what follows it:
 - generation (`generation_inputs` -> `generation.generate`): the static decoder copies the
   prefix's keys and values into slots `[0, P)` of every row, then prefills the left-padded
   suffixes after them: a row holds `[prefix][padding][suffix]`, positions continue from P past
-  the padding, and masks hide the padding (see `generation._Engine`);
+  the padding, and masks hide the padding (see `generation._Engine`); its decode steps then read
+  the prefix's own keys and values once for the whole batch, not each row's copy
+  (`generation._prefix_once_attention`; `LATENTBRIDGE_SHARED_PREFIX_DECODE=0`: each row's copy);
 - teacher forcing (`scoring_inputs` -> `losses.answer_logits` / `answer_nll`): the right-padded
   suffixes and answers run on a fresh `DynamicCache` holding the prefix for every row, with a
   2-D mask over prefix and suffix, so transformers' own masks (sliding windows included) and

@@ -2,19 +2,24 @@
 
 Tiny random Llama and Gemma-3 (sliding window 16, far shorter than the ~300-token prompts, so
 the sliding layers' masks matter), rows of different lengths, each path against the same
-batch built without sharing.
+batch built without sharing; in decode, the prefix read once for the batch against each row
+reading its own copy, and proof that the rows' copies are not read.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
-from test_generation import tiny_lm  # noqa: F401 (the fixture: tiny Llama and tiny Gemma-3 with a 16-token window)
+from test_generation import _sharpen, tiny_lm  # noqa: F401 (the fixture: tiny Llama and tiny Gemma-3 with a 16-token window)
+from tiny_models import make_tiny_lm
 
 from latentbridge import generation, prefix_cache
 from latentbridge.bridge import build_inputs, tokenize
 from latentbridge.data import Example
 from latentbridge.losses import answer_logits, answer_nll
+from latentbridge.models import load_frozen_lm
 from latentbridge.prefix_cache import PrefixedInputs
 from latentbridge.prompts import fewshot_prompt
 
@@ -169,6 +174,131 @@ def test_the_prefix_is_computed_once_a_model(tiny_lm, monkeypatch):
     assert len(calls) == 1 and calls[0][0] == 1  # one batch-1 forward over the prefix
 
 
+# --------------------------------------------------------------------------- the prefix read once in decode
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def decode_lm(request, tmp_path_factory):
+    """Tiny float32 Llama (sharpened, so its text varies), and a tiny Gemma-3 of six layers:
+    five sliding-window layers (window 16, far shorter than the prefix, so their masks hide
+    most prefix slots from a decode step) and one full-attention layer."""
+    layers = 3 if request.param == "llama" else 6
+    folder = tmp_path_factory.mktemp(request.param)
+    path = make_tiny_lm(folder, arch=request.param, tokenizer="bpe", hidden=48, layers=layers, seed=3)
+    lm = load_frozen_lm(str(path))
+    if request.param == "llama":
+        _sharpen(lm.model)
+    else:
+        kinds = lm.model.config.get_text_config().layer_types
+        assert "full_attention" in kinds and "sliding_attention" in kinds
+    return lm
+
+
+def _generate_shared(lm, shared: PrefixedInputs, new_tokens: int = 24) -> generation.GenerationResult:
+    suffix = shared.suffix
+    return generation.generate_tokens(lm.model, suffix.inputs_embeds, suffix.attention_mask, new_tokens, prefix=shared.prefix)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "matmul"])
+def test_reading_the_prefix_once_in_decode_changes_no_token(decode_lm, attention, monkeypatch):
+    """Three ways, same tokens and the same logits at every step (float32 rounding): the whole
+    prompts unshared; the prefix shared, each row reading its own copy in decode (switched
+    off); and the prefix read once for the batch, through `_prefix_once_attention` at every
+    layer of every decode step."""
+    if attention == "matmul":
+        monkeypatch.setenv(generation.DECODE_ATTENTION_ENV, "matmul")
+    calls = []
+    once = generation._prefix_once_attention
+
+    def counting(*args):
+        calls.append(args[0].shape[0])
+        return once(*args)
+
+    monkeypatch.setattr(generation, "_prefix_once_attention", counting)
+    logits = _recording_logits(monkeypatch)
+    full = build_inputs(decode_lm, TEXTS)
+    unshared = generation.generate_tokens(decode_lm.model, full.inputs_embeds, full.attention_mask, 24)
+    runs = {"unshared": (unshared, list(logits))}
+    shared = prefix_cache.generation_inputs(decode_lm, PREFIX, TEXTS)
+    assert len(set(shared.suffix.attention_mask.sum(-1).tolist())) == len(TEXTS)  # suffixes of different lengths
+    for name, switch in (("per_row", "0"), ("once", "1")):
+        monkeypatch.setenv(generation.SHARED_PREFIX_DECODE_ENV, switch)
+        logits.clear()
+        calls.clear()
+        result = _generate_shared(decode_lm, shared)
+        runs[name] = (result, list(logits))
+        assert result.stats.prefix_read_once == (switch == "1")
+        assert len(calls) == (23 * decode_lm.num_layers if switch == "1" else 0)
+    assert calls == [len(TEXTS)] * len(calls)  # the whole batch in one call a layer
+    (once, once_logits), (per_row, per_row_logits) = runs["once"], runs["per_row"]
+    assert once.tokens == per_row.tokens == unshared.tokens
+    assert all(len(set(row)) > 3 for row in once.tokens)  # not one repeated token
+    window = _window(decode_lm)
+    if window is not None:  # the window leaves prefix slots out of every decode step
+        assert shared.prefix.length > 4 * window
+    for reference in (per_row_logits, runs["unshared"][1]):
+        assert len(once_logits) == len(reference) == 24
+        for ours, theirs in zip(once_logits, reference):
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_decode_does_not_read_the_rows_copies_of_the_prefix(decode_lm, monkeypatch):
+    """NaN in every row's copy of slots [0, P) once the prefill has run: reading the prefix once
+    gives the tokens it gives unpoisoned; each row reading its own copy (switched off) does not,
+    so the poison sits where a per-row read would find it."""
+    shared = prefix_cache.generation_inputs(decode_lm, PREFIX, TEXTS)
+    expected = _generate_shared(decode_lm, shared, 12).tokens
+    prefill = generation._Engine.prefill
+
+    def poisoned(self, embeds, mask, prefix=None):
+        prefill(self, embeds, mask, prefix)
+        for layer in self.cache.layers:
+            layer.keys[:, :, : prefix.length] = float("nan")
+            layer.values[:, :, : prefix.length] = float("nan")
+
+    monkeypatch.setattr(generation._Engine, "prefill", poisoned)
+    assert _generate_shared(decode_lm, shared, 12).tokens == expected
+    monkeypatch.setenv(generation.SHARED_PREFIX_DECODE_ENV, "0")
+    per_row = _generate_shared(decode_lm, shared, 12).tokens
+    assert [row[0] for row in per_row] == [row[0] for row in expected]  # the prefill reads the rows' copies before the poison
+    assert per_row != expected
+
+
+def test_read_bytes_count_the_shared_prefix_once_a_step():
+    """Rows of 4 after a 100-token prefix, 10 bytes a token (4 of them in sliding layers, window
+    8): read once, a row counts its own tokens and a quarter of the prefix's part a step."""
+    stats = generation.GenerationStats(
+        batch=4, prompt_length=120, prompt_tokens=[110, 120, 115, 108], new_tokens=[5, 3, 1, 9], steps=8,
+        prefill_s=0.0, decode_s=0.0, graphs=False, cache_len=129, cache_bytes=0, per_token_kv_bytes=10,
+        sliding_kv_bytes=4, sliding_window=8, shared_prefix_tokens=100, prefix_read_once=True,
+    )
+    per_row = dataclasses.replace(stats, prefix_read_once=False)
+    for row in range(4):
+        contexts = [stats.prompt_tokens[row] + t for t in range(1, stats.new_tokens[row])]
+        assert per_row.kv_read_bytes(row) == sum(6 * c + 4 * 8 for c in contexts)
+        # own tokens: all in full layers, the last 8 in sliding ones (all past the prefix here)
+        own = sum(6 * (c - 100) + 4 * 8 for c in contexts)
+        assert stats.kv_read_bytes(row) == own + sum(6 * 100 for _ in contexts) // 4
+    # prompts of 103 tokens: for the first steps the sliding layers' window reaches into the prefix
+    short = dataclasses.replace(stats, prompt_tokens=[103] * 4)
+    contexts = range(104, 108)  # row 0's 4 decode steps
+    own = sum(6 * (c - 100) + 4 * min(c - 100, 8) for c in contexts)
+    prefix = sum(6 * 100 + 4 * (8 - min(c - 100, 8)) for c in contexts)
+    assert short.kv_read_bytes(0) == own + prefix // 4
+
+
+def test_the_bandwidth_bound_reads_a_shared_prefix_once():
+    from latentbridge.bench.generation_bench import bound_tokens_per_s
+    from latentbridge.bench.shapes import random_model
+
+    model = random_model("tiny-llama", dtype=torch.float32)
+    per_row = bound_tokens_per_s(model, 8, 1100, 31, 10, 1e9)
+    once = bound_tokens_per_s(model, 8, 1100, 31, 10, 1e9, shared_prefix=1000)
+    assert per_row["kv_bytes_mean_step"] == 8 * (1100 + 16) * 10
+    assert once["kv_bytes_mean_step"] == (1000 + 8 * (100 + 16)) * 10
+    assert once["bound_tokens_per_s"] > per_row["bound_tokens_per_s"]
+
+
 # --------------------------------------------------------------------------- the callers
 
 
@@ -252,6 +382,9 @@ def test_baseline_cache_keys_say_whether_the_prefix_was_shared(tiny_bridge, monk
     bridge, _ = tiny_bridge()
     prompts = TEXTS
     shared = baseline_cache.key_material(bridge.target, prompts, 8)
+    monkeypatch.setenv(generation.SHARED_PREFIX_DECODE_ENV, "0")
+    per_row_decode = baseline_cache.key_material(bridge.target, prompts, 8)
     monkeypatch.setenv(prefix_cache.ENV, "0")
     unshared = baseline_cache.key_material(bridge.target, prompts, 8)
-    assert shared == {**unshared, "shared_prefix": True} and "shared_prefix" not in unshared
+    assert shared == {**unshared, "shared_prefix": True, "prefix_read_once": True}
+    assert per_row_decode == {**unshared, "shared_prefix": True} and "shared_prefix" not in unshared

@@ -75,6 +75,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-questions", type=int, default=200, help="estimate and eval-ref: questions an evaluation asks")
     p.add_argument("--eval-batch", type=int, default=64, help="eval-ref: questions a batch")
     p.add_argument("--prefix-tokens", type=int, default=1000, help="eval-ref: the shared few-shot prefix (8 exemplars)")
+    p.add_argument("--gen-prefix-tokens", type=int, default=0,
+                   help="gen: a shared prefix of this many tokens before each row's --prompt-tokens (the 8 exemplars:"
+                        " read once by the static decoder, inside every prompt by plain generate)")
     p.add_argument("--question-tokens", type=_ints, default=[40, 120], help="eval-ref: question lengths, low,high")
     p.add_argument("--eval-new-tokens", type=int, default=256, help="eval-ref: new tokens forced a row")
     p.add_argument("--run-steps", type=int, default=2000)
@@ -320,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         from latentbridge.bench import generation_bench
 
         return generation_bench.run(args.target_shape, device, args.gen_batches, args.prompt_tokens, args.new_tokens,
-                                    hw["copy_bandwidth_Bps"], plain=not args.no_plain, log=log)
+                                    hw["copy_bandwidth_Bps"], plain=not args.no_plain, prefix_tokens=args.gen_prefix_tokens,
+                                    log=log)
 
     part("gen", gen)
 

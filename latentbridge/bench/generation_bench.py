@@ -5,17 +5,19 @@ tokens have no ids) with its dynamic cache (`plain`), and from the token ids wit
 cache (`plain_ids`) and with its static cache (`plain_ids_static`, `cache_implementation="static"`).
 
 For each batch size: a prompt of `prompt_tokens` real tokens (random ids, as embeddings) and
-`new_tokens` new tokens forced (no stopping), bf16, random weights. Reported per system:
-time to first token (the prefill), decode time, decode tokens/s (new tokens after the first
-over the decode time), end-to-end tokens/s (all new tokens over the whole call), and the
+`new_tokens` new tokens forced (no stopping), bf16, random weights; with `prefix_tokens`, the
+static decoder's rows start with a shared prefix of that many random ids (its keys and values
+computed once, `latentbridge.prefix_cache`) before their own `prompt_tokens`. Reported per
+system: time to first token (the prefill), decode time, decode tokens/s (new tokens after the
+first over the decode time), end-to-end tokens/s (all new tokens over the whole call), and the
 decode rate as a fraction of the memory-bandwidth bound: every decode step must read the
-weights (less the input embedding table) plus each row's KV cache at its current length,
-at the measured copy bandwidth.
+weights (less the input embedding table), a shared prefix's keys and values once (where the
+decode reads it once for the batch) and each row's own KV cache at its current length, at the
+measured copy bandwidth.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 
@@ -24,6 +26,8 @@ import torch
 from latentbridge import generation
 from latentbridge.bench.shapes import random_model, weight_bytes_read_per_step
 from latentbridge.generation import generate_tokens, plain_generate_tokens, synchronize
+from latentbridge.models import FrozenLM
+from latentbridge.prefix_cache import SharedPrefix, compute_prefix
 
 
 
@@ -33,6 +37,16 @@ PLAIN_VARIANTS = {
     "plain_ids_static": {"from_ids": True, "cache_implementation": "static"},
 }
 """transformers' `generate` variants the gen part times: name -> `_plain` options."""
+
+STATIC_VARIANTS = {
+    "static_matmul_attention": (generation.DECODE_ATTENTION_ENV, "matmul"),
+    "static_prefix_per_row": (generation.SHARED_PREFIX_DECODE_ENV, "0"),
+}
+"""The static decoder with one decode choice switched by its environment variable: name ->
+(variable, value). Where the decode reads a shared prefix once, only `static_prefix_per_row`
+runs (each row reads its own copy; every step of the default goes through
+`generation._prefix_once_attention`, so the attention switch would change nothing); otherwise
+only `static_matmul_attention`."""
 
 
 def _prompt_ids(model, batch: int, length: int, seed: int, ragged: bool = False):
@@ -51,13 +65,18 @@ def _prompt(model, batch: int, length: int, seed: int, ragged: bool = False):
     return model.get_input_embeddings()(ids), mask
 
 
-def bound_tokens_per_s(model, batch: int, prompt: int, new: int, per_token_kv: int, bandwidth: float) -> dict:
-    """The decode rate if every step only read its bytes once at `bandwidth`."""
+def bound_tokens_per_s(
+    model, batch: int, prompt: int, new: int, per_token_kv: int, bandwidth: float, shared_prefix: int = 0
+) -> dict:
+    """The decode rate if every step only read its bytes once at `bandwidth`: the weights, the
+    first `shared_prefix` of the `prompt` tokens once for the whole batch (a shared prefix the
+    decode reads once) and each row's own tokens after them."""
     weights = weight_bytes_read_per_step(model)
-    mean_context = prompt + (new + 1) / 2
-    kv = batch * mean_context * per_token_kv
+    own_context = prompt - shared_prefix + (new + 1) / 2
+    kv = (shared_prefix + batch * own_context) * per_token_kv
     step_s = (weights + kv) / bandwidth
-    return {"weights_bytes": weights, "kv_bytes_mean_step": kv, "bound_step_s": step_s, "bound_tokens_per_s": batch / step_s}
+    return {"weights_bytes": weights, "kv_bytes_mean_step": kv, "shared_prefix_tokens": shared_prefix,
+            "bound_step_s": step_s, "bound_tokens_per_s": batch / step_s}
 
 
 def warm_stop(row: list[int]) -> bool:
@@ -66,9 +85,10 @@ def warm_stop(row: list[int]) -> bool:
     return len(row) >= 4
 
 
-def _ours(model, embeds, mask, new: int, repeats: int, graphs: bool | None = None) -> dict:
-    warm = generate_tokens(model, embeds, mask, new, graphs=graphs, stop=warm_stop)  # sizes the cache, captures the graph
-    runs = [generate_tokens(model, embeds, mask, new, graphs=graphs) for _ in range(repeats)]
+def _ours(model, embeds, mask, new: int, repeats: int, graphs: bool | None = None, prefix: SharedPrefix | None = None) -> dict:
+    # sizes the cache, captures the graph
+    warm = generate_tokens(model, embeds, mask, new, graphs=graphs, stop=warm_stop, prefix=prefix)
+    runs = [generate_tokens(model, embeds, mask, new, graphs=graphs, prefix=prefix) for _ in range(repeats)]
     prefill = statistics.median(r.stats.prefill_s for r in runs)
     decode = statistics.median(r.stats.decode_s for r in runs)
     stats = runs[0].stats
@@ -86,6 +106,7 @@ def _ours(model, embeds, mask, new: int, repeats: int, graphs: bool | None = Non
         "cache_len": stats.cache_len,
         "cache_bytes": stats.cache_bytes,
         "per_token_kv_bytes": stats.per_token_kv_bytes,
+        "prefix_read_once": stats.prefix_read_once,
         "peak_memory_bytes": stats.peak_memory_bytes,
     }
 
@@ -170,42 +191,58 @@ def run(
     plain: bool = True,
     repeats: int = 2,
     attention_variants: bool = True,
+    prefix_tokens: int = 0,
     log=print,
 ) -> dict:
+    """`prefix_tokens` > 0: every row starts with the same `prefix_tokens` random ids, which the
+    static decoder reads as a shared prefix (keys and values computed once, before the timing)
+    and plain `generate` as part of each prompt."""
+    from latentbridge.bench.eval_bench import env  # not at the top: eval_bench imports this module
+
     model = random_model(shape, device=device, dtype=torch.bfloat16)
-    results: dict = {"shape": shape, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "batches": {}}
+    prefix_ids, _ = _prompt_ids(model, 1, prefix_tokens, seed=0)
+    prefix = None
+    if prefix_tokens:
+        prefix = compute_prefix(FrozenLM(name=shape, model=model, tokenizer=None), prefix_ids[0].tolist())
+    results: dict = {"shape": shape, "prompt_tokens": prompt_tokens, "prefix_tokens": prefix_tokens,
+                     "new_tokens": new_tokens, "batches": {}}
     for batch in batches:
         ids, mask = _prompt_ids(model, batch, prompt_tokens, seed=batch)
         embeds = model.get_input_embeddings()(ids)
         row: dict = {}
-        ours = _ours(model, embeds, mask, new_tokens, repeats)
+        ours = _ours(model, embeds, mask, new_tokens, repeats, prefix=prefix)
         row["static"] = {k: v for k, v in ours.items() if k != "tokens"}
-        row["bound"] = bound_tokens_per_s(model, batch, prompt_tokens, new_tokens, ours["per_token_kv_bytes"], bandwidth)
+        read_once = prefix_tokens if ours["prefix_read_once"] else 0
+        row["bound"] = bound_tokens_per_s(model, batch, prefix_tokens + prompt_tokens, new_tokens,
+                                          ours["per_token_kv_bytes"], bandwidth, shared_prefix=read_once)
         row["static"]["fraction_of_bound"] = ours["decode_tokens_per_s"] / row["bound"]["bound_tokens_per_s"]
         log(f"[gen] {shape} B={batch} static: ttft {ours['ttft_s']:.3f}s decode {ours['decode_s']:.3f}s "
             f"-> {ours['decode_tokens_per_s']:.0f} decode tok/s ({row['static']['fraction_of_bound']:.0%} of bound "
             f"{row['bound']['bound_tokens_per_s']:.0f}), {ours['tokens_per_s']:.0f} end-to-end tok/s, graphs={ours['graphs']}")
-        if attention_variants and device.type == "cuda" and batch == max(batches):
+        variants = STATIC_VARIANTS if attention_variants and device.type == "cuda" and batch == max(batches) else {}
+        for name, (variable, value) in variants.items():
+            if (name == "static_prefix_per_row") != ours["prefix_read_once"]:
+                continue
             generation.release(model)
-            os.environ[generation.DECODE_ATTENTION_ENV] = "matmul"
-            try:
-                variant = _ours(model, embeds, mask, new_tokens, repeats)
-            finally:
-                os.environ.pop(generation.DECODE_ATTENTION_ENV, None)
-                generation.release(model)
-            row["static_matmul_attention"] = {k: v for k, v in variant.items() if k != "tokens"}
-            log(f"[gen] B={batch} static, matmul decode attention: {variant['decode_tokens_per_s']:.0f} decode tok/s")
-            row["static_matmul_attention"]["agreement_with_sdpa"] = _agreement(variant["tokens"], ours["tokens"])
+            with env(variable, value):
+                variant = _ours(model, embeds, mask, new_tokens, repeats, prefix=prefix)
+            generation.release(model)
+            row[name] = {k: v for k, v in variant.items() if k != "tokens"}
+            row[name]["agreement_with_static"] = _agreement(variant["tokens"], ours["tokens"])
+            log(f"[gen] B={batch} {name}: {variant['decode_tokens_per_s']:.0f} decode tok/s "
+                f"(static {ours['decode_tokens_per_s']:.0f})")
         if device.type == "cuda" and batch == min(batches):
             short = min(new_tokens, 32)
-            graphed = generate_tokens(model, embeds, mask, short, graphs=True).tokens
+            graphed = generate_tokens(model, embeds, mask, short, graphs=True, prefix=prefix).tokens
             generation.release(model)
-            eager = generate_tokens(model, embeds, mask, short, graphs=False).tokens
+            eager = generate_tokens(model, embeds, mask, short, graphs=False, prefix=prefix).tokens
             generation.release(model)
             row["graph_vs_eager"] = _agreement(graphed, eager)
+        whole_ids = torch.cat([prefix_ids.expand(batch, -1), ids], 1)  # plain generate reads the prefix in each prompt
+        whole_mask = torch.cat([torch.ones_like(whole_ids[:, :prefix_tokens]), mask], 1)
         for name, options in (PLAIN_VARIANTS.items() if plain else ()):
             generation.release(model)
-            reference = _plain(model, ids, mask, new_tokens, **options)
+            reference = _plain(model, whole_ids, whole_mask, new_tokens, **options)
             entry = row[name] = {k: v for k, v in reference.items() if k != "tokens"}
             entry["fraction_of_bound"] = reference["decode_tokens_per_s"] / row["bound"]["bound_tokens_per_s"]
             entry["static_speedup_end_to_end"] = ours["tokens_per_s"] / reference["tokens_per_s"]
