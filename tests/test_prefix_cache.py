@@ -388,3 +388,33 @@ def test_baseline_cache_keys_say_whether_the_prefix_was_shared(tiny_bridge, monk
     unshared = baseline_cache.key_material(bridge.target, prompts, 8)
     assert shared == {**unshared, "shared_prefix": True, "prefix_read_once": True}
     assert per_row_decode == {**unshared, "shared_prefix": True} and "shared_prefix" not in unshared
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the device machine)")
+def test_reading_the_prefix_once_under_cuda_graphs(decode_lm, monkeypatch):
+    """On a GPU the decode step is a captured CUDA graph: reading the prefix once gives the tokens
+    of each row reading its own copy and of eager stepping, and a second prefix (the graph was
+    captured with the first one's tensors) is captured again rather than read stale."""
+    import copy
+
+    from latentbridge.models import FrozenLM
+
+    lm = FrozenLM(name=decode_lm.name, model=copy.deepcopy(decode_lm.model).to("cuda"), tokenizer=decode_lm.tokenizer)
+    first = prefix_cache.generation_inputs(lm, PREFIX, TEXTS)
+    other_exemplars = EXEMPLARS[1:] + EXEMPLARS[:1]
+    second = prefix_cache.generation_inputs(
+        lm, prefix_cache.fewshot_prefix(other_exemplars), [fewshot_prompt(other_exemplars, q) for q in QUESTIONS]
+    )
+
+    def tokens(shared: PrefixedInputs, **options) -> list[list[int]]:
+        s = shared.suffix
+        result = generation.generate_tokens(lm.model, s.inputs_embeds, s.attention_mask, 16, prefix=shared.prefix, **options)
+        assert result.stats.graphs == options.get("graphs", True)
+        return result.tokens
+
+    eager = {name: tokens(shared, graphs=False) for name, shared in (("first", first), ("second", second))}
+    assert eager["first"] != eager["second"]
+    assert tokens(first) == eager["first"]
+    assert tokens(second) == eager["second"]  # the same engine, a new prefix: captured again
+    monkeypatch.setenv(generation.SHARED_PREFIX_DECODE_ENV, "0")
+    assert tokens(first) == eager["first"]
