@@ -14,7 +14,7 @@
 #                                pieces over calls (PIECES=0-6, then 7-13, ...)
 #
 # The suite itself is exactly: python launch submit --suite $SUITE --cluster local --runs-per-device $RUNS_PER_DEVICE
-# (ONLY=a,b,c adds --only a,b,c; MODELS names the models to convert first; DATA=.carry/data, carried,
+# (ONLY=a,b,c adds --only a,b,c; OVERRIDES="train.steps=2000 ..." adds overrides, recorded at submit; MODELS names the models to convert first; DATA=.carry/data, carried,
 # is the dataset mirror for hub datasets: <hub_id>/<config>/{train,test}.jsonl, LATENTBRIDGE_DATASET_MIRROR.)
 # .whl (cp312 wheels, `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`), as in
 # session 5: alembic 1.20.1, annotated_types 0.8.0, cachetools 8.0.2, cffi 2.1.1, cryptography 46.0.3,
@@ -62,7 +62,7 @@ start)
   else tar cf - --exclude=./.carry --exclude=./.whl --exclude=./.git . | tar xf - -C "$LB/repo"; fi
   cd "$LB/repo"
   for m in ${MODELS:-smollm2-135m gemma3-270m}; do python3 -c "from latentbridge.models import load_frozen_lm; load_frozen_lm('$m')" & done; wait
-  setsid nohup python3 launch submit --suite "$SUITE" --cluster local --runs-per-device "$RUNS_PER_DEVICE" --wait-timeout 3000 ${ONLY:+--only $ONLY} \
+  setsid nohup python3 launch submit --suite "$SUITE" --cluster local --runs-per-device "$RUNS_PER_DEVICE" --wait-timeout 3000 ${ONLY:+--only $ONLY} ${OVERRIDES:-} \
     > "$LB/submit.log" 2>&1 < /dev/null &
   echo "suite started: pid $!"
   ;&
