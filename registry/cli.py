@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", required=True, help="the MLflow experiment (the suite's name for launched runs)")
     p.add_argument("--run-id", dest="run_ids", action="append", default=[], metavar="ID",
                    help="export this run only (repeatable; default: every training run of the experiment)")
+    p.add_argument("--run", dest="run_names", action="append", default=[], metavar="NAME",
+                   help="export the newest FINISHED training run of this name (repeatable)")
     p.add_argument("--out", required=True, help="records go to OUT/<run name>-<run id[:8]>/")
     p.add_argument("--skip-artifacts", nargs="*", default=["checkpoint"], metavar="PATH",
                    help="leave out artifacts whose first path component is one of these (default: checkpoint; "
@@ -166,7 +168,7 @@ def _import(args) -> int:
 def _export(args) -> int:
     from registry.export_runs import export_runs
 
-    for done in export_runs(args.experiment, Path(args.out), args.run_ids, args.skip_artifacts):
+    for done in export_runs(args.experiment, Path(args.out), args.run_ids, args.skip_artifacts, args.run_names):
         skipped = f"; skipped artifacts: {', '.join(done.skipped)}" if done.skipped else ""
         print(f"{done.run_id}: exported to {done.folder} ({done.name}, {done.status}, "
               f"{done.metric_points} metric points, {done.artifacts} artifact files{skipped})")

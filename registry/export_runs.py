@@ -186,14 +186,21 @@ def _experiment_runs(mlflow_client, experiment_id: str) -> list[Run]:
             return runs
 
 
-def select_runs(experiment: str, run_ids: Sequence[str] = ()) -> tuple[str, list[Run]]:
-    """(experiment id, runs): the named runs (which must be in the experiment), else its training runs."""
+def select_runs(experiment: str, run_ids: Sequence[str] = (), run_names: Sequence[str] = ()) -> tuple[str, list[Run]]:
+    """(experiment id, runs): the runs named by id (which must be in the experiment) and, for each
+    of `run_names`, the newest FINISHED training run of that name; with neither, its training runs."""
     mlflow_client = client()
     found = with_retries(lambda: mlflow_client.get_experiment_by_name(experiment), "find experiment")
     if found is None:
         raise ExportError(f"no MLflow experiment named {experiment!r} in {_safe_uri(mlflow_client.tracking_uri)}")
-    if not run_ids:
-        return found.experiment_id, [run for run in _experiment_runs(mlflow_client, found.experiment_id) if is_training_run(run)]
+    training = [run for run in _experiment_runs(mlflow_client, found.experiment_id) if is_training_run(run)] if run_names or not run_ids else []
+    if not run_ids and not run_names:
+        return found.experiment_id, training
+    for name in dict.fromkeys(run_names):
+        finished = [r for r in training if r.info.run_name == name and r.info.status == "FINISHED"]
+        if not finished:
+            raise ExportError(f"experiment {experiment!r} holds no FINISHED training run named {name!r}")
+        run_ids = [*run_ids, max(finished, key=lambda r: r.info.start_time).info.run_id]
     runs = []
     for run_id in dict.fromkeys(run_ids):
         try:
@@ -207,10 +214,11 @@ def select_runs(experiment: str, run_ids: Sequence[str] = ()) -> tuple[str, list
 
 
 def export_runs(
-    experiment: str, out: Path, run_ids: Sequence[str] = (), skip: Iterable[str] = DEFAULT_SKIP
+    experiment: str, out: Path, run_ids: Sequence[str] = (), skip: Iterable[str] = DEFAULT_SKIP,
+    run_names: Sequence[str] = (),
 ) -> list[Exported]:
-    """Export the named runs of `experiment`, or all its training runs, as records under `out`."""
-    _, runs = select_runs(experiment, run_ids)
+    """Export the named runs of `experiment` (by id or name), or all its training runs, as records under `out`."""
+    _, runs = select_runs(experiment, run_ids, run_names)
     if not runs:
         raise ExportError(f"experiment {experiment!r} holds no training run to export")
     skip = tuple(skip)

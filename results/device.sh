@@ -88,9 +88,8 @@ weights)
   # Here: cat weights.tgz.* > weights.tgz, check it against weights.sha256, untar, import.
   cd "$LB/repo"; pack="$LB/weights/${RUN:?RUN=<run name>}"
   if [ ! -f "$pack/weights.sha256" ]; then
-    id=$(python3 -c "import mlflow; r = mlflow.search_runs(experiment_names=['$SUITE'], filter_string=\"attributes.run_name = '$RUN' and attributes.status = 'FINISHED'\", order_by=['attributes.start_time DESC'], max_results=1); print(r.run_id[0])") || exit 1
     rm -rf "$pack"; mkdir -p "$pack"
-    python3 -m registry export --experiment "$SUITE" --run-id "$id" --out "$pack/records" --skip-artifacts checkpoint translator || exit 1
+    python3 -m registry export --experiment "$SUITE" --run "$RUN" --out "$pack/records" --skip-artifacts checkpoint translator || exit 1
     tar czf "$pack/weights.tgz" -C "$pack" records && (cd "$pack" && sha256sum weights.tgz > weights.sha256 && split -b 15M -d -a 2 weights.tgz weights.tgz.)
   fi
   IFS=- read -r first last <<< "${PIECES:-0-6}"

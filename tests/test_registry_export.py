@@ -138,6 +138,13 @@ def test_cli_export_run_ids_skip_nothing_and_errors(trained, tmp_path, capsys):
     assert main(["export", "--experiment", SUITE, "--run-id", "0" * 32, "--out", str(out)]) == 2
     assert "no MLflow run with id" in capsys.readouterr().err
 
+    by_name = tmp_path / "by-name"  # --run NAME: the finished training run of that name (not the analysis run)
+    assert main(["export", "--experiment", SUITE, "--run", "tiny", "--out", str(by_name)]) == 0
+    assert sorted(p.name for p in by_name.iterdir()) == [f"tiny-{trained['run_id'][:8]}"]
+    capsys.readouterr()
+    assert main(["export", "--experiment", SUITE, "--run", "analysis-x", "--out", str(by_name)]) == 2
+    assert "no FINISHED training run named 'analysis-x'" in capsys.readouterr().err
+
 
 def test_repeated_steps_keep_their_order_and_import_keeps_the_last(tmp_path, monkeypatch):
     """A (key, step) the store holds twice is exported twice, in logging order; import keeps the later."""
