@@ -13,8 +13,8 @@ from __future__ import annotations
 import csv
 import json
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 from latentbridge.metric_names import (
     BITS,
