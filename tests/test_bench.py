@@ -148,3 +148,26 @@ def test_eval_parts_time_a_whole_evaluation_with_and_without_the_shared_prefix(t
     assert emb["questions"] == 3 and emb["answers_identical"] == {"source": 3, "target": 3}
     assert emb["bridged_s"] > 0 and emb["total_shared_s"] > 0
     assert not list((tmp_path / "cache").glob("baselines/*.json"))  # the baseline cache stayed off
+
+
+def test_the_run_estimate_uses_the_whole_evaluation_when_it_was_timed():
+    args = bench.parse(["--run-steps", "1000", "--eval-every", "250", "--train-batches", "8"])
+    train = {"runs": {"lm_b8": {"step_s_median": 0.5}, "lm_kl_b8": {"step_s_median": 0.6}}}
+    methods = {"methods": {"source-alone": {"latency_p95_s": 6.0}, "target-alone": {"latency_p95_s": 6.0},
+                           f"bridged-{max(args.ks)}": {"latency_p95_s": 5.0}}}
+    evaluation = {"questions": 200, "batch": 64, "new_tokens_forced": 256,
+                  "systems": {"source-alone": {"shared_s": 7.0}, "target-alone": {"shared_s": 8.0},
+                              "bridged-64": {"shared_s": 10.0, "unshared_s": 10.0}}}
+    train_s = 200 * 0.5 + 800 * 0.6
+    # methods-ref alone: 4 batches of 64 for 200 questions, per batch latency
+    old = bench.estimate({"train": train, "methods-ref": methods}, args)
+    assert old["from"] == "methods-ref"
+    assert old["per_batch_size"]["8"]["evaluations_s"] == 5 * 4 * 5.0
+    assert old["per_batch_size"]["8"]["baselines_once_s"] == 4 * 12.0
+    # a whole evaluation timed (prefix shared) replaces it
+    new = bench.estimate({"train": train, "methods-ref": methods, "eval-ref": evaluation}, args)
+    assert new["from"] == "eval-ref"
+    run = new["per_batch_size"]["8"]
+    assert (run["train_s"], run["evaluations_s"], run["baselines_once_s"]) == (train_s, 5 * 10.0, 15.0)
+    assert run["total_h"] == (train_s + 50.0 + 15.0) / 3600
+    assert "error" in bench.estimate({"train": train}, args)

@@ -190,16 +190,30 @@ def _eval_embedded(args, log):
 
 def estimate(results: dict, args) -> dict:
     """A full reference run from the measured parts: train steps plus evaluations plus baselines."""
+    """With the eval-ref part (a whole evaluation timed, the few-shot prefix shared), its times are
+    used; else methods-ref's latency per batch of the three systems (the prefix in every prompt)."""
     train = results.get("train", {}).get("runs", {})
     methods = results.get("methods-ref", {}).get("methods", {})
-    if not train or not methods:
-        return {"error": "needs the train and methods-ref parts"}
-    batches_per_eval = math.ceil(args.eval_questions / args.methods_batch)
+    systems = results.get("eval-ref", {}).get("systems", {})
+    if not train or not (methods or systems):
+        return {"error": "needs the train part and the eval-ref or methods-ref part"}
     evaluations = args.run_steps // args.eval_every + 1
-    bridged = methods.get(f"bridged-{max(args.ks)}", {}).get("latency_p95_s")
-    baselines = methods["source-alone"]["latency_p95_s"] + methods["target-alone"]["latency_p95_s"]
-    out = {"evaluations": evaluations, "questions": args.eval_questions, "eval_batch": args.methods_batch,
-           "forced_new_tokens": args.methods_new_tokens, "per_batch_size": {}}
+    if systems:
+        bridged_name = next((name for name in systems if name.startswith("bridged")), None)
+        eval_one = systems[bridged_name]["shared_s"] if bridged_name else None
+        base_s = systems["source-alone"]["shared_s"] + systems["target-alone"]["shared_s"]
+        out = {"from": "eval-ref", "evaluations": evaluations, "questions": results["eval-ref"]["questions"],
+               "eval_batch": results["eval-ref"]["batch"], "forced_new_tokens": results["eval-ref"]["new_tokens_forced"],
+               "per_batch_size": {}}
+    else:
+        batches_per_eval = math.ceil(args.eval_questions / args.methods_batch)
+        bridged = methods.get(f"bridged-{max(args.ks)}", {}).get("latency_p95_s")
+        eval_one = batches_per_eval * bridged if bridged is not None else None
+        base_s = batches_per_eval * (methods["source-alone"]["latency_p95_s"] + methods["target-alone"]["latency_p95_s"])
+        out = {"from": "methods-ref", "evaluations": evaluations, "questions": args.eval_questions,
+               "eval_batch": args.methods_batch, "forced_new_tokens": args.methods_new_tokens, "per_batch_size": {}}
+    if eval_one is None:
+        return {"error": "no bridged system was timed"}
     for batch in args.train_batches:
         lm, kl = train.get(f"lm_b{batch}"), train.get(f"lm_kl_b{batch}")
         if lm is None:
@@ -207,8 +221,7 @@ def estimate(results: dict, args) -> dict:
         warmup = 200
         kl_s = (kl or lm)["step_s_median"]
         train_s = warmup * lm["step_s_median"] + (args.run_steps - warmup) * kl_s
-        eval_s = evaluations * batches_per_eval * bridged
-        base_s = batches_per_eval * baselines
+        eval_s = evaluations * eval_one
         out["per_batch_size"][str(batch)] = {
             "train_s": train_s, "evaluations_s": eval_s, "baselines_once_s": base_s,
             "total_h": (train_s + eval_s + base_s) / 3600,
