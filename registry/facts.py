@@ -97,14 +97,16 @@ def config_from_params(params: dict[str, str]):
         return None
 
 
-# A trained control answers for a bridge when these params agree: the same pair, task and K.
-SAME_TASK = ("source_model", "target_model", "data.source", "data.synthetic_seed", "eval.split", "translator.num_tokens")
+# A trained control answers for a bridge when these params agree: the same pair, task and K, and
+# the same training budget (a control trained for fewer steps would flatter a longer-trained bridge).
+SAME_TASK = ("source_model", "target_model", "data.source", "data.synthetic_seed", "eval.split", "translator.num_tokens",
+             "train.steps", "train.batch_size")
 
 
 def control_role(control: dict[str, str], bridge: dict[str, str]) -> str | None:
     """'no_source' or 'trained_text' when the `control` run's params make it a trained control
-    of the bridge whose params are `bridge` (a soft prompt on the same pair and task: in the
-    bridge's prompt mode, or reading the question's text); else None."""
+    of the bridge whose params are `bridge` (a soft prompt on the same pair and task, trained as
+    long at the same batch size: in the bridge's prompt mode, or reading the question's text); else None."""
     if control.get("translator.kind") != "soft_prompt" or bridge.get("translator.kind") == "soft_prompt":
         return None
     if any(control.get(k) != bridge.get(k) for k in SAME_TASK):

@@ -222,11 +222,11 @@ def test_gpu_noise_above_zero_is_not_content():
                  content=noise).verdict == "headline"
 
 
-def test_controls_are_matched_by_pair_task_and_k_and_the_latest_wins():
+def test_controls_are_matched_by_pair_task_k_and_training_budget_and_the_latest_wins():
     from registry.facts import matched_controls
 
     bridge = {"translator.kind": "cross_attention", "eval.prompt_mode": "soft_only", "source_model": "a",
-              "target_model": "b", "translator.num_tokens": "64"}
+              "target_model": "b", "translator.num_tokens": "64", "train.steps": "2500", "train.batch_size": "32"}
     own = [{"question": f"q{i}"} for i in range(4)]
 
     def control(mode, correct, **changes):
@@ -235,6 +235,9 @@ def test_controls_are_matched_by_pair_task_and_k_and_the_latest_wins():
 
     loaded = []
     other_pair = (control("soft_only", 4, target_model="c")[0], lambda: loaded.append("other") or [])
-    found = matched_controls(bridge, own, [control("soft_only", 1), control("soft_plus_question", 3), control("soft_only", 2), other_pair])
+    shorter = (control("soft_only", 4, **{"train.steps": "1000"})[0], lambda: loaded.append("shorter") or [])
+    smaller = (control("soft_plus_question", 4, **{"train.batch_size": "8"})[0], lambda: loaded.append("smaller") or [])
+    found = matched_controls(bridge, own, [control("soft_only", 1), control("soft_plus_question", 3), control("soft_only", 2),
+                                           other_pair, shorter, smaller])
     assert found == {"no_source": [True, True, False, False], "trained_text": [True, True, True, False]}
-    assert loaded == []  # a run that is no control of this bridge is never read
+    assert loaded == []  # a run that is no control of this bridge (other pair, other budget) is never read
