@@ -7,6 +7,7 @@ everything is then opened with `AutoModelForCausalLM` / `AutoTokenizer`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -95,7 +96,7 @@ class EmbeddedModel:
         """Digest of the GGUF, without assembling it when the package publishes it."""
         if self.gguf_file is None:
             return str(importlib.import_module(self.package).EXPECTED_SHA256)
-        return sha256_file(self._packaged_file())
+        return gguf_digest(self._packaged_file())
 
     def materialize(self, scratch: Path) -> Path:
         """Put the GGUF into the empty directory `scratch` (assembled or linked); return its path."""
@@ -303,7 +304,7 @@ def _gguf_source(name_or_path: str) -> _GgufSource | None:
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return _GgufSource(
-            _gguf_label(path), sha256_file(path), lambda scratch: _link_into(path, scratch),
+            _gguf_label(path), gguf_digest(path), lambda scratch: _link_into(path, scratch),
             f"Download or copy {path} again (compare its size and sha256 with the original)",
         )
     return None
@@ -551,6 +552,19 @@ def _sweep_stale_staging(models_dir: Path, max_age_s: float = 24 * 3600) -> None
                 shutil.rmtree(stale, ignore_errors=True)
         except FileNotFoundError:
             pass
+
+
+def gguf_digest(path: Path) -> str:
+    """sha256 of a GGUF, read once a process while the file keeps its size and modification time:
+    the pending-conversion check and the loader both name the cache entry by it (a multi-GB file
+    took seconds a read). Integrity checks (registry manifests) call `sha256_file` every time."""
+    stat = Path(path).stat()
+    return _digest_of_unchanged(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest_of_unchanged(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))
 
 
 def sha256_file(path: Path) -> str:

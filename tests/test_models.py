@@ -364,3 +364,21 @@ def test_broken_tokenizer_conversion_leaves_no_cache(
     with pytest.raises(RuntimeError, match="broken"):
         load_frozen_lm(str(gguf_path))
     assert not [p for p in (isolated_cache / "models").iterdir() if not p.name.startswith(".")]
+
+
+def test_a_gguf_is_hashed_once_a_process_until_it_changes(
+    tiny_gguf: tuple[Path, Path], isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, gguf_path = tiny_gguf
+    reads: list[Path] = []
+    real = models.sha256_file
+    monkeypatch.setattr(models, "sha256_file", lambda path: reads.append(Path(path)) or real(path))
+    models._digest_of_unchanged.cache_clear()
+    load_frozen_lm(str(gguf_path))  # the pending check, then the loader: one read
+    load_frozen_lm(str(gguf_path))
+    assert reads == [gguf_path.resolve()]
+    before = models.gguf_digest(gguf_path)
+    gguf_path.write_bytes(gguf_path.read_bytes() + bytes(64))  # the same path, new content: read again
+    os.utime(gguf_path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    after = models.gguf_digest(gguf_path)
+    assert len(reads) == 2 and after == real(gguf_path) != before
