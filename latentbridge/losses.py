@@ -130,13 +130,16 @@ def compute_losses(
     if weights.lm_weight and not content_only:
         terms["lm"] = F.cross_entropy(logits, labels)
     if weights.kl_weight and step >= warmup and not content_only:
-        with torch.no_grad():  # the teacher reads the exemplars from their keys, computed once a run
+        # the teacher reads the exemplars from their keys, computed once a run, and only the
+        # answer tokens its first `kl_tokens` logits see (a causal model's logits at a position do
+        # not depend on the tokens after it)
+        with torch.no_grad():
             kl_teacher, full_text = prefix_cache.scoring_inputs(
                 bridge.target,
                 prefix_cache.fewshot_prefix(bridge.exemplars),
                 [bridge.prompt(q) for q in questions],
                 answers,
-                cfg.train.max_answer_tokens,
+                min(cfg.train.max_answer_tokens, weights.kl_tokens),
             )
             teacher_logits, _, _ = answer_logits(kl_teacher, full_text, first_n=weights.kl_tokens)
         student_logits = logits[order <= weights.kl_tokens]

@@ -245,5 +245,9 @@ def scoring_inputs(
         return lm, build_inputs(lm, texts, answers=answers, max_answer_tokens=max_answer_tokens)
     prefix, rows = shared
     answer_ids = [ids[:max_answer_tokens] for ids in tokenize(lm, answers)]
-    continuing = dataclasses.replace(lm, model=_ContinuingModel(lm.model, prefix))
-    return continuing, id_rows_batch(lm, rows, answer_ids)
+    return continuing(lm, prefix), id_rows_batch(lm, rows, answer_ids)
+
+
+def continuing(lm: FrozenLM, prefix: SharedPrefix) -> FrozenLM:
+    """`lm` reading each batch it is given as the continuation of `prefix` (teacher forcing)."""
+    return dataclasses.replace(lm, model=_ContinuingModel(lm.model, prefix))

@@ -171,3 +171,24 @@ def test_the_run_estimate_uses_the_whole_evaluation_when_it_was_timed():
     assert (run["train_s"], run["evaluations_s"], run["baselines_once_s"]) == (train_s, 5 * 10.0, 15.0)
     assert run["total_h"] == (train_s + 50.0 + 15.0) / 3600
     assert "error" in bench.estimate({"train": train}, args)
+
+
+def test_the_kl_teachers_flops_count_the_shared_prefix_once_and_the_answer_to_its_last_logit():
+    from latentbridge.bench.train_step_bench import step_flops
+
+    llama = SHAPES["llama3.1-8b"]
+    args = (SHAPES["mistral-7b"], llama, 8, 1100, 64, 256, True, 10**8, 1100)
+    whole = step_flops(*args, prefix_tokens=0)["kl_teacher"]
+    shared = step_flops(*args, prefix_tokens=1000)["kl_teacher"]
+    # rows read 100 question tokens and 32 answer tokens, not 1 + 1,100 + 256 tokens
+    assert 0 < shared < whole * (100 + 32) / (1 + 1100 + 256) * 1.5
+    assert step_flops(*args[:6], False, *args[7:], prefix_tokens=1000)["kl_teacher"] == 0
+
+
+def test_the_train_part_refuses_a_prefix_as_long_as_the_teachers_text(tmp_path):
+    import pytest
+
+    from latentbridge.bench import train_step_bench
+
+    with pytest.raises(ValueError, match="shared prefix \\(64 tokens\\) must be shorter than its text \\(64\\).*--prefix-tokens"):
+        train_step_bench.run("tiny-mistral", "tiny-llama", torch.device("cpu"), [2], peak_flops=1e12, text_tokens=64, prefix_tokens=64)

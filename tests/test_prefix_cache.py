@@ -418,3 +418,24 @@ def test_reading_the_prefix_once_under_cuda_graphs(decode_lm, monkeypatch):
     assert tokens(second) == eager["second"]  # the same engine, a new prefix: captured again
     monkeypatch.setenv(generation.SHARED_PREFIX_DECODE_ENV, "0")
     assert tokens(first) == eager["first"]
+
+
+def test_the_kl_teacher_reads_only_the_answer_tokens_its_logits_see(tiny_bridge, monkeypatch):
+    """The teacher's first `kl_tokens` logits are the same with the answers cut after them."""
+    from latentbridge.bridge import TranslatorStep
+    from latentbridge.losses import compute_losses
+
+    bridge, splits = tiny_bridge("loss.kl_weight=1.0", "loss.kl_tokens=4", "train.max_answer_tokens=16")
+    step, examples, warm = TranslatorStep(bridge.translator), splits.train[:3], bridge.config.optim.warmup_steps
+    real, seen = prefix_cache.scoring_inputs, []
+
+    def spy(lm, prefix, texts, answers, max_answer_tokens=None):
+        seen.append(max_answer_tokens)
+        return real(lm, prefix, texts, answers, max_answer_tokens)
+
+    monkeypatch.setattr(prefix_cache, "scoring_inputs", spy)
+    cut = compute_losses(bridge, examples, warm, step)
+    monkeypatch.setattr(prefix_cache, "scoring_inputs", lambda lm, prefix, texts, answers, _: real(lm, prefix, texts, answers, 16))
+    whole = compute_losses(bridge, examples, warm, step)
+    assert seen == [4] and cut["kl"] > 0
+    torch.testing.assert_close(cut["kl"], whole["kl"], rtol=1e-4, atol=1e-6)

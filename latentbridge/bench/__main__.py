@@ -74,7 +74,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--translator", default="", help="a saved translator folder for the embedded bridged runs (else untrained)")
     p.add_argument("--eval-questions", type=int, default=200, help="estimate and eval-ref: questions an evaluation asks")
     p.add_argument("--eval-batch", type=int, default=64, help="eval-ref: questions a batch")
-    p.add_argument("--prefix-tokens", type=int, default=1000, help="eval-ref: the shared few-shot prefix (8 exemplars)")
+    p.add_argument("--prefix-tokens", type=int, default=1000, help="eval-ref and the train part's KL teacher: the shared few-shot prefix (8 exemplars); 0: none")
     p.add_argument("--gen-prefix-tokens", type=int, default=0,
                    help="gen: a shared prefix of this many tokens before each row's --prompt-tokens (the 8 exemplars:"
                         " read once by the static decoder, inside every prompt by plain generate)")
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                                     peak_flops=hw["matmul_flops"], steps=args.train_steps, warmup=1 if args.quick else 2,
                                     source_tokens=64 if args.quick else 1100, soft=8 if args.quick else 64,
                                     answer=16 if args.quick else 256, text_tokens=64 if args.quick else 1100,
-                                    kl_variants=args.train_kl, compile_frozen=args.compile,
+                                    prefix_tokens=args.prefix_tokens, kl_variants=args.train_kl, compile_frozen=args.compile,
                                     profile_to=out / "train_profile.txt" if args.profile else None, log=log)
 
     part("train", train)
