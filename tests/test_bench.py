@@ -36,6 +36,8 @@ def test_quick_bench_writes_aggregate_and_samples(tmp_path, mlflow_store):
     assert set(results["train"]["runs"]) == {"lm_b2", "lm_kl_b2"}
     profile = (out / "train_profile.txt").read_text()  # --profile: a table of where a step's time went
     assert "aten::mm" in profile and results["train"]["profile"].endswith("train_profile.txt")
+    decode_profile = (out / "gen_profile.txt").read_text()  # and of 16 eager decode steps
+    assert "scaled_dot_product_attention" in decode_profile and results["gen"]["profile"].endswith("gen_profile.txt")
     methods = results["methods-ref"]["methods"]
     assert set(methods) == {"source-alone", "target-alone", "bridged-4", "bridged-8", "truncated-4", "truncated-8", "relay"}
     # a short soft prefix holds far less cache than the full text prompt

@@ -33,7 +33,7 @@ from latentbridge.reporting import FileReporter
 
 PARTS = ("hardware", "equality", "gen", "train", "methods-ref", "methods-embedded", "estimate", "eval-ref", "eval-embedded")
 RECORD = "record"  # the run record's folder inside --out
-RECORDED_FILES = ("bench.json", "methods_samples.jsonl", "bench.log", "train_profile.txt")
+RECORDED_FILES = ("bench.json", "methods_samples.jsonl", "bench.log", "train_profile.txt", "gen_profile.txt")
 EXPERIMENT = "bench"  # the MLflow experiment the printed import command names
 
 
@@ -82,7 +82,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-new-tokens", type=int, default=256, help="eval-ref: new tokens forced a row")
     p.add_argument("--run-steps", type=int, default=2000)
     p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--profile", action="store_true", help="train part: also write train_profile.txt (torch.profiler)")
+    p.add_argument("--profile", action="store_true", help="train and gen parts: also write train_profile.txt / gen_profile.txt (torch.profiler)")
     p.add_argument("--compile", action="store_true",
                    help="train part: compile the frozen models' decoder blocks (train.compile_frozen=true)")
     p.add_argument("--train-losses", default="lm,lm_kl", help="train part: comma list of lm, lm_kl")
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return generation_bench.run(args.target_shape, device, args.gen_batches, args.prompt_tokens, args.new_tokens,
                                     hw["copy_bandwidth_Bps"], plain=not args.no_plain, prefix_tokens=args.gen_prefix_tokens,
-                                    log=log)
+                                    profile_to=out / "gen_profile.txt" if args.profile else None, log=log)
 
     part("gen", gen)
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import statistics
 import time
 
+from pathlib import Path
+
 import torch
 
 from latentbridge import generation
@@ -111,6 +113,13 @@ def _ours(model, embeds, mask, new: int, repeats: int, graphs: bool | None = Non
     }
 
 
+def _profile(model, embeds, mask, prefix: SharedPrefix | None, device: torch.device, path: Path, steps: int = 16) -> None:
+    from latentbridge.bench.hardware import profile_table
+
+    generate_tokens(model, embeds, mask, steps, graphs=False, prefix=prefix)  # warm
+    profile_table(lambda: generate_tokens(model, embeds, mask, steps, graphs=False, prefix=prefix), device, path)
+
+
 def _never(model) -> list[int]:
     """An EOS id no step can produce: rows run the full length with plain argmax, as ours do
     with no stop rule (`min_new_tokens` would instead mask the real EOS out of the argmax)."""
@@ -192,11 +201,14 @@ def run(
     repeats: int = 2,
     attention_variants: bool = True,
     prefix_tokens: int = 0,
+    profile_to: Path | None = None,
     log=print,
 ) -> dict:
     """`prefix_tokens` > 0: every row starts with the same `prefix_tokens` random ids, which the
     static decoder reads as a shared prefix (keys and values computed once, before the timing)
-    and plain `generate` as part of each prompt."""
+    and plain `generate` as part of each prompt. With `profile_to`, a table of where 16 decode
+    steps of the static decoder at the largest batch spend their device time (eager, so each
+    kernel is named; torch.profiler) is written there."""
     from latentbridge.bench.eval_bench import env  # not at the top: eval_bench imports this module
 
     model = random_model(shape, device=device, dtype=torch.bfloat16)
@@ -231,6 +243,11 @@ def run(
             row[name]["agreement_with_static"] = _agreement(variant["tokens"], ours["tokens"])
             log(f"[gen] B={batch} {name}: {variant['decode_tokens_per_s']:.0f} decode tok/s "
                 f"(static {ours['decode_tokens_per_s']:.0f})")
+        if profile_to is not None and batch == max(batches):
+            _profile(model, embeds, mask, prefix, device, profile_to)
+            generation.release(model)
+            results["profile"] = str(profile_to)
+            log(f"[gen] profile of 16 eager decode steps at batch {batch}: {profile_to}")
         if device.type == "cuda" and batch == min(batches):
             short = min(new_tokens, 32)
             graphed = generate_tokens(model, embeds, mask, short, graphs=True, prefix=prefix).tokens

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -66,3 +68,17 @@ def describe(device: torch.device) -> dict:
         props = torch.cuda.get_device_properties(device)
         info.update(name=props.name, memory_bytes=props.total_memory, multiprocessors=props.multi_processor_count)
     return info
+
+
+def profile_table(work: Callable[[], object], device: torch.device, path: Path, rows: int = 40) -> None:
+    """Run `work` under torch.profiler and write its operators' table to `path`, by device time
+    on a GPU (by CPU time otherwise): where the time of a bench part goes."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        work()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    path.write_text(prof.key_averages().table(sort_by=sort, row_limit=rows))

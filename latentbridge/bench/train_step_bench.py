@@ -181,15 +181,13 @@ def run(
             }
             log(f"[train] {name}: {seconds:.3f}s/step, {flops['total'] / seconds / 1e12:.0f} TFLOP/s, MFU {results['runs'][name]['mfu']:.0%}")
     if profile_to is not None:
-        activities = [torch.profiler.ProfilerActivity.CPU]
-        if device.type == "cuda":
-            activities.append(torch.profiler.ProfilerActivity.CUDA)
-        with torch.profiler.profile(activities=activities) as prof:
+        from latentbridge.bench.hardware import profile_table
+
+        def two_lm_steps() -> None:
             for _ in range(2):
                 step(max(batches), source_tokens, answer, False, text_tokens, generator)
-            synchronize(device)
-        sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-        profile_to.write_text(prof.key_averages().table(sort_by=sort, row_limit=40))
+
+        profile_table(two_lm_steps, device, profile_to)
         results["profile"] = str(profile_to)
         log(f"[train] profile of 2 LM steps at batch {max(batches)}: {profile_to}")
     del step, source, target
