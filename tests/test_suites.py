@@ -38,3 +38,11 @@ def test_prompt_teacher_switches_to_soft_only():
 def test_unknown_suite_names_the_known_ones():
     with pytest.raises(KeyError, match="known suites"):
         get_suite("nope")
+
+
+def test_the_faster_carry_bridge_differs_from_lm_nce_only_in_its_step_size():
+    configs = get_suite("embedded-carry").configs()
+    for direction in ("s2g", "g2s"):
+        plain, fast = (configs[f"{direction}-{name}"].flat() for name in ("lm-nce", "lm-nce-lr1e-3"))
+        plain.pop("name"), fast.pop("name")
+        assert {k: (plain[k], fast[k]) for k in plain if plain[k] != fast[k]} == {"optim.lr": (3e-4, 1e-3)}
