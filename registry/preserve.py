@@ -322,6 +322,24 @@ def _download(mlflow_client, run_id: str, path: str, dst: Path, required: bool) 
         return None
 
 
+def _final_translator(run_id: str, facts: RunFacts, final: Path | None, best: Path | None) -> Path:
+    """The run's final translator. A record brought home without it (`registry export
+    --skip-artifacts translator`: a GPU machine returns 64 MiB a call) still has it when the best
+    translator was saved at the run's last step, the last evaluation being the peak: then the
+    two are the same weights."""
+    if final is not None:
+        return final
+    last = facts.steps
+    if best is not None and facts.peak_step is not None and facts.peak_step == facts.final_step == last:
+        log.info("run %s: no translator/ in its record; its best_translator, saved at the last step (%d), is the final one", run_id, last)
+        return best
+    raise PreserveError(
+        f"run {run_id} is missing its translator/ artifacts, and its best_translator (peak at step {facts.peak_step},"
+        f" last evaluation at step {facts.final_step} of {last}) is not the final one: export the run again"
+        " without --skip-artifacts translator"
+    )
+
+
 def preserve(run_id: str, rules: VerdictRules | None = None) -> Preserved:
     """Archive a finished run as a registered model version (idempotent).
 
@@ -357,8 +375,9 @@ def _preserve(run_id: str, rules: VerdictRules | None) -> Preserved:
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp)
         evals = _download(mlflow_client, run_id, "evals", local / "dl", required=True)
-        translator = _download(mlflow_client, run_id, "translator", local / "dl", required=True)
+        translator = _download(mlflow_client, run_id, "translator", local / "dl", required=False)
         best = _download(mlflow_client, run_id, "best_translator", local / "dl", required=False)
+        translator = _final_translator(run_id, facts, translator, best)
         test_dir = _download(mlflow_client, run_id, TEST_FOLDER, local / "dl", required=False)
         records = download_eval(mlflow_client, run_id, facts.final_eval, local / "final")
         facts.n_final = len(records)

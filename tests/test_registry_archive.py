@@ -234,3 +234,37 @@ def test_config_diff_is_read_from_the_launchers_tag_only():
     assert config_diff({}) == ({}, NOT_RECORDED)
     diff, basis = config_diff({"config_diff": "[1, 2]"})  # an old or damaged tag: read, not a crash
     assert diff == {} and basis.startswith(NOT_RECORDED)
+
+
+def test_a_record_without_its_final_translator_is_preserved_only_when_the_best_is_the_final(store, tmp_path, preserved):
+    """`device.sh weights` brings a run home with best_translator but not translator/: when the
+    peak evaluation is the run's last step the two are the same weights; otherwise refused."""
+    from registry.errors import PreserveError
+    from registry.export_runs import export_runs
+    from registry.import_runs import import_record
+    from registry.preserve import preserve
+    from registry.store import client
+
+    (exported,) = export_runs(SUITE, tmp_path / "records", run_ids=[store["finished"]], skip=("translator", "checkpoint"))
+    record = exported.folder
+    assert not (record / "artifacts" / "translator").exists() and (record / "artifacts" / "best_translator").is_dir()
+    steps = int(json.loads((record / "params.json").read_text())["train.steps"])
+    lines = [json.loads(line) for line in (record / "metrics.jsonl").read_text().splitlines()]
+
+    def imported_with_curve(name: str, value) -> str:
+        folder = tmp_path / name
+        shutil.copytree(record, folder)
+        curve = [dict(m, value=value(m["step"])) if m["key"] == "bridged_accuracy" else m for m in lines]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in curve))
+        return import_record(folder, SUITE).run_id
+
+    falling = imported_with_curve("falling", lambda step: 1 - step / steps)  # peak at step 0
+    with pytest.raises(PreserveError, match=r"missing its translator/ artifacts, and its best_translator \(peak at step 0.*without --skip-artifacts translator"):
+        preserve(falling)
+    rising = imported_with_curve("rising", lambda step: step / steps)  # peak at the last step
+    version = preserve(rising)
+    archive = Path(urlparse(client().get_run(rising).info.artifact_uri).path) / "archive"
+    best = record / "artifacts" / "best_translator"
+    for name in ("translator.safetensors", "translator.json"):
+        assert (archive / "translator" / name).read_bytes() == (best / name).read_bytes()
+    assert version.created and version.model == preserved.model
