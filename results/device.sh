@@ -94,7 +94,7 @@ bench)
 weights)
   # a run's record WITH its best translator (every other artifact but the checkpoint too), for
   # `python -m registry import` and `registry.load` here; it is larger than one call brings back
-  # (8 files of 16 MiB), so: the first call (PIECES=0-6) exports, packs and splits it and returns
+  # (64 MiB a call), so: the first call (PIECES=0-3) exports, packs and splits it and returns
   # pieces 0-3 with their sha256 list; the next calls return PIECES=4-7, ... from the same pack.
   # Here: cat weights.tgz.* > weights.tgz, check it against weights.sha256, untar, import.
   cd "$LB/repo"; pack="$LB/weights/${RUN:?RUN=<run name>}"
