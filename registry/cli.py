@@ -34,6 +34,16 @@ def _add_rules(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one verdict threshold (repeatable)")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of questions >= 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m registry", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -59,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("uri", help="models:/NAME@ALIAS or models:/NAME/VERSION")
     p.add_argument("--which", choices=["final", "best"], default="final")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--questions", type=_positive_int, default=None, metavar="N",
+                   help="only the first N archived questions (a spot check on a slow machine)")
 
     p = commands.add_parser("analyze", help="a suite's tables, figures and LaTeX, logged to MLflow")
     p.add_argument("--suite", required=True)
@@ -129,7 +141,7 @@ def _list(args) -> int:
 def _reproduce(args) -> int:
     from registry.loading import reproduce
 
-    done = reproduce(args.uri, which=args.which, device=args.device)
+    done = reproduce(args.uri, which=args.which, device=args.device, questions=args.questions)
     print(f"{done.uri} ({done.which}): {done.matching}/{done.total} archived bridged answers reproduced"
           + (f"; differing question indexes: {done.mismatches}" if done.mismatches else ""))
     return 0 if done.ok else 1

@@ -159,12 +159,13 @@ class Reproduction:
         return self.matching == self.total
 
 
-def reproduce(uri: str, *, which: Which = "final", device: str = "cpu") -> Reproduction:
-    """Re-answer the archived questions with the loaded bridge; compare with the archived answers."""
+def reproduce(uri: str, *, which: Which = "final", device: str = "cpu", questions: int | None = None) -> Reproduction:
+    """Re-answer the archived questions (the first `questions` of them, when given) with the
+    loaded bridge; compare with the archived answers."""
     from latentbridge.evaluate import bridged_answers
 
     bridge, archive = load_with_archive(uri, which=which, device=device)
-    records = archive.records(which)
-    outputs = bridged_answers(bridge, archive.examples(which), bridge.config.eval)
+    records = archive.records(which)[:questions]
+    outputs = bridged_answers(bridge, archive.examples(which)[:questions], bridge.config.eval)
     mismatches = [r["index"] for r, out in zip(records, outputs) if r[BRIDGED]["output"] != out]
     return Reproduction(uri, which, len(records), len(records) - len(mismatches), mismatches)

@@ -185,6 +185,16 @@ def test_load_reproduces_the_archived_answers(store, preserved):
     assert outputs == [r["bridged"]["output"] for r in records]
     best = reproduce(f"models:/{preserved.model}@repro", which="best")
     assert best.ok and best.total == 6
+    spot = reproduce(f"models:/{preserved.model}@repro", questions=2)  # a spot check: the first 2
+    assert spot.ok and spot.total == 2
+
+
+def test_reproduce_refuses_a_question_count_below_one(capsys):
+    from registry.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["reproduce", "models:/any/1", "--questions", "0"])
+    assert "'0' is not a whole number of questions >= 1" in capsys.readouterr().err
 
 
 def test_bad_uris_are_refused(store, preserved):
