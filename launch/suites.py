@@ -324,6 +324,8 @@ CARRY_MEMBERS: dict[str, tuple[dict[str, object], dict[str, str]]] = {
     # every lm-nce bridge was still climbing steeply at its 1,000th step (session 7): a larger step
     # size, to see whether the bridge is limited by how far 1,000 steps take it
     "lm-nce-lr1e-3": ({"optim.lr": 1e-3}, {"role": "bridge"}),
+    "lm-nce-lr1e-3-seed2": ({"optim.lr": 1e-3, "seed": 2}, {"role": "bridge", "seed_of": "lm-nce-lr1e-3"}),
+    "lm-nce-lr1e-3-seed3": ({"optim.lr": 1e-3, "seed": 3}, {"role": "bridge", "seed_of": "lm-nce-lr1e-3"}),
     "no-source": ({**NO_SOURCE, **CONTENT_CONTROLS}, CONTROL_TAGS["no-source"]),
     "trained-text": ({**TRAINED_TEXT, **CONTENT_CONTROLS}, CONTROL_TAGS["trained-text"]),
     "gsm8k-lm-nce": (GSM8K_TASK, {"role": "bridge"}),  # the synthetic task's best recipe (session 7)

@@ -46,3 +46,7 @@ def test_the_faster_carry_bridge_differs_from_lm_nce_only_in_its_step_size():
         plain, fast = (configs[f"{direction}-{name}"].flat() for name in ("lm-nce", "lm-nce-lr1e-3"))
         plain.pop("name"), fast.pop("name")
         assert {k: (plain[k], fast[k]) for k in plain if plain[k] != fast[k]} == {"optim.lr": (3e-4, 1e-3)}
+        for seed in (2, 3):  # its seeds differ from it in the seed alone
+            other = configs[f"{direction}-lm-nce-lr1e-3-seed{seed}"].flat()
+            other.pop("name")
+            assert {k: other[k] for k in fast if fast[k] != other[k]} == {"seed": seed}
