@@ -189,8 +189,8 @@ def _eval_embedded(args, log):
 
 
 def estimate(results: dict, args) -> dict:
-    """A full reference run from the measured parts: train steps plus evaluations plus baselines."""
-    """With the eval-ref part (a whole evaluation timed, the few-shot prefix shared), its times are
+    """A full reference run from the measured parts: train steps plus evaluations plus baselines.
+    With the eval-ref part (a whole evaluation timed, the few-shot prefix shared), its times are
     used; else methods-ref's latency per batch of the three systems (the prefix in every prompt)."""
     train = results.get("train", {}).get("runs", {})
     methods = results.get("methods-ref", {}).get("methods", {})
