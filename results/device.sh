@@ -32,7 +32,8 @@ OUT=${OUT:-/tmp/out}; LB=${LB:-/root/lb}; SITE=$LB/site; WAIT_S=${WAIT_S:-540}
 SUITE=${SUITE:-positive-control}; RUNS_PER_DEVICE=${RUNS_PER_DEVICE:-6}
 export PYTHONPATH=$SITE LATENTBRIDGE_CACHE=$LB/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} MLFLOW_TRACKING_URI=sqlite:///$LB/mlflow.db \
-  LATENTBRIDGE_DATASET_MIRROR=$LB/data
+  LATENTBRIDGE_DATASET_MIRROR=$LB/data \
+  PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}  # runs sharing a GPU: less fragmentation
 mkdir -p "$LB/parts" "$SITE"
 case "${1:-}" in
 install)
