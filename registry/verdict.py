@@ -285,6 +285,20 @@ def aligned_control(records: Sequence[EvalRecord], control_records: Sequence[Eva
     return [by_question[r.get("question")] for r in records]
 
 
+def paired_comparisons(
+    records: Sequence[EvalRecord], controls: Mapping[str, Sequence[bool]] | None, rules: VerdictRules
+) -> dict[str, Comparison]:
+    """Bridged against each trained control (`controls`: its correctness on the same questions)
+    and against the mismatched soft tokens when the records hold them, question by question."""
+    if not all(isinstance(r.get(BRIDGED), dict) for r in records):
+        raise ValueError("the evaluation has no bridged answers")
+    bridged = [bool(r[BRIDGED].get("correct")) for r in records]
+    comparisons = {name: Comparison.of(bridged, other, rules) for name, other in (controls or {}).items()}
+    if all(isinstance(r.get(MISMATCHED), dict) and "correct" in r[MISMATCHED] for r in records):
+        comparisons[MISMATCHED] = Comparison.of(bridged, [bool(r[MISMATCHED]["correct"]) for r in records], rules)
+    return comparisons
+
+
 def judge(
     records: Sequence[EvalRecord],
     *,
@@ -324,10 +338,7 @@ def judge(
     bits = None
     if content and BITS in content and BITS_LOW in content and BITS_HIGH in content:
         bits = (float(content[BITS]), float(content[BITS_LOW]), float(content[BITS_HIGH]))
-    comparisons = {name: Comparison.of(bridged, other, rules) for name, other in (controls or {}).items()}
-    mismatched = column(MISMATCHED)
-    if mismatched is not None:
-        comparisons[MISMATCHED] = Comparison.of(bridged, mismatched, rules)
+    comparisons = paired_comparisons(records, controls, rules)
 
     def make(verdict: str, decided_by: str, rule: str) -> Verdict:
         return Verdict(verdict, decided_by, rule, n, b, t, s, peak, interval, p_value, flags, bits, comparisons)

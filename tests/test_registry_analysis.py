@@ -489,3 +489,39 @@ def test_reanalysis_replaces_the_analysis_run_and_logs_the_pdf(analysis, suite_s
     assert store.get_run(analysis.run_id).info.lifecycle_stage == "active"  # suite "paper"'s analysis, same experiment
     logged = {a.path for a in store.list_artifacts(second.run_id)}
     assert ("paper.pdf" in logged) == pdf and (suite_store["root"] / "again2" / "paper.pdf" in second.files) == pdf
+
+
+def test_a_bridge_is_compared_with_its_trained_controls_on_the_test_questions_too(suite_store, tiny_pair):
+    """A bridge (test: 150 right of 200) beside its trained-text control (100 right) and no-source
+    control (30 right), each tested: the summary pairs them question by question on test as on
+    validation, with the paired interval and the exact McNemar p, in the JSON and the markdown."""
+    from registry.analysis import analyze
+
+    source, target = tiny_pair
+    base = RunConfig().override(f"source_model={source}", f"target_model={target}", *TINY_RUN, "suite=controlled",
+                                f"eval.num_questions={N}", "train.steps=300", "translator.num_tokens=64")
+    soft_prompt = ("translator.kind=soft_prompt", "loss.info_nce_weight=0.0", "loss.prompt_alignment_weight=0.0")
+    runs = {  # name: (config, validation curve, test bridged right)
+        "bridge": (base.override("name=bridge"), [30, 100, 130, 140], 150),
+        "trained-text": (base.override("name=trained-text", *soft_prompt, "eval.prompt_mode=soft_plus_question"), [30, 80, 100, 120], 100),
+        "no-source": (base.override("name=no-source", *soft_prompt), [10, 20, 30, 30], 30),
+    }
+    with private_store(suite_store["root"]):
+        for config, curve, test in runs.values():
+            _fake_run(suite_store["root"] / "controlled", config, curve, {"suite": "controlled"}, test=test)
+        result = analyze("controlled", suite_store["root"] / "controlled-out", log_to_mlflow=False, count_prompt_tokens=False)
+    (bridge,) = json.loads((result.out / "content_summary.json").read_text())["runs"]
+    assert bridge["name"] == "bridge"
+    # validation (the final evaluation: 140 vs 120 and 30 right, the first k of the same questions)
+    assert bridge["bridged_minus_trained_text"] == pytest.approx(0.1) and bridge["bridged_minus_trained_text_p"] == pytest.approx(2 * 0.5**20)
+    # test: 150 vs 100 right on the first k test questions: 50 discordant pairs, all for the bridge
+    assert bridge["test_bridged_minus_trained_text"] == pytest.approx(0.25)
+    assert bridge["test_bridged_minus_trained_text_p"] == pytest.approx(2 * 0.5**50)
+    assert 0.15 < bridge["test_bridged_minus_trained_text_low"] < 0.25 < bridge["test_bridged_minus_trained_text_high"]
+    assert bridge["test_bridged_minus_no_source"] == pytest.approx(0.6) and bridge["test_bridged_minus_no_source_p"] < 1e-30
+    assert "test_bridged_minus_mismatched" not in bridge  # these records hold no mismatched answers
+    md = (result.out / "summary.md").read_text()
+    section = md.split("## Bridged against its trained controls and the mismatched soft tokens (paired)")[1]
+    assert "| run | bridged − no source val | bridged − no source test | bridged − trained text val | bridged − trained text test |" in section
+    row = next(line for line in section.splitlines() if line.startswith("| bridge |"))
+    assert row.split(" | ")[2].startswith("+60.0 [") and row.split(" | ")[4].startswith("+25.0 [") and "p=1.8e-15" in row

@@ -53,6 +53,7 @@ from registry.verdict import (
     estimate,
     eval_scores,
     judge,
+    paired_comparisons,
 )
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class SuiteRun:
     test: EvalScores | None = None  # of the test evaluation, when the run logged one
     preserved: str | None = None  # "MODEL/VERSION" when the run has a registered version
     comparisons: dict = field(default_factory=dict)  # control name -> verdict.Comparison
+    test_comparisons: dict = field(default_factory=dict)  # the same on the test questions, when tested
     bits: tuple[float, float, float] | None = None  # content/bits_transmitted, low, high
     fraction_interval: tuple[float, float] | None = None  # of content/fraction_recovered
     evaluations: dict[int, Estimate] = field(default_factory=dict)  # step -> bridged validation accuracy, from its records
@@ -108,14 +110,14 @@ def _metric_history(mlflow_client: MlflowClient, run_id: str, key: str) -> list[
     return sorted({p.step: p.value for p in sorted(points, key=lambda m: (m.step, m.timestamp))}.items())
 
 
-def _test_scores(mlflow_client: MlflowClient, run_id: str, dst: Path, rules: VerdictRules) -> EvalScores | None:
-    """Scores of the run's test evaluation, or None when it logged none."""
+def _test_records(mlflow_client: MlflowClient, run_id: str, dst: Path) -> list[EvalRecord] | None:
+    """The records of the run's test evaluation, or None when it logged none."""
     path = f"{TEST_FOLDER}/{TEST_EVAL_FILE}"
     try:
         listed = {a.path for a in mlflow_client.list_artifacts(run_id, TEST_FOLDER)}
     except (MlflowException, OSError):
         return None
-    return eval_scores(download_eval(mlflow_client, run_id, path, dst), rules) if path in listed else None
+    return download_eval(mlflow_client, run_id, path, dst) if path in listed else None
 
 
 @dataclass
@@ -174,6 +176,7 @@ def collect(
             for f in facts
         }
         records_of = {f.run_id: evaluations_of[f.run_id][f.evals[-1][0]] for f in facts if f.evals}
+        test_records_of = {f.run_id: _test_records(mlflow_client, f.run_id, Path(tmp) / f.run_id) for f in facts}
         for fact, label in zip(facts, _labels(facts, status)):
             item = SuiteRun(fact, label, status=status[fact.run_id])
             item.evaluations = {
@@ -212,7 +215,16 @@ def collect(
                 item.fraction_interval = fraction_recovered_interval(records, rules)
             except (ValueError, KeyError, TypeError) as error:
                 log.warning("run %s: cannot judge its final evaluation: %s", label, error)
-            item.test = _test_scores(mlflow_client, fact.run_id, Path(tmp) / fact.run_id, rules)
+            test_records = test_records_of[fact.run_id]
+            if test_records:  # the tested translator against its controls' tested ones, question by question
+                item.test = eval_scores(test_records, rules)
+                test_controls = matched_controls(
+                    fact.params, test_records, ((o.params, lambda o=o: test_records_of.get(o.run_id)) for o in facts)
+                )
+                try:
+                    item.test_comparisons = paired_comparisons(test_records, test_controls, rules)
+                except ValueError as error:
+                    log.warning("run %s: cannot compare its test evaluation: %s", label, error)
             if versions:
                 preserved_verdict = version.tags.get("verdict")
                 if preserved_verdict and preserved_verdict != item.verdict:

@@ -169,6 +169,16 @@ def ablation_results(data: SuiteData) -> dict:
     }
 
 
+def _paired_cells(comparisons: dict, prefix: str) -> dict:
+    """`<prefix>bridged_minus_<name>` in points (as a fraction), with its paired interval (_low,
+    _high) and exact McNemar p (_p), for each comparison."""
+    return {
+        f"{prefix}bridged_minus_{name}{suffix}": value
+        for name, c in sorted(comparisons.items())
+        for suffix, value in (("", c.bridged - c.other), ("_low", c.diff_interval[0]), ("_high", c.diff_interval[1]), ("_p", c.p_value))
+    }
+
+
 def content_summary(data: SuiteData) -> dict:
     """Each bridge of the suite with what crosses it and its trained controls, JSON-ready.
 
@@ -221,12 +231,9 @@ def content_summary(data: SuiteData) -> dict:
                 "verdict_rule": run.verdict_rule,
                 # bridged - each trained control and the mismatched soft tokens, on the final
                 # validation evaluation's questions: points, paired interval, exact McNemar p
-                **{
-                    f"bridged_minus_{name}{suffix}": value
-                    for name, c in sorted(run.comparisons.items())
-                    for suffix, value in (("", c.bridged - c.other), ("_low", c.diff_interval[0]),
-                                          ("_high", c.diff_interval[1]), ("_p", c.p_value))
-                },
+                **_paired_cells(run.comparisons, ""),
+                # the same on the test questions (the tested translators of the bridge and its controls)
+                **_paired_cells(run.test_comparisons, TEST_PREFIX),
             }
         )
     return {"suite": data.suite, "runs": runs}
@@ -285,6 +292,34 @@ def _difference(r: dict, key: str) -> str:
 def _modal(r: dict, prefix: str) -> str:
     answer = r[prefix + "modal_answer"]
     return "–" if answer is None else f"`{answer}` ×{r[prefix + 'modal_count']}"
+
+
+def _paired_section(runs: Sequence[SuiteRun]) -> list[str]:
+    """Each bridge against its trained controls and the mismatched soft tokens, question by question,
+    on validation (the verdict's) and on test (the tested translators); none when no run has them."""
+    compared = [r for r in runs if r.comparisons or r.test_comparisons]
+    names = sorted({name for r in compared for name in (*r.comparisons, *r.test_comparisons)})
+    if not compared:
+        return []
+    lines = [
+        "",
+        "## Bridged against its trained controls and the mismatched soft tokens (paired)",
+        "",
+        "Bridged − other in points on the same questions (val: the final validation evaluation, which the"
+        " verdict judges; test: the tested translators), with the 95% paired bootstrap interval and the exact McNemar p.",
+        "",
+        "| run | " + " | ".join(f"bridged − {name.replace('_', ' ')} {split}" for name in names for split in ("val", "test")) + " |",
+        "|---|" + "---:|" * 2 * len(names),
+    ]
+    for run in compared:
+        cells = {**_paired_cells(run.comparisons, ""), **_paired_cells(run.test_comparisons, TEST_PREFIX)}
+        shown = [
+            _difference(cells, key) if key in cells else "–"
+            for name in names
+            for key in (f"bridged_minus_{name}", f"{TEST_PREFIX}bridged_minus_{name}")
+        ]
+        lines.append(f"| {run.label} | " + " | ".join(shown) + " |")
+    return lines
 
 
 def markdown(data: SuiteData, rows: list[dict]) -> str:
@@ -364,6 +399,7 @@ def markdown(data: SuiteData, rows: list[dict]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|",
             *content_rows,
         ]
+    lines += _paired_section(data.runs)
     if data.skipped:
         lines += ["", "Not finished (left out): " + ", ".join(f"{s['name']} ({s['status']})" for s in data.skipped)]
     return "\n".join(lines) + "\n"
