@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--dry-run", action="store_true",
                         help="print each run's config, the resources and the sbatch script; submit nothing")
     submit.add_argument("--only", action="append", default=None, metavar="NAME[,NAME...]",
-                        help="run only these members of the suite (repeatable, or comma-separated; it takes one "
-                             "value, so overrides after it stay overrides)")
+                        help="run only these members of the suite, started in the order named (repeatable, or "
+                             "comma-separated; it takes one value, so overrides after it stay overrides)")
     submit.add_argument("--runs-per-device", type=int, default=1, metavar="N",
                         help="local runs: N at once on each GPU (each run pinned to its own GPUs, a job's width), "
                              "or N at once on the CPU; the next starts as one ends (default 1); for small "
@@ -373,7 +373,7 @@ def submit(args: argparse.Namespace) -> int:
         unknown = sorted(set(args.only) - set(configs))
         if unknown:
             raise ConfigError(f"--only names runs not in suite {suite.name!r}: {unknown}; runs: {sorted(configs)}")
-        configs = {k: v for k, v in configs.items() if k in args.only}
+        configs = {name: configs[name] for name in dict.fromkeys(args.only)}  # started in the order named
     cluster = resolve_cluster(settings["cluster"])
     resources = resources_for(settings, suite.tasks, cluster)
     if suite.sequential:  # one run after another (on Slurm: an array of width 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -138,6 +139,13 @@ def test_dry_run_prints_the_sbatch_array_and_submits_nothing(three_run_suite, tm
         assert line in out, line
     assert "# waits for the results: no" in out  # an array on Slurm returns at once
     assert not runs_dir.exists()
+
+
+def test_only_runs_the_members_named_in_the_order_named(three_run_suite, capsys):
+    # the order decides which runs start first when there are fewer device slots than runs
+    assert cli.main(["submit", "--suite", "unit_three", "--cluster", "local", "--dry-run", "--only", "c,a", "--only", "c"]) == 0
+    named = re.findall(r"^# unit_three/(\w+):", capsys.readouterr().out, flags=re.M)
+    assert named == ["c", "a"]
 
 
 def test_bad_settings_fail_with_a_message(three_run_suite, tmp_path, capsys):
