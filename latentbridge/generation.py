@@ -24,8 +24,10 @@ token for token):
   identical, so a decode step reads the prefix's own (1, kv_heads, P, head_dim) keys and values
   once for the whole batch (one batched product with every row's query heads) and each row's
   cache only from slot P on; the scores of both parts go through the row's mask (a sliding
-  window can leave early prefix slots out) and one float32 softmax, so the result is the
-  per-row one up to rounding. The prefill still reads the rows' copies.
+  window can leave early prefix slots out) and one float32 softmax computed in two parts (the
+  joint max and sum, as flash attention combines blocks), so the result is the per-row one up to
+  rounding, and no tensor of batch x slots is copied (no concatenation, no reshape of a strided
+  view). The prefill still reads the rows' copies.
   `LATENTBRIDGE_SHARED_PREFIX_DECODE=0` makes every row read its own copy again (A/B timing);
 - stopping: each row stops at EOS or once it has written `#### <number>` and a newline (or
   starts a new question), checked on the host a chunk of steps behind the GPU; the loop ends
@@ -60,7 +62,7 @@ from latentbridge.scoring import cut_generation
 
 log = logging.getLogger(__name__)
 
-GENERATION_VERSION = "static-greedy-1"
+GENERATION_VERSION = "static-greedy-2"  # 2: the prefix-once decode softmax in two parts (rounding may differ)
 ATTENTION_NAME = "latentbridge_static"
 GRAPHS_ENV = "LATENTBRIDGE_CUDA_GRAPHS"  # "0" turns CUDA-graph decoding off
 DECODE_ATTENTION_ENV = "LATENTBRIDGE_DECODE_ATTENTION"  # "matmul": two batched products instead of SDPA
@@ -96,10 +98,12 @@ def _reading_prefix_once(prefix: SharedPrefix | None) -> Iterator[None]:
 
 
 def _attention_probs(scores: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """softmax(scale * scores) in float32 over the slots `mask` allows (True = attend)."""
+    """softmax(scale * scores) in float32 over the slots `mask` allows (True = attend; it
+    broadcasts against `scores`). The scaled scores are a fresh tensor, so they are masked in
+    place: an out-of-place `masked_fill` would clone them (batch x slots) first."""
     scores = scores.float() * scale
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores.masked_fill_(~mask, float("-inf"))
     return scores.softmax(-1)
 
 
@@ -117,20 +121,41 @@ def _prefix_once_attention(
     `folded` (B, kv_heads, G, d) holds each row's query heads by KV head; `key`/`value`
     (B, kv_heads, width, d) the rows' cache, read from slot P on only; `prefix_keys`/
     `prefix_values` (1, kv_heads, P, d) the prefix every row starts with; `mask`
-    (B, 1, G, width) says which slots each row attends, the prefix's included. Returns
-    (B, kv_heads, G, d_v)."""
+    (B, 1, 1 or G, width) says which slots each row attends, the prefix's included. Returns
+    (B, kv_heads, G, d_v): softmax over all `width` slots in float32, as `_attention_probs`.
+
+    Nothing that grows with batch x slots is copied (a decode step runs this at every layer):
+    the rows' keys and values are strided views of the cache that matmul folds into one batch
+    dim (B * kv_heads) without a copy; the two parts' scores are not concatenated but go through
+    one softmax split in two (cascade / flash attention: the joint max and the sum of both
+    parts' exponentials), each part in place in the layout its product made it.
+    """
     batch, kv_heads, groups, dim = folded.shape
     length = prefix_keys.shape[2]
-    # every row's query heads as rows of one query per KV head: (kv_heads, B * G, d)
+    own_keys, own_values = key[:, :, length:], value[:, :, length:]
+    # Every row's query heads as rows of one query per KV head, (kv_heads, B * G, d), so the
+    # prefix's keys are read once for all rows. This copies the queries (one token's worth,
+    # B x heads x d); a broadcast product with the prefix would copy its keys B times instead.
     queries = folded.transpose(0, 1).reshape(kv_heads, batch * groups, dim)
-    shared = torch.matmul(queries, prefix_keys[0].transpose(-1, -2))  # (kv_heads, B * G, P)
-    shared = shared.reshape(kv_heads, batch, groups, length).transpose(0, 1)
-    own = torch.matmul(folded, key[:, :, length:].transpose(-1, -2))  # (B, kv_heads, G, width - P)
-    probs = _attention_probs(torch.cat([shared, own], -1), mask, scale).to(value.dtype)
-    head_probs = probs[..., :length].transpose(0, 1).reshape(kv_heads, batch * groups, length)
-    from_prefix = torch.matmul(head_probs, prefix_values[0])  # (kv_heads, B * G, d_v)
-    from_prefix = from_prefix.reshape(kv_heads, batch, groups, -1).transpose(0, 1)
-    return from_prefix + torch.matmul(probs[..., length:], value[:, :, length:])
+    shared = torch.matmul(queries, prefix_keys[0].transpose(-1, -2)).float().mul_(scale)  # (kv_heads, B * G, P)
+    own = torch.matmul(folded, own_keys.transpose(-1, -2)).float().mul_(scale)  # (B, kv_heads, G, width - P)
+    shared_rows = shared.view(kv_heads, batch, groups, length).transpose(0, 1)  # a view: (B, kv_heads, G, P)
+    if mask is not None:
+        hidden = ~mask
+        shared_rows.masked_fill_(hidden[..., :length], float("-inf"))
+        own.masked_fill_(hidden[..., length:], float("-inf"))
+    # softmax over [prefix | own] = exp(s - m) / sum, m the max over both parts: finite, since a
+    # row always attends its newest token (an own slot), even where a sliding window hides the
+    # whole prefix (its exponentials are then 0).
+    top = torch.maximum(shared_rows.amax(-1, keepdim=True), own.amax(-1, keepdim=True))  # (B, kv_heads, G, 1)
+    shared_rows.sub_(top).exp_()
+    own.sub_(top).exp_()
+    total = shared_rows.sum(-1, keepdim=True) + own.sum(-1, keepdim=True)
+    shared_rows.div_(total)
+    own.div_(total)
+    out = torch.matmul(own.to(value.dtype), own_values)  # (B, kv_heads, G, d_v)
+    from_prefix = torch.matmul(shared.to(value.dtype), prefix_values[0])  # (kv_heads, B * G, d_v)
+    return out.add_(from_prefix.view(kv_heads, batch, groups, -1).transpose(0, 1))
 
 
 def static_attention(
@@ -169,7 +194,7 @@ def static_attention(
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling)
     else:
         folded = query.reshape(batch, kv_heads, groups, dim)
-        mask = attention_mask.expand(batch, 1, groups, key.shape[2]) if attention_mask is not None else None
+        mask = attention_mask  # (B, 1, 1, width), broadcast over the G query rows: `~mask` of it expanded would write G copies
         scale = scaling if scaling is not None else dim**-0.5
         prefix = _DECODE_PREFIX.get()
         if prefix is not None:
@@ -179,6 +204,8 @@ def static_attention(
             probs = _attention_probs(torch.matmul(folded, key.transpose(-1, -2)), mask, scale)
             out = torch.matmul(probs.to(value.dtype), value)
         else:
+            if mask is not None:
+                mask = mask.expand(batch, 1, groups, key.shape[2])  # a view
             out = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, scale=scaling)
         out = out.reshape(batch, q_heads, 1, -1)
     return out.transpose(1, 2).contiguous(), None

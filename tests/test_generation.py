@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from tiny_models import make_tiny_lm
@@ -206,3 +208,68 @@ def test_kv_bytes_count_sliding_window_layers_at_their_window(tiny_lm):
         assert stats.kv_bytes(0) == full * context + stats.sliding_kv_bytes * 16 < stats.per_token_kv_bytes * context
     else:
         assert stats.kv_bytes(0) == stats.per_token_kv_bytes * context
+
+
+def _large_copies_in_one_decode_step(model, prefix, embeds, mask) -> list[str]:
+    """Profile one decode step of `model` after `prefix` (read once for the batch); return the
+    aten::clone / copy_ / cat calls on a tensor of at least batch x cache slots elements. clone
+    and copy_ are judged by their recorded input shapes; cat by the bytes it allocates (its
+    output: the profiler records no shapes for a tensor list)."""
+    from torch.profiler import profile
+
+    batch = embeds.shape[0]
+    with torch.no_grad():
+        generate_tokens(model, embeds, mask, 2, prefix=prefix)  # builds (and warms) the engine
+        engine = generation._ENGINES[model]
+        slots = engine.max_len
+        with generation._use_static_attention(model):
+            engine.prefill(embeds, mask, prefix)
+            with profile(record_shapes=True, profile_memory=True) as prof:
+                engine.decode(1)
+    generation.release(model)
+    assert engine.decode_prefix is prefix
+    large = []
+    for event in prof.events():
+        if event.name in ("aten::clone", "aten::copy_"):
+            elements = max((math.prod(shape) for shape in event.input_shapes if shape), default=1)
+        elif event.name == "aten::cat":
+            elements = event.cpu_memory_usage // 4  # float32
+        else:
+            continue
+        if elements >= batch * slots:
+            large.append(f"{event.name} {event.input_shapes} ({elements} elements)")
+    return large
+
+
+def test_a_prefix_once_decode_step_copies_nothing_of_batch_times_slots(monkeypatch):
+    """A decode step reading a shared prefix once (GQA: 2 query heads a KV head) copies no tensor
+    that scales with batch x slots (the rows' keys and values, the scores and probabilities):
+    no clone (a reshape of a strided view, an out-of-place masked_fill), no copy_, no cat."""
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+    from latentbridge.prefix_cache import SharedPrefix
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    model = LlamaForCausalLM(config).eval()
+    ids = torch.randint(3, 64, (1, 80))
+    with torch.no_grad():
+        cache = DynamicCache()
+        model.model(input_ids=ids, use_cache=True, past_key_values=cache)
+    prefix = SharedPrefix(
+        text_ids=tuple(ids[0].tolist()), ids=tuple(ids[0].tolist()),
+        keys=tuple(layer.keys for layer in cache.layers), values=tuple(layer.values for layer in cache.layers),
+    )
+    embeds = torch.randn(4, 16, 32) * 0.02
+    mask = torch.ones(4, 16, dtype=torch.long)
+    mask[1, :3] = mask[2, :7] = 0  # left padding between the prefix and a row's suffix
+    calls = []
+    once = generation._prefix_once_attention
+    monkeypatch.setattr(generation, "_prefix_once_attention", lambda *args: calls.append(1) or once(*args))
+    large = _large_copies_in_one_decode_step(model, prefix, embeds, mask)
+    assert not large, "\n".join(large)
+    # both decode steps (generate_tokens' one, then the profiled one) read the prefix once at every layer
+    assert len(calls) == 2 * config.num_hidden_layers
