@@ -67,11 +67,12 @@ def tiny_bridge(tiny_config):
     return build
 
 
-def test_a_translator_that_reads_nothing_transmits_exactly_zero_bits(tiny_bridge):
+@pytest.mark.parametrize("batch_size", [4, 24])  # one question's 6 rows a forward; four questions' 24
+def test_a_translator_that_reads_nothing_transmits_exactly_zero_bits(tiny_bridge, batch_size):
     bridge, splits = tiny_bridge("translator.kind=soft_prompt")
     with torch.no_grad():
         bridge.translator.prompt.normal_()  # any prompt, not only the initial one
-    result = content_metrics(bridge, splits.validation[:8], negatives_count=5, seed=0, batch_size=4)
+    result = content_metrics(bridge, splits.validation[:8], negatives_count=5, seed=0, batch_size=batch_size)
     assert result.metrics[BITS] == 0.0 and result.metrics[BITS_LOW] == 0.0 == result.metrics[BITS_HIGH]
     assert result.metrics[RETRIEVAL] == 0.0  # every negative ties: never ranked first
     assert all(r["nll_bits_own"] == r["nll_bits_mismatched"] for r in result.records)
@@ -82,6 +83,19 @@ def test_a_translator_that_reads_the_question_transmits_bits(tiny_bridge):
     bridge, splits = tiny_bridge("translator.kind=passthrough", "data.source_reads=question")
     result = content_metrics(bridge, splits.validation[:8], negatives_count=5, seed=0, batch_size=4)
     assert any(r["nll_bits_own"] != r["nll_bits_mismatched"] for r in result.records)
+
+
+def test_several_questions_a_forward_score_as_one_question_a_forward(tiny_bridge):
+    """Packing several questions' groups (own + negatives) into one forward changes only the
+    padding around them: the same NLLs as one group a forward, to float32 rounding."""
+    bridge, splits = tiny_bridge("translator.kind=passthrough", "data.source_reads=question")
+    one, packed = (content_metrics(bridge, splits.validation[:8], negatives_count=5, seed=0, batch_size=b) for b in (4, 24))
+    assert any(r["nll_bits_own"] != r["nll_bits_mismatched"] for r in packed.records)
+    for a, b in zip(one.records, packed.records):
+        assert a["nll_bits_own"] == pytest.approx(b["nll_bits_own"], rel=1e-4, abs=1e-3)
+        assert a["nll_bits_mismatched"] == pytest.approx(b["nll_bits_mismatched"], rel=1e-4, abs=1e-3)
+    assert packed.metrics[BITS] == pytest.approx(one.metrics[BITS], rel=1e-4, abs=1e-3)
+    assert packed.metrics[RETRIEVAL] == one.metrics[RETRIEVAL]
 
 
 def test_the_no_question_input_is_the_cue_or_the_exemplars_alone(tiny_bridge):
