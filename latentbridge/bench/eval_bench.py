@@ -12,7 +12,8 @@ CUDA-graph capture), prefill, decode.
 
 `embedded`: the embedded pair with real weights, tokenizer, data and answer-line stopping,
 through `evaluate.text_baselines` (baseline cache off) and `evaluate.bridged_answers`
-themselves; the answers with and without sharing are compared.
+themselves; the answers with and without sharing are compared; then the content metrics
+(`latentbridge.content`) with one question's group a forward and with groups packed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from tqdm.auto import tqdm
 from latentbridge import baseline_cache, generation, prefix_cache
 from latentbridge.bench.generation_bench import _agreement
 from latentbridge.bridge import build_inputs
+from latentbridge.content import content_metrics
 from latentbridge.generation import generate_tokens, synchronize
+from latentbridge.metric_names import BITS
 from latentbridge.models import FrozenLM
 from latentbridge.prefix_cache import compute_prefix, id_rows_batch
 from latentbridge.prompts import ANSWER_CUE
@@ -180,6 +183,18 @@ def embedded(bridge, examples: Sequence, eval_config, log=print) -> dict:
             out[f"text_baselines_{label}_s"] = seconds
             log(f"[eval] text baselines ({len(examples)} questions x source-alone, target-alone), {label}: {seconds:.1f}s")
     _, out["bridged_s"] = _timed(device, lambda: evaluate.bridged_answers(bridge, examples, eval_config))
+    # the content metrics (teacher-forced NLLs): one question's group of 1 + negatives rows a
+    # forward, then as many whole groups as a batch holds; both from scratch (no cached text NLLs)
+    content = {}
+    for label, rows in (("one_group", 1), ("packed", eval_config.batch_size)):
+        content[label], out[f"content_{label}_s"] = _timed(device, lambda: content_metrics(
+            bridge, examples, negatives_count=eval_config.content_negatives, seed=eval_config.content_seed,
+            batch_size=eval_config.batch_size, rows_per_forward=rows,
+        ))
+    out["content_speedup"] = out["content_one_group_s"] / out["content_packed_s"]
+    out["content_bits"] = {label: c.metrics[BITS] for label, c in content.items()}
+    log(f"[eval] content metrics ({eval_config.content_negatives} negatives): one group a forward "
+        f"{out['content_one_group_s']:.1f}s, packed {out['content_packed_s']:.1f}s; bits {out['content_bits']}")
     out["text_speedup"] = out["text_baselines_unshared_s"] / out["text_baselines_shared_s"]
     out["answers_identical"] = {name: sum(a == b for a, b in zip(answers["shared"][name], answers["unshared"][name]))
                                 for name in answers["shared"]}
