@@ -149,6 +149,9 @@ def test_eval_parts_time_a_whole_evaluation_with_and_without_the_shared_prefix(t
     emb = results["eval-embedded"]
     assert emb["questions"] == 3 and emb["answers_identical"] == {"source": 3, "target": 3}
     assert emb["bridged_s"] > 0 and emb["total_shared_s"] > 0
+    # the content metrics, one question's group a forward and packed: the same bits
+    assert emb["content_one_group_s"] > 0 and emb["content_packed_s"] > 0
+    assert emb["content_bits"]["packed"] == pytest.approx(emb["content_bits"]["one_group"], rel=1e-4, abs=1e-4)
     assert not list((tmp_path / "cache").glob("baselines/*.json"))  # the baseline cache stayed off
 
 
