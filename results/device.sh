@@ -17,7 +17,7 @@
 #                                pieces over calls (PIECES=0-3, then 4-7, ...: a call returns 64 MiB)
 #
 # The suite itself is exactly: python launch submit --suite $SUITE --cluster local --runs-per-device $RUNS_PER_DEVICE
-# (ONLY=a,b,c adds --only a,b,c; OVERRIDES="train.steps=2000 ..." adds overrides, recorded at submit; MODELS names the models to convert first; DATA=.carry/data, carried,
+# (ONLY=a,b,c adds --only a,b,c: started in that order, RUNS_PER_DEVICE at a time; OVERRIDES="train.steps=2000 ..." adds overrides, recorded at submit; MODELS names the models to convert first; DATA=.carry/data, carried,
 # is the dataset mirror for hub datasets: <hub_id>/<config>/{train,test}.jsonl, LATENTBRIDGE_DATASET_MIRROR.)
 # .whl (cp312 wheels, `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`), as in
 # session 5: alembic 1.20.1, annotated_types 0.8.0, cachetools 8.0.2, cffi 2.1.1, cryptography 46.0.3,
