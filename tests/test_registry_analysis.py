@@ -505,13 +505,20 @@ def test_a_bridge_is_compared_with_its_trained_controls_on_the_test_questions_to
         "bridge": (base.override("name=bridge"), [30, 100, 130, 140], 150),
         "trained-text": (base.override("name=trained-text", *soft_prompt, "eval.prompt_mode=soft_plus_question"), [30, 80, 100, 120], 100),
         "no-source": (base.override("name=no-source", *soft_prompt), [10, 20, 30, 30], 30),
+        "bridge-seed2": (base.override("name=bridge-seed2", "seed=2"), [30, 60, 80, 90], 80),  # the same recipe
+        "bridge-k32": (base.override("name=bridge-k32", "translator.num_tokens=32"), [30, 60, 80, 90], 80),  # another
     }
     with private_store(suite_store["root"]):
         for config, curve, test in runs.values():
             _fake_run(suite_store["root"] / "controlled", config, curve, {"suite": "controlled"}, test=test)
         result = analyze("controlled", suite_store["root"] / "controlled-out", log_to_mlflow=False, count_prompt_tokens=False)
-    (bridge,) = json.loads((result.out / "content_summary.json").read_text())["runs"]
-    assert bridge["name"] == "bridge"
+    summary = json.loads((result.out / "content_summary.json").read_text())
+    bridge = next(run for run in summary["runs"] if run["name"] == "bridge")
+    # the two seeds of one recipe form a group (bridge-k32 differs in K: alone, so no group)
+    (group,) = summary["seed_groups"]
+    assert (group["runs"], group["seeds"], group["test_bridged_accuracy"]) == (["bridge", "bridge-seed2"], ["1234", "2"], [0.75, 0.4])
+    assert group["test_bridged_accuracy_mean"] == pytest.approx(0.575) and group["trained_text_test_accuracy"] == 0.5
+    assert group["within_5_points_of_trained_text"] == [True, False]  # +25 points; -10 points
     # validation (the final evaluation: 140 vs 120 and 30 right, the first k of the same questions)
     assert bridge["bridged_minus_trained_text"] == pytest.approx(0.1) and bridge["bridged_minus_trained_text_p"] == pytest.approx(2 * 0.5**20)
     # test: 150 vs 100 right on the first k test questions: 50 discordant pairs, all for the bridge
@@ -525,3 +532,4 @@ def test_a_bridge_is_compared_with_its_trained_controls_on_the_test_questions_to
     assert "| run | bridged − no source val | bridged − no source test | bridged − trained text val | bridged − trained text test |" in section
     row = next(line for line in section.splitlines() if line.startswith("| bridge |"))
     assert row.split(" | ")[2].startswith("+60.0 [") and row.split(" | ")[4].startswith("+25.0 [") and "p=1.8e-15" in row
+    assert "| bridge, bridge-seed2 | 1234, 2 | 75.0 / 40.0 | 57.5 [40.0, 75.0] |" in md and "| 50.0 | 1 of 2 |" in md

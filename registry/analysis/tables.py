@@ -34,7 +34,7 @@ from latentbridge.metric_names import (
     TEST_PREFIX,
 )
 from registry.analysis.collect import SuiteData, SuiteRun
-from registry.facts import RunFacts, control_role
+from registry.facts import RunFacts, config_from_params, control_role
 from registry.verdict import BASELINES, EvalScores
 
 # each system's accuracy column on validation (the final evaluation) and on test
@@ -179,6 +179,47 @@ def _paired_cells(comparisons: dict, prefix: str) -> dict:
     }
 
 
+def _recipe(facts: RunFacts) -> str:
+    """The run's whole config but its name and seed (params rebuilt with today's defaults, so
+    runs logged before a config key existed still match): runs with the same recipe are seeds."""
+    config = config_from_params(facts.params)
+    flat = config.flat() if config is not None else dict(facts.params)
+    return json.dumps({k: str(v) for k, v in sorted(flat.items()) if k not in ("name", "seed")})
+
+
+def seed_groups(data: SuiteData) -> list[dict]:
+    """Bridges that differ only in their seed, grouped (oldest first), each group with two or more
+    finished, tested runs: their test accuracies, bits transmitted, their mean and range, beside
+    the trained text control's test accuracy."""
+    groups: dict[str, list[SuiteRun]] = {}
+    for run in data.runs:
+        if run.facts.kind != "soft_prompt" and not run.partial and run.test is not None:
+            groups.setdefault(_recipe(run.facts), []).append(run)
+    out = []
+    for runs in groups.values():
+        if len(runs) < 2:
+            continue
+        accuracy = [r.test.accuracy.get(BRIDGED) for r in runs]
+        bits = [r.facts.metrics.get(TEST_PREFIX + BITS) for r in runs]
+        control = runs[0].test_comparisons.get("trained_text")
+        out.append({
+            "runs": [r.label for r in runs],
+            "seeds": [r.facts.seed for r in runs],
+            "test_bridged_accuracy": accuracy,
+            "test_bridged_accuracy_mean": sum(accuracy) / len(accuracy),
+            "test_bridged_accuracy_min": min(accuracy),
+            "test_bridged_accuracy_max": max(accuracy),
+            "test_bits_transmitted": bits,
+            "test_bits_transmitted_mean": sum(bits) / len(bits) if None not in bits else None,
+            "trained_text_test_accuracy": control.other if control else None,
+            "within_5_points_of_trained_text": (
+                [r.test_comparisons["trained_text"].bridged - r.test_comparisons["trained_text"].other >= -0.05 - 1e-9
+                 if "trained_text" in r.test_comparisons else None for r in runs]  # at most 5 points below it
+            ),
+        })
+    return out
+
+
 def content_summary(data: SuiteData) -> dict:
     """Each bridge of the suite with what crosses it and its trained controls, JSON-ready.
 
@@ -236,7 +277,7 @@ def content_summary(data: SuiteData) -> dict:
                 **_paired_cells(run.test_comparisons, TEST_PREFIX),
             }
         )
-    return {"suite": data.suite, "runs": runs}
+    return {"suite": data.suite, "runs": runs, "seed_groups": seed_groups(data)}
 
 
 def _cell(value) -> str:
@@ -322,6 +363,28 @@ def _paired_section(runs: Sequence[SuiteRun]) -> list[str]:
     return lines
 
 
+def _seeds_section(groups: list[dict]) -> list[str]:
+    """One row per group of bridges that differ only in their seed (`seed_groups`)."""
+    if not groups:
+        return []
+    lines = [
+        "",
+        "## Seeds (bridges that differ only in their seed; finished and tested)",
+        "",
+        "| runs | seeds | bridged test | mean [min, max] | bits transmitted (test) | trained-text control (test) | within 5 points of it |",
+        "|---|---|---|---:|---|---:|---|",
+    ]
+    for g in groups:
+        within = sum(1 for w in g["within_5_points_of_trained_text"] if w)
+        bits = " / ".join("–" if b is None else f"{b:.1f}" for b in g["test_bits_transmitted"])
+        lines.append(
+            f"| {', '.join(g['runs'])} | {', '.join(g['seeds'])} | {' / '.join(_pct(a) for a in g['test_bridged_accuracy'])} | "
+            f"{_pct(g['test_bridged_accuracy_mean'])} [{_pct(g['test_bridged_accuracy_min'])}, {_pct(g['test_bridged_accuracy_max'])}] | "
+            f"{bits} | {_pct(g['trained_text_test_accuracy'])} | {within} of {len(g['runs'])} |"
+        )
+    return lines
+
+
 def markdown(data: SuiteData, rows: list[dict]) -> str:
     # the column prefix of each evaluation shown: validation, and test where a run has one
     splits = {"val": ""}
@@ -400,6 +463,7 @@ def markdown(data: SuiteData, rows: list[dict]) -> str:
             *content_rows,
         ]
     lines += _paired_section(data.runs)
+    lines += _seeds_section(seed_groups(data))
     if data.skipped:
         lines += ["", "Not finished (left out): " + ", ".join(f"{s['name']} ({s['status']})" for s in data.skipped)]
     return "\n".join(lines) + "\n"
