@@ -28,8 +28,9 @@ first). Logged per evaluation:
 
 Each question's rows (own and negatives) share one forward pass and one length (several
 questions' groups share a forward, up to the evaluation batch's rows), so a translator that
-ignores its input (the soft-prompt controls) gives them identical NLLs on a CPU: 0 bits, exactly. On a GPU, batched bf16 kernels leave up to ~1e-5 bits a question of noise (seen on an
-H200); the registry's verdict asks for more than `min_bits_transmitted` (0.001 bits).
+ignores its input (the soft-prompt controls) gives them identical NLLs on a CPU: 0 bits, exactly.
+On a GPU, batched bf16 kernels leave up to ~1e-5 bits a question of noise (seen on an H200); the
+registry's verdict asks for more than `min_bits_transmitted` (0.001 bits).
 """
 
 from __future__ import annotations

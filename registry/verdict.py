@@ -285,17 +285,25 @@ def aligned_control(records: Sequence[EvalRecord], control_records: Sequence[Eva
     return [by_question[r.get("question")] for r in records]
 
 
+def _correct(records: Sequence[EvalRecord], system: str) -> list[bool] | None:
+    """`system`'s correctness on each record, or None when a record holds no scored answer of it."""
+    if not all(isinstance(r.get(system), dict) and "correct" in r[system] for r in records):
+        return None
+    return [bool(r[system]["correct"]) for r in records]
+
+
 def paired_comparisons(
     records: Sequence[EvalRecord], controls: Mapping[str, Sequence[bool]] | None, rules: VerdictRules
 ) -> dict[str, Comparison]:
     """Bridged against each trained control (`controls`: its correctness on the same questions)
     and against the mismatched soft tokens when the records hold them, question by question."""
-    if not all(isinstance(r.get(BRIDGED), dict) for r in records):
+    bridged = _correct(records, BRIDGED)
+    if bridged is None:
         raise ValueError("the evaluation has no bridged answers")
-    bridged = [bool(r[BRIDGED].get("correct")) for r in records]
     comparisons = {name: Comparison.of(bridged, other, rules) for name, other in (controls or {}).items()}
-    if all(isinstance(r.get(MISMATCHED), dict) and "correct" in r[MISMATCHED] for r in records):
-        comparisons[MISMATCHED] = Comparison.of(bridged, [bool(r[MISMATCHED]["correct"]) for r in records], rules)
+    mismatched = _correct(records, MISMATCHED)
+    if mismatched is not None:
+        comparisons[MISMATCHED] = Comparison.of(bridged, mismatched, rules)
     return comparisons
 
 
@@ -319,12 +327,7 @@ def judge(
     if n == 0:
         raise ValueError("the final evaluation has no records")
 
-    def column(name: str) -> list[bool] | None:
-        if not all(isinstance(r.get(name), dict) and "correct" in r[name] for r in records):
-            return None
-        return [bool(r[name]["correct"]) for r in records]
-
-    bridged, target, source = column(BRIDGED), column(TARGET), column(SOURCE)
+    bridged, target, source = (_correct(records, system) for system in (BRIDGED, TARGET, SOURCE))
     if bridged is None:
         raise ValueError("the final evaluation has no bridged answers")
     acc = lambda xs: sum(xs) / len(xs) if xs is not None else None

@@ -46,10 +46,14 @@ def _interval_columns(name: str) -> tuple[str, ...]:
     return name, f"{name}_ci_low", f"{name}_ci_high"
 
 
+def _paired_columns(prefix: str) -> tuple[str, ...]:
+    """Bridged - each text baseline (points, paired interval, McNemar p): see `_paired_cells`."""
+    return tuple(f"{prefix}bridged_minus_{b}{end}" for b in BASELINES for end in ("", "_low", "_high", "_p"))
+
+
 def _record_columns(prefix: str) -> tuple[str, ...]:
     """The columns read from an evaluation's records beyond its accuracies."""
-    paired = tuple(f"{prefix}bridged_minus_{b}{end}" for b in BASELINES for end in ("", "_low", "_high", "_p"))
-    return (f"{prefix}distinct_outputs", f"{prefix}modal_answer", f"{prefix}modal_count", f"{prefix}guess", *paired)
+    return (f"{prefix}distinct_outputs", f"{prefix}modal_answer", f"{prefix}modal_count", f"{prefix}guess", *_paired_columns(prefix))
 
 
 SUMMARY_COLUMNS = (
@@ -84,12 +88,9 @@ def _record_cells(scores: EvalScores | None, prefix: str, columns: dict[str, str
     row[prefix + "distinct_outputs"] = scores.distinct_outputs if scores else None
     row[prefix + "modal_answer"], row[prefix + "modal_count"] = scores.modal_answer if scores else (None, None)
     row[prefix + "guess"] = scores.guess if scores else None
-    for baseline in BASELINES:
-        versus = scores.versus.get(baseline) if scores else None
-        key = f"{prefix}bridged_minus_{baseline}"
-        row[key] = versus.bridged - versus.other if versus else None
-        row[f"{key}_low"], row[f"{key}_high"] = versus.diff_interval if versus else (None, None)
-        row[f"{key}_p"] = versus.p_value if versus else None
+    row.update(dict.fromkeys(_paired_columns(prefix)))  # None where a baseline was not compared
+    if scores:
+        row.update(_paired_cells({b: c for b, c in scores.versus.items() if b in BASELINES}, prefix))
     return row
 
 
