@@ -119,6 +119,8 @@ def suite_store(tmp_path_factory, tiny_pair):
                                     f"eval.num_questions={N}", "train.steps=300", "translator.num_tokens=64")
         suite_base = base.override("optim.lr=0.0003")
         ids = {}
+        # k48's first attempt, cut off by a lease before the attempt below ran to the end
+        ids["k48 cut off"] = _fake_run(root / "first_attempt", base.override("name=k48", "translator.num_tokens=48"), [10, 20], {}, status="KILLED")
         for name, (k, curve, extra, fixes) in RUNS.items():
             config = base.override(f"name={name}", f"translator.num_tokens={k}", *extra)
             # as the launcher tags it at submit: the diff against the suite's base (K=64, lr 3e-4)
@@ -154,7 +156,7 @@ def test_ablation_results_hold_the_suite_and_the_verdicts(analysis):
     assert results["suite"] == SUITE
     runs = {r["run"]: r for r in results["runs"]}
     assert sorted(runs) == sorted(RUNS)  # the failed run and the other suite's run are left out
-    assert [s["name"] for s in results["skipped_unfinished"]] == ["crashed"]
+    assert [s["name"] for s in results["skipped_unfinished"]] == ["k48", "crashed"]
     assert {name: r["verdict"] for name, r in runs.items()} == {
         "k64": "headline", "k48": "control", "k32": "negative", "no-fixes": "unstable",
     }
@@ -242,8 +244,12 @@ def test_a_run_cut_off_is_reported_as_partial_only_when_asked(analysis, suite_st
     crashed = runs.pop("crashed [failed at step 300 of 300]")
     assert crashed["status"] == "FAILED" and crashed["last_step"] == 300
     assert crashed["verdict_rule"].startswith("partial run (failed), judged on its last evaluation (step 300): ")
-    assert sorted(runs) == sorted(RUNS) and result.data.skipped == []
+    assert sorted(runs) == sorted(RUNS)
+    # k48's cut-off first attempt is replaced by the attempt that finished, not reported beside it
+    (cut_off,) = result.data.skipped
+    assert (cut_off["run_id"], cut_off["superseded_by"]) == (suite_store["ids"]["k48 cut off"], suite_store["ids"]["k48"])
     md = (result.out / "summary.md").read_text()
+    assert "k48 (KILLED; run again to the end as " in md and "k48#" not in md
     assert "| crashed [failed at step 300 of 300] |" in md
     assert f"runs ({len(RUNS)} finished, 1 cut off or failed)" in md.splitlines()[0]
     assert (analysis.out / "summary.md").read_text().splitlines()[0].endswith(f"{len(RUNS)} runs (finished)")

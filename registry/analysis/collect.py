@@ -3,7 +3,9 @@
 With `include_unfinished`, runs that did not finish (cut off by a lease, killed, crashed) but
 logged at least one evaluation are kept too, judged on their last evaluation and labelled
 `<name> [<status> at step N of M]` in every table, so a study cut short still reports what it
-saw, and nobody mistakes a partial run for a finished one.
+saw, and nobody mistakes a partial run for a finished one. A cut-off run that was later run
+again to the end under the same name is replaced by that attempt (listed as skipped, with
+`superseded_by`).
 
 Each run is scored on two evaluations: its final validation evaluation (the one the verdict
 judges; validation also picked the best translator) and, when the trainer ran one, the test
@@ -138,6 +140,27 @@ def _labels(runs: list[RunFacts], status: dict[str, str]) -> list[str]:
     ]
 
 
+def _name(run) -> str:
+    return run.data.params.get("name", run.info.run_name)
+
+
+def _superseded(runs: list) -> dict[str, str]:
+    """Unfinished run id -> the id of a FINISHED run of the same name that started after it: a
+    run cut off (a lease ended, a node died) and then run again to the end. The finished attempt
+    replaces it; the cut-off one is listed as skipped, never reported beside it."""
+    finished: dict[str, list] = {}
+    for r in runs:
+        if r.info.status == "FINISHED":
+            finished.setdefault(_name(r), []).append(r)
+    out = {}
+    for r in runs:
+        if r.info.status != "FINISHED":
+            after = [f for f in finished.get(_name(r), []) if (f.info.start_time or 0) > (r.info.start_time or 0)]
+            if after:
+                out[r.info.run_id] = max(after, key=lambda f: f.info.start_time or 0).info.run_id
+    return out
+
+
 def collect(
     suite: str, *, rules: VerdictRules | None = None, count_prompt_tokens: bool = True, include_unfinished: bool = False
 ) -> SuiteData:
@@ -148,13 +171,20 @@ def collect(
     experiment_ids = [e.experiment_id for e in mlflow_client.search_experiments()]
     runs = suite_runs(mlflow_client, experiment_ids, suite) if experiment_ids else []
     status = {r.info.run_id: r.info.status for r in runs}
-    # a partial run must have logged an evaluation (its metric, here; its eval JSONL, below)
-    chosen = [r for r in runs if status[r.info.run_id] == "FINISHED" or (include_unfinished and BRIDGED_ACCURACY in r.data.metrics)]
+    # a partial run must have logged an evaluation (its metric, here; its eval JSONL, below), and
+    # no later attempt of the same name may have finished (that one replaces it)
+    later = _superseded(runs)
+    chosen = [
+        r for r in runs
+        if status[r.info.run_id] == "FINISHED"
+        or (include_unfinished and BRIDGED_ACCURACY in r.data.metrics and r.info.run_id not in later)
+    ]
     facts = [run_facts(mlflow_client, r) for r in chosen]
     facts = [f for f in facts if status[f.run_id] == "FINISHED" or f.evals]
     kept = {f.run_id for f in facts}
     skipped = [
-        {"run_id": r.info.run_id, "name": r.data.params.get("name", r.info.run_name), "status": r.info.status}
+        {"run_id": r.info.run_id, "name": _name(r), "status": r.info.status}
+        | ({"superseded_by": later[r.info.run_id]} if r.info.run_id in later else {})
         for r in runs
         if r.info.run_id not in kept
     ]

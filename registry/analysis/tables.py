@@ -466,5 +466,8 @@ def markdown(data: SuiteData, rows: list[dict]) -> str:
     lines += _paired_section(data.runs)
     lines += _seeds_section(seed_groups(data))
     if data.skipped:
-        lines += ["", "Not finished (left out): " + ", ".join(f"{s['name']} ({s['status']})" for s in data.skipped)]
+        lines += ["", "Not finished (left out): " + ", ".join(
+            f"{s['name']} ({s['status']}" + (f"; run again to the end as {s['superseded_by'][:6]})" if "superseded_by" in s else ")")
+            for s in data.skipped
+        )]
     return "\n".join(lines) + "\n"
