@@ -119,10 +119,10 @@ def suite_store(tmp_path_factory, tiny_pair):
                                     f"eval.num_questions={N}", "train.steps=300", "translator.num_tokens=64")
         suite_base = base.override("optim.lr=0.0003")
         ids = {}
-        # k48's first attempt, cut off by a lease before the attempt below ran to the end
-        ids["k48 cut off"] = _fake_run(root / "first_attempt", base.override("name=k48", "translator.num_tokens=48"), [10, 20], {}, status="KILLED")
         for name, (k, curve, extra, fixes) in RUNS.items():
             config = base.override(f"name={name}", f"translator.num_tokens={k}", *extra)
+            if name == "k48":  # a first attempt with the same config, cut off (a lease ended) before this one ran to the end
+                ids["k48 cut off"] = _fake_run(root / "first_attempt", config, [10, 20], {}, status="KILLED")
             # as the launcher tags it at submit: the diff against the suite's base (K=64, lr 3e-4)
             diff = {key: v for key, v in config.flat().items() if key != "name" and suite_base.flat()[key] != v}
             tags = {"fixes": fixes, "slurm_job_id": f"job-{name}", "config_diff": json.dumps(diff)}
@@ -253,6 +253,26 @@ def test_a_run_cut_off_is_reported_as_partial_only_when_asked(analysis, suite_st
     assert "| crashed [failed at step 300 of 300] |" in md
     assert f"runs ({len(RUNS)} finished, 1 cut off or failed)" in md.splitlines()[0]
     assert (analysis.out / "summary.md").read_text().splitlines()[0].endswith(f"{len(RUNS)} runs (finished)")
+
+
+def test_a_cut_off_run_is_replaced_only_by_a_later_finished_run_of_the_same_config():
+    from types import SimpleNamespace
+
+    from registry.analysis.collect import _superseded
+
+    def run(run_id, status, start, **params):
+        return SimpleNamespace(info=SimpleNamespace(run_id=run_id, status=status, start_time=start),
+                               data=SimpleNamespace(params={"name": "a", "train.batch_size": "8", **params}))
+
+    runs = [
+        run("finished-first", "FINISHED", 1),
+        run("cut-off", "KILLED", 2),
+        run("cut-off-batch-32", "FAILED", 3, **{"train.batch_size": "32"}),  # same name, another config
+        run("again", "FINISHED", 4),
+        run("again-later", "FINISHED", 5),
+        run("still-running", "RUNNING", 6),  # nothing finished after it
+    ]
+    assert _superseded(runs) == {"cut-off": "again-later"}
 
 
 def test_a_suite_without_test_evaluations_has_no_test_columns(suite_store):

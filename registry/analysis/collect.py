@@ -4,7 +4,7 @@ With `include_unfinished`, runs that did not finish (cut off by a lease, killed,
 logged at least one evaluation are kept too, judged on their last evaluation and labelled
 `<name> [<status> at step N of M]` in every table, so a study cut short still reports what it
 saw, and nobody mistakes a partial run for a finished one. A cut-off run that was later run
-again to the end under the same name is replaced by that attempt (listed as skipped, with
+again to the end with the same params is replaced by that attempt (listed as skipped, with
 `superseded_by`).
 
 Each run is scored on two evaluations: its final validation evaluation (the one the verdict
@@ -145,19 +145,21 @@ def _name(run) -> str:
 
 
 def _superseded(runs: list) -> dict[str, str]:
-    """Unfinished run id -> the id of a FINISHED run of the same name that started after it: a
-    run cut off (a lease ended, a node died) and then run again to the end. The finished attempt
-    replaces it; the cut-off one is listed as skipped, never reported beside it."""
-    finished: dict[str, list] = {}
-    for r in runs:
-        if r.info.status == "FINISHED":
-            finished.setdefault(_name(r), []).append(r)
+    """Unfinished run id -> the id of a FINISHED run with the same params (its name and whole
+    config) that started after it: a run cut off (a lease ended, a node died) and then run
+    again to the end. The finished attempt replaces it; the cut-off one is listed as skipped,
+    never reported beside it. A cut-off run of the same name but another config (the suite
+    changed in between) is a different experiment and stays."""
     out = {}
     for r in runs:
-        if r.info.status != "FINISHED":
-            after = [f for f in finished.get(_name(r), []) if (f.info.start_time or 0) > (r.info.start_time or 0)]
-            if after:
-                out[r.info.run_id] = max(after, key=lambda f: f.info.start_time or 0).info.run_id
+        if r.info.status == "FINISHED":
+            continue
+        after = [
+            f for f in runs
+            if f.info.status == "FINISHED" and f.data.params == r.data.params and (f.info.start_time or 0) > (r.info.start_time or 0)
+        ]
+        if after:
+            out[r.info.run_id] = max(after, key=lambda f: f.info.start_time or 0).info.run_id
     return out
 
 
