@@ -198,3 +198,14 @@ def test_the_train_part_refuses_a_prefix_as_long_as_the_teachers_text(tmp_path):
 
     with pytest.raises(ValueError, match="shared prefix \\(64 tokens\\) must be shorter than its text \\(64\\).*--prefix-tokens"):
         train_step_bench.run("tiny-mistral", "tiny-llama", torch.device("cpu"), [2], peak_flops=1e12, text_tokens=64, prefix_tokens=64)
+
+
+def test_a_bound_is_a_fraction_of_the_measured_bandwidth_even_when_hardware_is_not_asked_for(tmp_path):
+    out = tmp_path / "gen_only"
+    code = bench.main(["--quick", "--device", "cpu", "--out", str(out), "--parts", "gen", "--no-plain"])
+    results = json.loads((out / "bench.json").read_text())
+    assert code == 0 and results["errors"] == {}
+    bandwidth = results["hardware"]["copy_bandwidth_Bps"]  # measured, not assumed
+    for row in results["gen"]["batches"].values():
+        bound = row["bound"]
+        assert bound["bound_step_s"] == pytest.approx((bound["weights_bytes"] + bound["kv_bytes_mean_step"]) / bandwidth)
