@@ -311,6 +311,7 @@ DIRECTIONS = {
     "g2s": {"source_model": "gemma3-270m", "target_model": "smollm2-135m"},
 }
 RECONSTRUCT = {"loss.reconstruction_weight": 1.0}
+LONGER = {"train.steps": 2000}
 CONTENT_FIRST = {**RECONSTRUCT, "loss.content_first_steps": 300}
 CONTENT_CONTROLS = {"loss.reconstruction_weight": 0.0, "loss.content_first_steps": 0}
 CARRY_MEMBERS: dict[str, tuple[dict[str, object], dict[str, str]]] = {
@@ -328,6 +329,11 @@ CARRY_MEMBERS: dict[str, tuple[dict[str, object], dict[str, str]]] = {
     "lm-nce-lr1e-3-seed3": ({"optim.lr": 1e-3, "seed": 3}, {"role": "bridge", "seed_of": "lm-nce-lr1e-3"}),
     "no-source": ({**NO_SOURCE, **CONTENT_CONTROLS}, CONTROL_TAGS["no-source"]),
     "trained-text": ({**TRAINED_TEXT, **CONTENT_CONTROLS}, CONTROL_TAGS["trained-text"]),
+    # the lr 1e-3 bridges were still rising at step 1,000 in both directions, three seeds each, and
+    # their seeds spread 13-28 points (sessions 9-10): twice as long, with controls trained as long
+    "lm-nce-lr1e-3-2k": ({"optim.lr": 1e-3, **LONGER}, {"role": "bridge"}),
+    "no-source-2k": ({**NO_SOURCE, **CONTENT_CONTROLS, **LONGER}, CONTROL_TAGS["no-source"]),
+    "trained-text-2k": ({**TRAINED_TEXT, **CONTENT_CONTROLS, **LONGER}, CONTROL_TAGS["trained-text"]),
     "gsm8k-lm-nce": (GSM8K_TASK, {"role": "bridge"}),  # the synthetic task's best recipe (session 7)
     "gsm8k-no-source": ({**GSM8K_TASK, **NO_SOURCE, **CONTENT_CONTROLS}, CONTROL_TAGS["no-source"]),
     "gsm8k-trained-text": ({**GSM8K_TASK, **TRAINED_TEXT, **CONTENT_CONTROLS}, CONTROL_TAGS["trained-text"]),
