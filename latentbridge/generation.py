@@ -29,6 +29,10 @@ token for token):
   rounding, and no tensor of batch x slots is copied (no concatenation, no reshape of a strided
   view). The prefill still reads the rows' copies.
   `LATENTBRIDGE_SHARED_PREFIX_DECODE=0` makes every row read its own copy again (A/B timing);
+- compiled decode (opt-in, `LATENTBRIDGE_COMPILE_DECODE=1`): the decode step runs through
+  `torch.compile` at its fixed shapes, so inductor fuses the small elementwise kernels between
+  the matrix products (norms, rotary embeddings, gated activations, residual adds, the masked
+  softmax); on CUDA the compiled step is what the CUDA graph captures. The prefill stays eager;
 - stopping: each row stops at EOS or once it has written `#### <number>` and a newline (or
   starts a new question), checked on the host a chunk of steps behind the GPU; the loop ends
   when every row has stopped. Finished rows keep stepping (their tokens are discarded), as a
@@ -40,15 +44,14 @@ token for token):
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
 import time
 import weakref
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +70,7 @@ ATTENTION_NAME = "latentbridge_static"
 GRAPHS_ENV = "LATENTBRIDGE_CUDA_GRAPHS"  # "0" turns CUDA-graph decoding off
 DECODE_ATTENTION_ENV = "LATENTBRIDGE_DECODE_ATTENTION"  # "matmul": two batched products instead of SDPA
 SHARED_PREFIX_DECODE_ENV = "LATENTBRIDGE_SHARED_PREFIX_DECODE"  # "0": each row reads its own copy of a shared prefix
+COMPILE_DECODE_ENV = "LATENTBRIDGE_COMPILE_DECODE"  # "1": the decode step through torch.compile
 
 _DONE = re.compile(r"####\s*[-+]?[\d,]*\.?\d+\s*\n|\nQ:")
 STOP_WINDOW = 24
@@ -81,20 +85,9 @@ def shared_prefix_decode_enabled() -> bool:
     return os.environ.get(SHARED_PREFIX_DECODE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-_DECODE_PREFIX: ContextVar[SharedPrefix | None] = ContextVar("latentbridge_decode_prefix", default=None)
-"""The shared prefix whose keys and values `static_attention` reads once for the whole batch
-at a decode step (layer by `module.layer_idx`); set by `_Engine.decode` while it steps with one
-(`_reading_prefix_once`), None otherwise."""
-
-
-@contextmanager
-def _reading_prefix_once(prefix: SharedPrefix | None) -> Iterator[None]:
-    """Decode steps in this block read `prefix`'s keys and values once for the batch (none: none)."""
-    token = _DECODE_PREFIX.set(prefix)
-    try:
-        yield
-    finally:
-        _DECODE_PREFIX.reset(token)
+def compile_decode_enabled() -> bool:
+    """Whether decode steps run through torch.compile (`COMPILE_DECODE_ENV`; off by default)."""
+    return os.environ.get(COMPILE_DECODE_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _attention_probs(scores: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
@@ -139,19 +132,22 @@ def _prefix_once_attention(
     queries = folded.transpose(0, 1).reshape(kv_heads, batch * groups, dim)
     shared = torch.matmul(queries, prefix_keys[0].transpose(-1, -2)).float().mul_(scale)  # (kv_heads, B * G, P)
     own = torch.matmul(folded, own_keys.transpose(-1, -2)).float().mul_(scale)  # (B, kv_heads, G, width - P)
-    shared_rows = shared.view(kv_heads, batch, groups, length).transpose(0, 1)  # a view: (B, kv_heads, G, P)
+    # A plain view, (kv_heads, B, G, P): the (B, 1, ...) pieces it meets are transposed to it
+    # instead (views too). Written in place through a transposed view, inductor's functionalization
+    # of a compiled step cannot view the result back as `shared` when kv_heads > 1.
+    shared_rows = shared.view(kv_heads, batch, groups, length)
     if mask is not None:
         hidden = ~mask
-        shared_rows.masked_fill_(hidden[..., :length], float("-inf"))
+        shared_rows.masked_fill_(hidden[..., :length].transpose(0, 1), float("-inf"))
         own.masked_fill_(hidden[..., length:], float("-inf"))
     # softmax over [prefix | own] = exp(s - m) / sum, m the max over both parts: finite, since a
     # row always attends its newest token (an own slot), even where a sliding window hides the
     # whole prefix (its exponentials are then 0).
-    top = torch.maximum(shared_rows.amax(-1, keepdim=True), own.amax(-1, keepdim=True))  # (B, kv_heads, G, 1)
-    shared_rows.sub_(top).exp_()
+    top = torch.maximum(shared_rows.amax(-1, keepdim=True).transpose(0, 1), own.amax(-1, keepdim=True))  # (B, kv_heads, G, 1)
+    shared_rows.sub_(top.transpose(0, 1)).exp_()
     own.sub_(top).exp_()
-    total = shared_rows.sum(-1, keepdim=True) + own.sum(-1, keepdim=True)
-    shared_rows.div_(total)
+    total = shared_rows.sum(-1, keepdim=True).transpose(0, 1) + own.sum(-1, keepdim=True)
+    shared_rows.div_(total.transpose(0, 1))
     own.div_(total)
     out = torch.matmul(own.to(value.dtype), own_values)  # (B, kv_heads, G, d_v)
     from_prefix = torch.matmul(shared.to(value.dtype), prefix_values[0])  # (kv_heads, B * G, d_v)
@@ -166,14 +162,19 @@ def static_attention(
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
+    decode_prefix: SharedPrefix | None = None,
+    matmul_attention: bool = False,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """SDPA over a static cache with a boolean (B, 1, q, S) mask (True = attend).
 
     Prefill (q > 1) reads the slots its mask covers (the prompt, after any shared prefix), not
     the whole cache; decode (q = 1) folds the G query heads that share a KV head into G query
-    rows, so the cache is read once, and reads a shared prefix once for the batch while
-    `_reading_prefix_once` names one (`_prefix_once_attention`).
+    rows, so the cache is read once, and reads `decode_prefix` once for the batch
+    (`_prefix_once_attention`; layer by `module.layer_idx`), else uses two batched products
+    instead of SDPA with `matmul_attention` (`DECODE_ATTENTION_ENV`). Both are keywords of the
+    model's forward, which transformers hands to every attention call: a compiled step is traced
+    with them and guarded on them (neither a context variable nor the environment would be).
     """
     if kwargs.get("softcap") is not None:
         raise NotImplementedError("attention logit soft-capping is not supported by the static decoder")
@@ -196,11 +197,10 @@ def static_attention(
         folded = query.reshape(batch, kv_heads, groups, dim)
         mask = attention_mask  # (B, 1, 1, width), broadcast over the G query rows: `~mask` of it expanded would write G copies
         scale = scaling if scaling is not None else dim**-0.5
-        prefix = _DECODE_PREFIX.get()
-        if prefix is not None:
+        if decode_prefix is not None:
             layer = module.layer_idx
-            out = _prefix_once_attention(folded, key, value, mask, scale, prefix.keys[layer], prefix.values[layer])
-        elif os.environ.get(DECODE_ATTENTION_ENV) == "matmul":
+            out = _prefix_once_attention(folded, key, value, mask, scale, decode_prefix.keys[layer], decode_prefix.values[layer])
+        elif matmul_attention:
             probs = _attention_probs(torch.matmul(folded, key.transpose(-1, -2)), mask, scale)
             out = torch.matmul(probs.to(value.dtype), value)
         else:
@@ -252,6 +252,8 @@ class _Engine:
     max_len: int
     device: torch.device
     use_graph: bool
+    compiled: bool = False
+    """Decode steps run through `_COMPILED_STEP` (torch.compile), not eagerly."""
     graph: object | None = None
     graph_failed: bool = False
     decode_prefix: SharedPrefix | None = field(default=None, init=False)
@@ -354,7 +356,24 @@ class _Engine:
         self.decode_prefix = prefix
 
     def _step(self) -> None:
-        logits = self._forward(input_ids=self.tokens, attention_mask=self._decode_masks(), position_ids=self.positions).logits
+        """One greedy decode step, compiled where the engine is (`compiled`)."""
+        matmul_attention = os.environ.get(DECODE_ATTENTION_ENV) == "matmul"  # read here: Dynamo does not guard the environment
+        if not self.compiled:
+            self._greedy_step(matmul_attention)
+            return
+        # generate_tokens runs compiled code eagerly (`FrozenLM.compile_blocks`' blocks); not this step
+        with torch.compiler.set_stance("default"):
+            _COMPILED_STEP(self, matmul_attention)
+
+    def _greedy_step(self, matmul_attention: bool) -> None:
+        """Feed the last tokens, write the next ones to `out`; every shape fixed, all state in tensors."""
+        logits = self._forward(
+            input_ids=self.tokens,
+            attention_mask=self._decode_masks(),
+            position_ids=self.positions,
+            decode_prefix=self.decode_prefix,
+            matmul_attention=matmul_attention,
+        ).logits
         chosen = logits[:, -1].argmax(-1, keepdim=True)
         self.tokens.copy_(chosen)
         self.out.index_copy_(1, self.step_index, chosen)
@@ -366,14 +385,13 @@ class _Engine:
         """`steps` greedy steps, queued without waiting (the graph replays asynchronously)."""
         if steps <= 0:
             return
-        with _reading_prefix_once(self.decode_prefix):
-            if not self.use_graph or self.graph_failed:
-                for _ in range(steps):
-                    self._step()
-                return
-            if self.graph is None:
-                self._capture()  # runs one real step while warming up
-                steps -= 1
+        if not self.use_graph or self.graph_failed:
+            for _ in range(steps):
+                self._step()
+            return
+        if self.graph is None:
+            self._capture()  # runs one real step while warming up (and compiles a compiled step)
+            steps -= 1
         for _ in range(steps):
             self.graph.replay()
 
@@ -424,6 +442,14 @@ class _Engine:
         )
 
 
+_COMPILED_STEP = torch.compile(_Engine._greedy_step, dynamic=False, fullgraph=True)
+"""`_Engine._greedy_step` compiled at the engine's fixed shapes: one graph (fullgraph: a graph
+break raises rather than silently leaving work eager), inductor's default mode (no CUDA graphs of
+its own: the engine captures the compiled step itself). Dynamo compiles it on the first step of
+each new combination of shapes, shared prefix (or none) and attention switch, and reuses it for
+later engines that match; past `torch._dynamo.config.recompile_limit` (8) combinations it warns
+and steps eagerly."""
+
 _ENGINES: "weakref.WeakKeyDictionary[torch.nn.Module, _Engine]" = weakref.WeakKeyDictionary()
 
 
@@ -435,33 +461,47 @@ def _graphs_wanted(device: torch.device, graphs: bool | None) -> bool:
     return os.environ.get(GRAPHS_ENV, "1") != "0"
 
 
-def _engine(model: torch.nn.Module, batch: int, need: int, device: torch.device, graphs: bool) -> _Engine:
-    """The model's engine if it fits (same batch, enough slots, at most a quarter spare), else a new one."""
+def _engine(
+    model: torch.nn.Module, batch: int, need: int, device: torch.device, graphs: bool, compiled: bool
+) -> _Engine:
+    """The model's engine if it fits (same batch, graphs and compilation, enough slots, at most a
+    quarter spare), else a new one."""
     current = _ENGINES.get(model)
     if (
         current is not None
         and current.batch == batch
         and current.use_graph == graphs
+        and current.compiled == compiled
         and need <= current.max_len <= need + max(need // 4, 128)
     ):
         return current
+    del current  # released next: nothing here may hold it (a compiled engine's cache is freed by a collection)
     release(model)
     max_len = _round_up(need, 128) if device.type == "cuda" else need
-    engine = _Engine(model=model, batch=batch, max_len=max_len, device=device, use_graph=graphs)
+    engine = _Engine(model=model, batch=batch, max_len=max_len, device=device, use_graph=graphs, compiled=compiled)
+    if compiled:
+        log.info("decode steps at batch %d, %d cache slots through torch.compile (new shapes compile on the first step)", batch, max_len)
     _ENGINES[model] = engine
     return engine
 
 
 def release(model_or_lm: torch.nn.Module | FrozenLM | None = None) -> None:
-    """Free the static cache and graph kept for a model (all models when None)."""
+    """Free the static cache and graph kept for a model (all models when None). Dynamo's trace
+    of a compiled step leaves reference cycles that hold the engine's cache, so where a compiled
+    engine goes, they are collected now, before the allocator's cache is emptied."""
     if model_or_lm is None:
+        compiled = any(engine.compiled for engine in _ENGINES.values())
         _ENGINES.clear()
     else:
-        model = getattr(model_or_lm, "model", model_or_lm)
+        model = model_or_lm.model if isinstance(model_or_lm, FrozenLM) else model_or_lm  # a causal LM has a `.model` too
         try:
-            _ENGINES.pop(model, None)
+            engine = _ENGINES.pop(model, None)
         except TypeError:  # not weak-referenceable: it never had an engine
-            pass
+            engine = None
+        compiled = engine is not None and engine.compiled
+        del engine
+    if compiled:
+        gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -534,6 +574,7 @@ class GenerationStats:
     sliding_window: int | None = None  # tokens those layers need at most
     shared_prefix_tokens: int = 0  # of prompt_length/prompt_tokens: a shared prefix's, computed once, not in this prefill
     prefix_read_once: bool = False  # decode read the shared prefix once a step for the batch, not once a row
+    compiled_decode: bool = False  # decode steps ran through torch.compile (`COMPILE_DECODE_ENV`)
 
     @property
     def total_s(self) -> float:
@@ -595,7 +636,8 @@ def generate_tokens(
     `stop(row_tokens)` says whether a row stops at its last token; None runs every row to
     `max_new_tokens`. `graphs` forces CUDA-graph decoding on or off (default: on for CUDA).
     With `prefix`, every row reads the prefix's cached keys first and the batch holds what
-    follows it.
+    follows it. `COMPILE_DECODE_ENV` compiles the decode step (an engine built with or without
+    it is not reused the other way).
     """
     device = inputs_embeds.device
     use_graph = _graphs_wanted(device, graphs)
@@ -615,7 +657,7 @@ def generate_tokens(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    engine = _engine(model, batch, start + length + max_new_tokens, device, use_graph)
+    engine = _engine(model, batch, start + length + max_new_tokens, device, use_graph, compile_decode_enabled())
     rows: list[list[int]] = [[] for _ in range(batch)]
     finished = [False] * batch
     finish_step = [max_new_tokens - 1] * batch
@@ -633,7 +675,8 @@ def generate_tokens(
                     break
 
     # Compiled blocks (`FrozenLM.compile_blocks`) run eagerly here: the engine's shapes change
-    # with every bucket and its decode step is captured as a CUDA graph.
+    # with every bucket and its decode step is captured as a CUDA graph. Only a compiled decode
+    # step (`COMPILE_DECODE_ENV`) compiles, at the engine's fixed shapes (`_Engine._step`).
     with _use_static_attention(model), torch.compiler.set_stance("force_eager"):
         synchronize(device)
         started = time.perf_counter()
@@ -689,6 +732,7 @@ def generate_tokens(
         row_latency_s=[prefill_s + step_s * (len(t) - 1) for t in tokens],
         shared_prefix_tokens=start,
         prefix_read_once=engine.decode_prefix is not None,
+        compiled_decode=engine.compiled,
     )
     return GenerationResult(tokens=tokens, stats=stats)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -273,3 +274,80 @@ def test_a_prefix_once_decode_step_copies_nothing_of_batch_times_slots(monkeypat
     assert not large, "\n".join(large)
     # both decode steps (generate_tokens' one, then the profiled one) read the prefix once at every layer
     assert len(calls) == 2 * config.num_hidden_layers
+
+
+# --------------------------------------------------------------------------- the compiled decode step
+
+
+def _two_layer_lm(arch: str, device: str) -> torch.nn.Module:
+    """A tiny float32 model of two layers (compiling on two cores is slow), GQA with two query
+    heads a KV head: Llama sharpened so its text varies; Gemma-3 at its own init (sharpened, its
+    scaled tied embeddings make it repeat its last token), one sliding-window layer (window 8) and
+    one full-attention layer."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+    shape = dict(
+        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**shape))
+    else:
+        config = Gemma3TextConfig(**shape, sliding_window=8, layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=8)
+        model = Gemma3ForCausalLM(config)
+    if arch == "llama":
+        _sharpen(model)
+    return model.eval().to(device)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_the_compiled_decode_step_gives_the_eager_tokens(arch, device, monkeypatch):
+    """`COMPILE_DECODE_ENV`: the decode step through torch.compile (in one graph, no break) gives
+    the eager step's tokens, float32, without a shared prefix and with one read once for the batch
+    (30 prefix tokens: the sliding layer's window of 8 hides most of them); on CUDA, as a captured
+    CUDA graph. An engine built with it is not reused without it, and its cache is freed with it."""
+    import weakref
+
+    from torch._dynamo.utils import counters
+
+    from latentbridge.models import CPU_COMPILERS, FrozenLM
+    from latentbridge.prefix_cache import compute_prefix
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("the compiled step inside a CUDA graph needs a GPU (run on the device machine)")
+    if device == "cpu" and not any(shutil.which(cxx) for cxx in CPU_COMPILERS):
+        pytest.skip(f"inductor's CPU backend needs a C++ compiler ({', '.join(CPU_COMPILERS)}) and none is on PATH")
+    model = _two_layer_lm(arch, device)
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 96, (3, 10), generator=generator).to(device)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = mask[2, :7] = 0  # left padding of different amounts
+    embeds = model.get_input_embeddings()(ids).detach()
+    prefix = compute_prefix(FrozenLM(name=arch, model=model, tokenizer=None), torch.randint(3, 96, (30,), generator=generator).tolist())
+
+    def run(shared) -> generation.GenerationResult:
+        return generate_tokens(model, embeds, mask, 10, prefix=shared)
+
+    eager = {name: run(shared) for name, shared in (("alone", None), ("prefix", prefix))}
+    assert all(not r.stats.compiled_decode for r in eager.values())
+    assert eager["alone"].tokens != eager["prefix"].tokens  # the prefix is read
+    assert all(len({t for row in r.tokens for t in row}) > 5 for r in eager.values())  # not one repeated token
+    monkeypatch.setenv(generation.COMPILE_DECODE_ENV, "1")
+    counters.clear()
+    for name, shared in (("alone", None), ("prefix", prefix)):
+        compiled = run(shared)
+        assert compiled.tokens == eager[name].tokens, name
+        assert compiled.stats.compiled_decode and compiled.stats.prefix_read_once == (shared is not None)
+        assert compiled.stats.graphs == (device == "cuda")
+    # a step compiled for each (no shared prefix / one read once): whole, with no graph break
+    assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]
+    engine = generation._ENGINES[model]
+    cache = weakref.ref(engine.cache.layers[0].keys)
+    del engine
+    monkeypatch.delenv(generation.COMPILE_DECODE_ENV)
+    again = run(prefix)  # the compiled engine is not reused uncompiled: replaced, and its cache freed
+    assert not generation._ENGINES[model].compiled and cache() is None
+    assert again.tokens == eager["prefix"].tokens
+    generation.release(model)

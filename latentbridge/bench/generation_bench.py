@@ -40,14 +40,16 @@ PLAIN_VARIANTS = {
 """transformers' `generate` variants the gen part times: name -> `_plain` options."""
 
 STATIC_VARIANTS = {
-    "static_matmul_attention": (generation.DECODE_ATTENTION_ENV, "matmul"),
-    "static_prefix_per_row": (generation.SHARED_PREFIX_DECODE_ENV, "0"),
+    "static_matmul_attention": (generation.DECODE_ATTENTION_ENV, "matmul", False),
+    "static_prefix_per_row": (generation.SHARED_PREFIX_DECODE_ENV, "0", True),
+    "static_compiled": (generation.COMPILE_DECODE_ENV, "1", None),
 }
 """The static decoder with one decode choice switched by its environment variable: name ->
-(variable, value). Where the decode reads a shared prefix once, only `static_prefix_per_row`
-runs (each row reads its own copy; every step of the default goes through
-`generation._prefix_once_attention`, so the attention switch would change nothing); otherwise
-only `static_matmul_attention`."""
+(variable, value, where), `where` the value of `prefix_read_once` the variant runs at (None: both).
+`static_prefix_per_row` (each row reads its own copy) runs only where the decode reads a shared
+prefix once; `static_matmul_attention` only where it does not (every step of the prefix-once
+decode goes through `generation._prefix_once_attention`, so the switch would change nothing);
+`static_compiled` (the decode step through torch.compile, in the CUDA graph) either way."""
 
 
 def _prompt_ids(model, batch: int, length: int, seed: int, ragged: bool = False):
@@ -108,15 +110,27 @@ def _ours(model, embeds, mask, new: int, repeats: int, graphs: bool | None = Non
         "cache_bytes": stats.cache_bytes,
         "per_token_kv_bytes": stats.per_token_kv_bytes,
         "prefix_read_once": stats.prefix_read_once,
+        "compiled_decode": stats.compiled_decode,
         "peak_memory_bytes": stats.peak_memory_bytes,
     }
 
 
 def _profile(model, embeds, mask, prefix: SharedPrefix | None, device: torch.device, path: Path, steps: int = 16) -> None:
+    """Write the operator table of `steps` decode steps of the static decoder, without a CUDA
+    graph (so each kernel is named), to `path`. The prefill runs before the profiler starts: its
+    large copies and matrix products would otherwise crowd the table of a decode step."""
     from latentbridge.bench.hardware import profile_table
 
-    generate_tokens(model, embeds, mask, steps, graphs=False, prefix=prefix)  # warm
-    profile_table(lambda: generate_tokens(model, embeds, mask, steps, graphs=False, prefix=prefix), device, path)
+    generate_tokens(model, embeds, mask, steps + 1, graphs=False, prefix=prefix)  # sizes the engine, warms up
+    engine = generation._ENGINES[model]
+    with torch.no_grad(), generation._use_static_attention(model):
+        engine.prefill(embeds, mask, prefix)
+        synchronize(device)
+        profile_table(lambda: engine.decode(steps), device, path)
+    how = "".join((", compiled" if engine.compiled else "", ", shared prefix read once" if engine.decode_prefix is not None else ""))
+    header = (f"{steps} decode steps of the static decoder at batch {embeds.shape[0]}, without a CUDA graph{how}; "
+              "the prefill ran before the profiler started (torch.profiler)\n")
+    path.write_text(header + path.read_text())
 
 
 def _never(model) -> list[int]:
@@ -206,8 +220,8 @@ def run(
     """`prefix_tokens` > 0: every row starts with the same `prefix_tokens` random ids, which the
     static decoder reads as a shared prefix (keys and values computed once, before the timing)
     and plain `generate` as part of each prompt. With `profile_to`, a table of where 16 decode
-    steps of the static decoder at the largest batch spend their device time (eager, so each
-    kernel is named; torch.profiler) is written there."""
+    steps of the static decoder at the largest batch spend their device time (no CUDA graph, so
+    each kernel is named; the prefill outside the profiler; torch.profiler) is written there."""
     from latentbridge.bench.eval_bench import env  # not at the top: eval_bench imports this module
 
     model = random_model(shape, device=device, dtype=torch.bfloat16)
@@ -231,8 +245,8 @@ def run(
             f"-> {ours['decode_tokens_per_s']:.0f} decode tok/s ({row['static']['fraction_of_bound']:.0%} of bound "
             f"{row['bound']['bound_tokens_per_s']:.0f}), {ours['tokens_per_s']:.0f} end-to-end tok/s, graphs={ours['graphs']}")
         variants = STATIC_VARIANTS if attention_variants and device.type == "cuda" and batch == max(batches) else {}
-        for name, (variable, value) in variants.items():
-            if (name == "static_prefix_per_row") != ours["prefix_read_once"]:
+        for name, (variable, value, where) in variants.items():
+            if where is not None and where != ours["prefix_read_once"]:
                 continue
             generation.release(model)
             with env(variable, value):
@@ -240,13 +254,16 @@ def run(
             generation.release(model)
             row[name] = {k: v for k, v in variant.items() if k != "tokens"}
             row[name]["agreement_with_static"] = _agreement(variant["tokens"], ours["tokens"])
+            row[name]["fraction_of_bound"] = variant["decode_tokens_per_s"] / row["bound"]["bound_tokens_per_s"]
             log(f"[gen] B={batch} {name}: {variant['decode_tokens_per_s']:.0f} decode tok/s "
-                f"(static {ours['decode_tokens_per_s']:.0f})")
+                f"({row[name]['fraction_of_bound']:.0%} of bound; static {ours['decode_tokens_per_s']:.0f}), "
+                f"first call {variant['first_call_s']:.1f}s, "
+                f"{row[name]['agreement_with_static']['rows_identical']}/{batch} rows as static")
         if profile_to is not None and batch == max(batches):
             _profile(model, embeds, mask, prefix, device, profile_to)
             generation.release(model)
             results["profile"] = str(profile_to)
-            log(f"[gen] profile of 16 eager decode steps at batch {batch}: {profile_to}")
+            log(f"[gen] profile of 16 eager decode steps (prefill excluded) at batch {batch}: {profile_to}")
         if device.type == "cuda" and batch == min(batches):
             short = min(new_tokens, 32)
             graphed = generate_tokens(model, embeds, mask, short, graphs=True, prefix=prefix).tokens
