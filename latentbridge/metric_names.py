@@ -61,6 +61,13 @@ GRAD_NORM: Final = "grad_norm"
 LEARNING_RATE: Final = "lr"
 BEST_BRIDGED_ACCURACY: Final = "best_bridged_accuracy"  # at the end: the peak bridged accuracy
 BEST_STEP: Final = "best_step"  # at the end: the step of that peak
+# where a run's wall time goes, in seconds, logged with each evaluation (the test's under TEST_PREFIX)
+TIME_PREFIX: Final = "time/"
+TIME_TRAIN: Final = "time/train_s"  # the training steps since the previous evaluation (0 at step 0)
+TIME_BASELINES: Final = "time/baselines_s"  # the text baselines (computed once; the test's own once)
+TIME_BRIDGED: Final = "time/bridged_s"  # the bridged answers
+TIME_MISMATCHED: Final = "time/mismatched_s"  # the mismatched answers (eval.content_metrics)
+TIME_CONTENT: Final = "time/content_s"  # the content metrics' teacher-forced NLLs (eval.content_metrics)
 
 
 def compression_ratio(prompt_tokens: float, soft_tokens: int, prompt_mode: str) -> float:

@@ -4,7 +4,9 @@ Only the translator trains, with AdamW (decayed weights, undecayed norms and bia
 scalars at a higher learning rate), linear warmup then linear decay, and clipping. It is
 evaluated at step 0, every `eval_every` steps and at the end; the text baselines run once.
 Training state is checkpointed every `checkpoint_every` steps, so a run resumes where it
-stopped. Everything is reported through the `Reporter` the caller hands in.
+stopped. Everything is reported through the `Reporter` the caller hands in, with each
+evaluation where the wall time since the last one went (`time/*`: training steps, baselines,
+bridged and mismatched answers, content metrics).
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import logging
 import random
 import signal
 import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -56,6 +61,11 @@ from latentbridge.metric_names import (
     TEST_EVAL_FILE,
     TEST_FOLDER,
     TEST_PREFIX,
+    TIME_BASELINES,
+    TIME_BRIDGED,
+    TIME_CONTENT,
+    TIME_MISMATCHED,
+    TIME_TRAIN,
     compression_ratio,
 )
 from latentbridge.device_metrics import per_rank_metrics, read_own_device
@@ -171,6 +181,22 @@ class Trainer:
         self.baselines: dict[str, list[str]] | None = None
         self.content_fixed: dict[int, dict] = {}  # translator-independent NLLs of the eval questions
         self.stop_signal: int | None = None
+        self.seconds: dict[str, float] = {}  # wall time of each phase (metric_names.TIME_*) since the last evaluation
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the block's wall time to `phase` (its results are read back inside it, so the
+        device's queue is drained: no explicit synchronisation)."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - began
+
+    def take_seconds(self) -> dict[str, float]:
+        """The phase times gathered since the last call, reset."""
+        taken, self.seconds = self.seconds, {}
+        return taken
 
     # ------------------------------------------------------------ state
     @property
@@ -243,15 +269,18 @@ class Trainer:
         """Bridged answers, and (with eval.content_metrics) the mismatched answers and the
         content metrics, scored with `baselines` on rank 0; None on the other ranks."""
         cfg = self.config.eval
-        outputs = {"bridged": bridged_answers(self.bridge, examples, cfg)}
+        with self.timed(TIME_BRIDGED):
+            outputs = {"bridged": bridged_answers(self.bridge, examples, cfg)}
         content = None
         if cfg.content_metrics:
             partner = derangement(len(examples), cfg.content_seed)
-            outputs["mismatched"] = bridged_answers(self.bridge, examples, cfg, soft_from=partner)
-            content = content_metrics(
-                self.bridge, examples, negatives_count=cfg.content_negatives, seed=cfg.content_seed,
-                batch_size=cfg.batch_size, fixed=fixed,
-            )
+            with self.timed(TIME_MISMATCHED):
+                outputs["mismatched"] = bridged_answers(self.bridge, examples, cfg, soft_from=partner)
+            with self.timed(TIME_CONTENT):
+                content = content_metrics(
+                    self.bridge, examples, negatives_count=cfg.content_negatives, seed=cfg.content_seed,
+                    batch_size=cfg.batch_size, fixed=fixed,
+                )
         if not distributed.is_main():
             return None
         return score(examples, {**(baselines or {}), **outputs}, step, content)
@@ -260,12 +289,14 @@ class Trainer:
         """Bridged answers and content now (baselines once); rank 0 writes the JSONL and reports."""
         cfg = self.config.eval
         if cfg.baselines and self.baselines is None:
-            self.baselines = text_baselines(self.bridge, self.eval_examples, cfg) or {}
+            with self.timed(TIME_BASELINES):
+                self.baselines = text_baselines(self.bridge, self.eval_examples, cfg) or {}
         evaluation = self.answer_and_measure(self.eval_examples, self.baselines, self.step, self.content_fixed)
         readings = distributed.gather_to_main(read_own_device(distributed.device()))  # every rank's own GPU
+        seconds = {TIME_TRAIN: 0.0, **self.take_seconds()}
         metrics = None
         if distributed.is_main():
-            self.reporter.log_metrics(per_rank_metrics(readings), self.step)
+            self.reporter.log_metrics({**per_rank_metrics(readings), **seconds}, self.step)
             path = write_jsonl(evaluation.records, self.run_dir / "evals" / f"eval_step_{self.step:06d}.jsonl")
             self.reporter.log_artifact(path, "evals")
             self.reporter.log_metrics(evaluation.metrics, self.step)
@@ -367,7 +398,8 @@ class Trainer:
         status = "FINISHED"
         while self.step < steps:
             try:
-                logged = self.train_step()
+                with self.timed(TIME_TRAIN):
+                    logged = self.train_step()
             except NonFiniteLoss as error:
                 log.error("stopping: %s", error)
                 self.reporter.set_tags({"stop_reason": str(error)})
@@ -420,14 +452,17 @@ class Trainer:
         """The best translator and the baselines on held-out test questions (reported once)."""
         cfg = self.config.eval
         examples = self.splits.test[: cfg.test_questions]
-        outputs = text_baselines(self.bridge, examples, cfg) if cfg.baselines else {}
+        self.take_seconds()  # the test's own phases only
+        with self.timed(TIME_BASELINES):
+            outputs = text_baselines(self.bridge, examples, cfg) if cfg.baselines else {}
         evaluation = self.answer_and_measure(examples, outputs, self.best_step, {})
+        seconds = self.take_seconds()
         if not distributed.is_main():
             return {}
         path = write_jsonl(evaluation.records, self.run_dir / TEST_FOLDER / TEST_EVAL_FILE)
         self.reporter.log_artifact(path, TEST_FOLDER)
         metrics = {f"{TEST_PREFIX}{k}": v for k, v in evaluation.metrics.items()}
-        self.reporter.log_metrics(metrics, self.step)
+        self.reporter.log_metrics({**metrics, **{f"{TEST_PREFIX}{k}": v for k, v in seconds.items()}}, self.step)
         log.info("test (best step %d): %s", self.best_step, json.dumps(metrics))
         return metrics
 

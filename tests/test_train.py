@@ -25,6 +25,12 @@ def test_tiny_run_trains_evaluates_and_saves(tiny_config, tmp_path):
     assert [r["target"]["output"] for r in first] == [r["target"]["output"] for r in records]
     assert len(reporter.metrics["loss"]) == 6
     assert reporter.params["translator.num_tokens"] == 4
+    # where the time went, with each evaluation: the steps since the last one (none before step 0),
+    # the baselines once, each evaluation's answers and content metrics
+    assert [(s, v > 0) for s, v in reporter.metrics["time/train_s"]] == [(0, False), (3, True), (6, True)]
+    assert [s for s, _ in reporter.metrics["time/baselines_s"]] == [0]
+    for phase in ("bridged", "mismatched", "content"):
+        assert [s for s, v in reporter.metrics[f"time/{phase}_s"] if v > 0] == [0, 3, 6], phase
     # the saved translator reloads to the same weights
     translator, meta = load_translator(tmp_path / "run" / "translator")
     assert meta.config == tiny_config
@@ -64,5 +70,8 @@ def test_best_translator_is_tested_on_held_out_questions(tiny_config, tmp_path):
     test_points = [p for p in points if p["key"] == "test_bridged_accuracy"]
     assert len(test_points) == 1 and test_points[0]["step"] == result.step
     assert test_points[0]["value"] == sum(r["bridged"]["correct"] for r in records) / 5
+    # the test's own phase times, no training time among them
+    test_times = {p["key"] for p in points if p["key"].startswith("test_time/")}
+    assert test_times == {f"test_time/{phase}_s" for phase in ("baselines", "bridged", "mismatched", "content")}
     assert (folder / "artifacts" / "test" / "test_eval.jsonl").is_file()
     assert (folder / "artifacts" / "translator" / "translator.safetensors").is_file()
