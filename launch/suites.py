@@ -311,7 +311,9 @@ DIRECTIONS = {
     "g2s": {"source_model": "gemma3-270m", "target_model": "smollm2-135m"},
 }
 RECONSTRUCT = {"loss.reconstruction_weight": 1.0}
-LONGER = {"train.steps": 2000}
+# evaluated every 500 steps: as many evaluations as a 1,000-step run, so three such runs fit one
+# session's device time (a 1,000-step run took 13-14.5 min four at a time on one H200)
+LONGER = {"train.steps": 2000, "train.eval_every": 500, "train.checkpoint_every": 500}
 CONTENT_FIRST = {**RECONSTRUCT, "loss.content_first_steps": 300}
 CONTENT_CONTROLS = {"loss.reconstruction_weight": 0.0, "loss.content_first_steps": 0}
 CARRY_MEMBERS: dict[str, tuple[dict[str, object], dict[str, str]]] = {

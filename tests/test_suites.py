@@ -52,10 +52,12 @@ def test_the_faster_carry_bridge_differs_from_lm_nce_only_in_its_step_size():
             assert {k: other[k] for k in fast if fast[k] != other[k]} == {"seed": seed}
 
 
-def test_the_longer_carry_runs_differ_from_their_1000_step_runs_in_the_steps_alone():
+def test_the_longer_carry_runs_differ_from_their_1000_step_runs_in_length_and_evaluation_spacing_alone():
     configs = get_suite("embedded-carry").configs()
     for direction in ("s2g", "g2s"):
         for short, long in (("lm-nce-lr1e-3", "lm-nce-lr1e-3-2k"), ("no-source", "no-source-2k"), ("trained-text", "trained-text-2k")):
             a, b = configs[f"{direction}-{short}"].flat(), configs[f"{direction}-{long}"].flat()
             a.pop("name"), b.pop("name")
-            assert {k: (a[k], b[k]) for k in a if a[k] != b[k]} == {"train.steps": (1000, 2000)}, (direction, long)
+            assert {k: (a[k], b[k]) for k in a if a[k] != b[k]} == {
+                "train.steps": (1000, 2000), "train.eval_every": (250, 500), "train.checkpoint_every": (250, 500),
+            }, (direction, long)
