@@ -68,6 +68,7 @@ TIME_BASELINES: Final = "time/baselines_s"  # the text baselines (computed once;
 TIME_BRIDGED: Final = "time/bridged_s"  # the bridged answers
 TIME_MISMATCHED: Final = "time/mismatched_s"  # the mismatched answers (eval.content_metrics)
 TIME_CONTENT: Final = "time/content_s"  # the content metrics' teacher-forced NLLs (eval.content_metrics)
+TIMES: Final = (TIME_TRAIN, TIME_BASELINES, TIME_BRIDGED, TIME_MISMATCHED, TIME_CONTENT)
 
 
 def compression_ratio(prompt_tokens: float, soft_tokens: int, prompt_mode: str) -> float:

@@ -31,6 +31,8 @@ from latentbridge.metric_names import (
     PROMPT_TOKENS_MEAN,
     SOURCE_ACCURACY,
     TARGET_ACCURACY,
+    TEST_PREFIX,
+    TIMES,
     EvalRecord,
     compression_ratio,
 )
@@ -39,7 +41,7 @@ from registry.tags import COMMAND_TAG, CONFIG_DIFF_TAG, NOT_RECORDED, REPRODUCE_
 
 log = logging.getLogger(__name__)
 
-HISTORY_KEYS = (BRIDGED_ACCURACY, SOURCE_ACCURACY, TARGET_ACCURACY, BRIDGED_INVALID, LOSS)
+HISTORY_KEYS = (BRIDGED_ACCURACY, SOURCE_ACCURACY, TARGET_ACCURACY, BRIDGED_INVALID, LOSS, *TIMES)
 EVAL_FILE = re.compile(r"eval_step_(\d+)\.jsonl$")
 
 
@@ -223,6 +225,16 @@ class RunFacts:
         flags = [f.strip() for f in self.tags.get("collapse_flags", "").split(",") if f.strip()]
         flags += [k for k, v in self.metrics.items() if k.startswith("collapse") and v > 0]
         return tuple(flags)
+
+    @property
+    def phase_seconds(self) -> dict[str, float]:
+        """Wall seconds each phase of the run took (metric_names.TIMES: every evaluation's share
+        summed, the test's included); empty for runs logged before the trainer timed them."""
+        return {
+            key: sum(v for _, v in self.history.get(key, [])) + self.metrics.get(TEST_PREFIX + key, 0.0)
+            for key in TIMES
+            if key in self.history or TEST_PREFIX + key in self.metrics
+        }
 
     # ---------------------------------------------------------------- accuracy
     def _curve(self, key: str) -> list[tuple[int, float]]:

@@ -100,11 +100,13 @@ def _fake_run(
             step,
         )
         reporter.log_artifact(write_jsonl(records, run_dir / "evals" / f"eval_step_{step:06d}.jsonl"), "evals")
+        reporter.log_metrics({"time/train_s": 0.0 if step == 0 else 60.0, "time/bridged_s": 6.0, "time/content_s": 30.0}, step)
     if test is not None:  # as Trainer.evaluate_test: the best translator, at the last step
         best = 100 * curve.index(max(curve))
         records = _test_records(best, test)
         reporter.log_artifact(write_jsonl(records, run_dir / "test" / "test_eval.jsonl"), "test")
         reporter.log_metrics({TEST_PREFIX + ACCURACY[s]: sum(r[s]["correct"] for r in records) / N for s in (SOURCE, TARGET, BRIDGED)}, 300)
+        reporter.log_metrics({"test_time/bridged_s": 12.0, "test_time/content_s": 60.0}, 300)
     if status != "RUNNING":
         close_run(run_id, status)
     return run_id
@@ -215,6 +217,13 @@ def test_test_evaluation_beside_validation(analysis):
     assert "| no-fixes | 16.5 / 0.0 | " in md and "| `-1` ×67 / `2` ×200 | 0.0 / 8.0 |" in md
     assert "| 45.0 [" in md and "] / 40.0 [" in md and "] (300) |" in md
     assert "p=1.8e-15" in md  # k64's test gain over target-alone
+
+
+def test_the_summary_says_where_each_run_spent_its_time(analysis):
+    md = (analysis.out / "summary.md").read_text()
+    assert "| run | train | baselines | bridged | mismatched | content | total |" in md
+    # three evaluations after step 0 of 60 s of steps; 4 x 6 s + 12 s answering; 4 x 30 s + 60 s content
+    assert "| k64 | 3.0 | – | 0.6 | – | 3.0 | 6.6 |" in md
 
 
 def test_the_content_summary_says_how_each_bridge_ran(analysis):

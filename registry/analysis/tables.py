@@ -32,6 +32,8 @@ from latentbridge.metric_names import (
     TARGET,
     TARGET_ACCURACY,
     TEST_PREFIX,
+    TIME_PREFIX,
+    TIMES,
 )
 from registry.analysis.collect import SuiteData, SuiteRun
 from registry.facts import RunFacts, config_from_params, control_role
@@ -386,6 +388,25 @@ def _seeds_section(groups: list[dict]) -> list[str]:
     return lines
 
 
+def _time_section(runs: Sequence[SuiteRun]) -> list[str]:
+    """Where each run's wall time went, in minutes (runs that logged `time/*` only)."""
+    timed = [(run, run.facts.phase_seconds) for run in runs if run.facts.phase_seconds]
+    if not timed:
+        return []
+    phases = [key.removeprefix(TIME_PREFIX).removesuffix("_s") for key in TIMES]
+    lines = [
+        "",
+        "## Where the time went (minutes of wall time, all evaluations summed)",
+        "",
+        f"| run | {' | '.join(phases)} | total |",
+        "|---|" + "---:|" * (len(phases) + 1),
+    ]
+    for run, seconds in timed:
+        cells = ["–" if key not in seconds else f"{seconds[key] / 60:.1f}" for key in TIMES]
+        lines.append(f"| {run.label} | {' | '.join(cells)} | {sum(seconds.values()) / 60:.1f} |")
+    return lines
+
+
 def markdown(data: SuiteData, rows: list[dict]) -> str:
     # the column prefix of each evaluation shown: validation, and test where a run has one
     splits = {"val": ""}
@@ -465,6 +486,7 @@ def markdown(data: SuiteData, rows: list[dict]) -> str:
         ]
     lines += _paired_section(data.runs)
     lines += _seeds_section(seed_groups(data))
+    lines += _time_section(data.runs)
     if data.skipped:
         lines += ["", "Not finished (left out): " + ", ".join(
             f"{s['name']} ({s['status']}" + (f"; run again to the end as {s['superseded_by'][:6]})" if "superseded_by" in s else ")")
