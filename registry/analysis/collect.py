@@ -174,7 +174,7 @@ def collect(
     runs = suite_runs(mlflow_client, experiment_ids, suite) if experiment_ids else []
     status = {r.info.run_id: r.info.status for r in runs}
     # a partial run must have logged an evaluation (its metric, here; its eval JSONL, below), and
-    # no later attempt of the same name may have finished (that one replaces it)
+    # no later attempt with the same params may have finished (that one replaces it)
     later = _superseded(runs)
     chosen = [
         r for r in runs
