@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 from latentbridge import prefix_cache
+from latentbridge.config import env_flag
 from latentbridge.generation import GENERATION_VERSION, compile_decode_enabled, shared_prefix_decode_enabled
 from latentbridge.models import FrozenLM, cache_root
 
@@ -35,7 +36,7 @@ _FINGERPRINTS: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDiction
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return env_flag(ENV, default=True)
 
 
 def directory() -> Path:

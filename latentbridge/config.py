@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -20,6 +21,17 @@ log = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     """A config value is missing, unknown or out of range."""
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """A yes/no switch read from the environment variable `name`. On by default: off only for
+    one of FALSE_WORDS. Off by default: on only for one of TRUE_WORDS. Case and spaces ignored."""
+    raw = os.environ.get(name, "").strip().lower()
+    return raw not in FALSE_WORDS if default else raw in TRUE_WORDS
 
 
 def _check_choice(section: str, name: str, value: Any, allowed: tuple) -> None:
@@ -320,9 +332,9 @@ def _coerce(hint: Any, raw: Any, key: str) -> Any:
         return raw
     try:
         if hint is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
+            if raw.lower() in TRUE_WORDS:
                 return True
-            if raw.lower() in ("0", "false", "no", "off"):
+            if raw.lower() in FALSE_WORDS:
                 return False
             raise ValueError(raw)
         if hint in (int, float):

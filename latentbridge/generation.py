@@ -59,6 +59,7 @@ from transformers import AttentionInterface
 from transformers.cache_utils import Cache, StaticLayer
 
 from latentbridge.bridge import TargetInputs
+from latentbridge.config import env_flag
 from latentbridge.models import FrozenLM
 from latentbridge.prefix_cache import PrefixedInputs, SharedPrefix, cache_argument
 from latentbridge.scoring import cut_generation
@@ -82,12 +83,12 @@ STOP_WINDOW = 24
 
 def shared_prefix_decode_enabled() -> bool:
     """Whether decode reads a shared prefix once for the batch (`SHARED_PREFIX_DECODE_ENV`)."""
-    return os.environ.get(SHARED_PREFIX_DECODE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return env_flag(SHARED_PREFIX_DECODE_ENV, default=True)
 
 
 def compile_decode_enabled() -> bool:
     """Whether decode steps run through torch.compile (`COMPILE_DECODE_ENV`; off by default)."""
-    return os.environ.get(COMPILE_DECODE_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
+    return env_flag(COMPILE_DECODE_ENV, default=False)
 
 
 def _attention_probs(scores: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:

@@ -37,6 +37,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from latentbridge.config import env_flag
+
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "LATENTBRIDGE_CACHE"
@@ -397,8 +399,7 @@ def _unknown_message(name_or_path: str, reason: str) -> str:
 
 
 def _hub_offline() -> bool:
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
-    return any(flag.strip().lower() in {"1", "true", "yes", "on"} for flag in flags)
+    return any(env_flag(name, default=False) for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-import os
 import weakref
 from dataclasses import dataclass
 from typing import Sequence
@@ -45,6 +44,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from latentbridge.bridge import IGNORE_INDEX, TargetInputs, _pad, bos_ids, build_inputs, tokenize
+from latentbridge.config import env_flag
 from latentbridge.models import FrozenLM
 from latentbridge.prompts import ANSWER_CUE, fewshot_prompt
 
@@ -56,7 +56,7 @@ _WARNED: set[str] = set()
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return env_flag(ENV, default=True)
 
 
 def fewshot_prefix(exemplars: Sequence) -> str:

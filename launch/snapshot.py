@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Mapping
 
+from latentbridge.config import env_flag
 from registry.tags import CODE_SNAPSHOT_FILE
 
 DIFF_FILE = "uncommitted.diff"
@@ -138,7 +139,7 @@ def looks_secret(rel: str) -> bool:
 
 
 def diff_untracked_default() -> bool:
-    return os.environ.get(DIFF_UNTRACKED_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return env_flag(DIFF_UNTRACKED_ENV, default=False)
 
 
 @dataclass

@@ -36,3 +36,16 @@ def test_round_trip_through_dict_and_flat_params():
     flat = config.flat()
     assert flat["translator.depth"] == 3 and flat["data.num_shots"] == 4
     assert all("." in key or key in {"name", "suite", "source_model", "target_model", "seed", "dtype", "output_dir"} for key in flat)
+
+
+def test_an_environment_switch_reads_yes_and_no_words_either_way_round(monkeypatch):
+    from latentbridge.config import env_flag
+
+    monkeypatch.delenv("LB_TEST_SWITCH", raising=False)
+    assert env_flag("LB_TEST_SWITCH", default=True) and not env_flag("LB_TEST_SWITCH", default=False)
+    for word, on in (("1", True), (" Yes ", True), ("ON", True), ("0", False), ("false", False), (" off", False)):
+        monkeypatch.setenv("LB_TEST_SWITCH", word)
+        assert env_flag("LB_TEST_SWITCH", default=True) == on and env_flag("LB_TEST_SWITCH", default=False) == on, word
+    # a word that is neither leaves a switch at its default, as every switch read it before
+    monkeypatch.setenv("LB_TEST_SWITCH", "maybe")
+    assert env_flag("LB_TEST_SWITCH", default=True) and not env_flag("LB_TEST_SWITCH", default=False)
