@@ -140,10 +140,6 @@ def _labels(runs: list[RunFacts], status: dict[str, str]) -> list[str]:
     ]
 
 
-def _name(run) -> str:
-    return run.data.params.get("name", run.info.run_name)
-
-
 def _superseded(runs: list) -> dict[str, str]:
     """Unfinished run id -> the id of a FINISHED run with the same params (its name and whole
     config) that started after it: a run cut off (a lease ended, a node died) and then run
@@ -185,7 +181,7 @@ def collect(
     facts = [f for f in facts if status[f.run_id] == "FINISHED" or f.evals]
     kept = {f.run_id for f in facts}
     skipped = [
-        {"run_id": r.info.run_id, "name": _name(r), "status": r.info.status}
+        {"run_id": r.info.run_id, "name": r.data.params.get("name", r.info.run_name), "status": r.info.status}
         | ({"superseded_by": later[r.info.run_id]} if r.info.run_id in later else {})
         for r in runs
         if r.info.run_id not in kept

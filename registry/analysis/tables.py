@@ -390,7 +390,7 @@ def _seeds_section(groups: list[dict]) -> list[str]:
 
 def _time_section(runs: Sequence[SuiteRun]) -> list[str]:
     """Where each run's wall time went, in minutes (runs that logged `time/*` only)."""
-    timed = [(run, run.facts.phase_seconds) for run in runs if run.facts.phase_seconds]
+    timed = [(run, seconds) for run in runs if (seconds := run.facts.phase_seconds)]
     if not timed:
         return []
     phases = [key.removeprefix(TIME_PREFIX).removesuffix("_s") for key in TIMES]
