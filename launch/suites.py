@@ -336,6 +336,10 @@ CARRY_MEMBERS: dict[str, tuple[dict[str, object], dict[str, str]]] = {
     "lm-nce-lr1e-3-2k": ({"optim.lr": 1e-3, **LONGER}, {"role": "bridge"}),
     "no-source-2k": ({**NO_SOURCE, **CONTENT_CONTROLS, **LONGER}, CONTROL_TAGS["no-source"]),
     "trained-text-2k": ({**TRAINED_TEXT, **CONTENT_CONTROLS, **LONGER}, CONTROL_TAGS["trained-text"]),
+    # SmolLM2 -> Gemma at 2,000 steps beat its trained text control by 7 points on test (session 11):
+    # the issue asks three seeds of the best configuration of each direction
+    "lm-nce-lr1e-3-2k-seed2": ({"optim.lr": 1e-3, **LONGER, "seed": 2}, {"role": "bridge", "seed_of": "lm-nce-lr1e-3-2k"}),
+    "lm-nce-lr1e-3-2k-seed3": ({"optim.lr": 1e-3, **LONGER, "seed": 3}, {"role": "bridge", "seed_of": "lm-nce-lr1e-3-2k"}),
     "gsm8k-lm-nce": (GSM8K_TASK, {"role": "bridge"}),  # the synthetic task's best recipe (session 7)
     "gsm8k-no-source": ({**GSM8K_TASK, **NO_SOURCE, **CONTENT_CONTROLS}, CONTROL_TAGS["no-source"]),
     "gsm8k-trained-text": ({**GSM8K_TASK, **TRAINED_TEXT, **CONTENT_CONTROLS}, CONTROL_TAGS["trained-text"]),

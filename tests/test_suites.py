@@ -61,3 +61,9 @@ def test_the_longer_carry_runs_differ_from_their_1000_step_runs_in_length_and_ev
             assert {k: (a[k], b[k]) for k in a if a[k] != b[k]} == {
                 "train.steps": (1000, 2000), "train.eval_every": (250, 500), "train.checkpoint_every": (250, 500),
             }, (direction, long)
+        for seed in (2, 3):  # the longer bridge's seeds differ from it in the seed alone
+            base, other = configs[f"{direction}-lm-nce-lr1e-3-2k"].flat(), configs[f"{direction}-lm-nce-lr1e-3-2k-seed{seed}"].flat()
+            base.pop("name"), other.pop("name")
+            assert {k: other[k] for k in base if base[k] != other[k]} == {"seed": seed}
+    tags = get_suite("embedded-carry").run_tags
+    assert tags["s2g-lm-nce-lr1e-3-2k-seed3"]["seed_of"] == "lm-nce-lr1e-3-2k"
