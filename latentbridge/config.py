@@ -27,11 +27,28 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
 
+def _env_word(name: str) -> str:
+    return os.environ.get(name, "").strip().lower()
+
+
 def env_flag(name: str, default: bool) -> bool:
     """A yes/no switch read from the environment variable `name`. On by default: off only for
     one of FALSE_WORDS. Off by default: on only for one of TRUE_WORDS. Case and spaces ignored."""
-    raw = os.environ.get(name, "").strip().lower()
+    raw = _env_word(name)
     return raw not in FALSE_WORDS if default else raw in TRUE_WORDS
+
+
+def env_switch(name: str, default: bool, choices: dict[str, Any]) -> Any:
+    """A yes/no switch (`env_flag`) whose variable also takes the words of `choices` (lower
+    case), each giving its own value. Strict, unlike `env_flag`: any other value that is not
+    empty raises a ValueError naming the variable, the value and the accepted values."""
+    word = _env_word(name)
+    if word in choices:
+        return choices[word]
+    if word and word not in TRUE_WORDS + FALSE_WORDS:
+        accepted = [*TRUE_WORDS, *FALSE_WORDS, *choices]
+        raise ValueError(f"{name}={os.environ[name]!r} is not an accepted value; use one of {accepted} (or leave it unset)")
+    return env_flag(name, default)
 
 
 def _check_choice(section: str, name: str, value: Any, allowed: tuple) -> None:

@@ -32,7 +32,9 @@ token for token):
 - compiled decode (opt-in, `LATENTBRIDGE_COMPILE_DECODE=1`): the decode step runs through
   `torch.compile` at its fixed shapes, so inductor fuses the small elementwise kernels between
   the matrix products (norms, rotary embeddings, gated activations, residual adds, the masked
-  softmax); on CUDA the compiled step is what the CUDA graph captures. The prefill stays eager;
+  softmax); on CUDA the compiled step is what the CUDA graph captures. The prefill stays eager.
+  `LATENTBRIDGE_COMPILE_DECODE=max-autotune` compiles in inductor's "max-autotune-no-cudagraphs"
+  mode (kernels autotuned on the first step; no CUDA graphs of inductor's own); other values raise;
 - stopping: each row stops at EOS or once it has written `#### <number>` and a newline (or
   starts a new question), checked on the host a chunk of steps behind the GPU; the loop ends
   when every row has stopped. Finished rows keep stepping (their tokens are discarded), as a
@@ -59,7 +61,7 @@ from transformers import AttentionInterface
 from transformers.cache_utils import Cache, StaticLayer
 
 from latentbridge.bridge import TargetInputs
-from latentbridge.config import env_flag
+from latentbridge.config import env_flag, env_switch
 from latentbridge.models import FrozenLM
 from latentbridge.prefix_cache import PrefixedInputs, SharedPrefix, cache_argument
 from latentbridge.scoring import cut_generation
@@ -72,6 +74,9 @@ GRAPHS_ENV = "LATENTBRIDGE_CUDA_GRAPHS"  # "0" turns CUDA-graph decoding off
 DECODE_ATTENTION_ENV = "LATENTBRIDGE_DECODE_ATTENTION"  # "matmul": two batched products instead of SDPA
 SHARED_PREFIX_DECODE_ENV = "LATENTBRIDGE_SHARED_PREFIX_DECODE"  # "0": each row reads its own copy of a shared prefix
 COMPILE_DECODE_ENV = "LATENTBRIDGE_COMPILE_DECODE"  # "1": the decode step through torch.compile
+COMPILE_DECODE_MODES = {"max-autotune": "max-autotune-no-cudagraphs"}
+"""The values `COMPILE_DECODE_ENV` takes beside yes and no -> the torch.compile mode each picks
+(never one with CUDA graphs of inductor's own: the engine captures the compiled step itself)."""
 
 _DONE = re.compile(r"####\s*[-+]?[\d,]*\.?\d+\s*\n|\nQ:")
 STOP_WINDOW = 24
@@ -86,9 +91,14 @@ def shared_prefix_decode_enabled() -> bool:
     return env_flag(SHARED_PREFIX_DECODE_ENV, default=True)
 
 
-def compile_decode_enabled() -> bool:
-    """Whether decode steps run through torch.compile (`COMPILE_DECODE_ENV`; off by default)."""
-    return env_flag(COMPILE_DECODE_ENV, default=False)
+def compile_decode_mode() -> str | None:
+    """The torch.compile mode decode steps run through (`COMPILE_DECODE_ENV`): None when off (the
+    default), "default" for a yes, or the mode a word of `COMPILE_DECODE_MODES` picks; any other
+    value raises a ValueError."""
+    mode = env_switch(COMPILE_DECODE_ENV, False, COMPILE_DECODE_MODES)
+    if isinstance(mode, bool):
+        return "default" if mode else None
+    return mode
 
 
 def _attention_probs(scores: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
@@ -253,13 +263,17 @@ class _Engine:
     max_len: int
     device: torch.device
     use_graph: bool
-    compiled: bool = False
-    """Decode steps run through `_COMPILED_STEP` (torch.compile), not eagerly."""
+    compile_mode: str | None = None
+    """The torch.compile mode decode steps run through (`_compiled_step`); None: eagerly."""
     graph: object | None = None
     graph_failed: bool = False
     decode_prefix: SharedPrefix | None = field(default=None, init=False)
     """The shared prefix the decode steps read once for the batch (the captured step reads its
     tensors); None when the batch has none or `SHARED_PREFIX_DECODE_ENV` is off."""
+
+    @property
+    def compiled(self) -> bool:
+        return self.compile_mode is not None
 
     def __post_init__(self) -> None:
         text = self.model.config.get_text_config()
@@ -357,14 +371,14 @@ class _Engine:
         self.decode_prefix = prefix
 
     def _step(self) -> None:
-        """One greedy decode step, compiled where the engine is (`compiled`)."""
+        """One greedy decode step, compiled where the engine is (`compile_mode`)."""
         matmul_attention = os.environ.get(DECODE_ATTENTION_ENV) == "matmul"  # read here: Dynamo does not guard the environment
         if not self.compiled:
             self._greedy_step(matmul_attention)
             return
         # generate_tokens runs compiled code eagerly (`FrozenLM.compile_blocks`' blocks); not this step
         with torch.compiler.set_stance("default"):
-            _COMPILED_STEP(self, matmul_attention)
+            _compiled_step(self.compile_mode)(self, matmul_attention)
 
     def _greedy_step(self, matmul_attention: bool) -> None:
         """Feed the last tokens, write the next ones to `out`; every shape fixed, all state in tensors."""
@@ -443,13 +457,20 @@ class _Engine:
         )
 
 
-_COMPILED_STEP = torch.compile(_Engine._greedy_step, dynamic=False, fullgraph=True)
-"""`_Engine._greedy_step` compiled at the engine's fixed shapes: one graph (fullgraph: a graph
-break raises rather than silently leaving work eager), inductor's default mode (no CUDA graphs of
-its own: the engine captures the compiled step itself). Dynamo compiles it on the first step of
-each new combination of shapes, shared prefix (or none) and attention switch, and reuses it for
-later engines that match; past `torch._dynamo.config.recompile_limit` (8) combinations it warns
-and steps eagerly."""
+_COMPILED_STEPS: dict[str, Callable] = {}  # torch.compile mode -> `_compiled_step(mode)`
+
+
+def _compiled_step(mode: str) -> Callable:
+    """`_Engine._greedy_step` compiled at the engine's fixed shapes in the torch.compile `mode`
+    ("default" or one of `COMPILE_DECODE_MODES`: none adds CUDA graphs of inductor's own, the engine
+    captures the compiled step itself), as one graph (fullgraph: a graph break raises rather than
+    silently leaving work eager). Dynamo compiles it on the first step of each new combination of
+    mode, shapes, shared prefix (or none) and attention switch, and reuses it for later engines that
+    match; past `torch._dynamo.config.recompile_limit` (8) combinations it warns and steps eagerly."""
+    if mode not in _COMPILED_STEPS:
+        _COMPILED_STEPS[mode] = torch.compile(_Engine._greedy_step, mode=mode, dynamic=False, fullgraph=True)
+    return _COMPILED_STEPS[mode]
+
 
 _ENGINES: "weakref.WeakKeyDictionary[torch.nn.Module, _Engine]" = weakref.WeakKeyDictionary()
 
@@ -463,25 +484,26 @@ def _graphs_wanted(device: torch.device, graphs: bool | None) -> bool:
 
 
 def _engine(
-    model: torch.nn.Module, batch: int, need: int, device: torch.device, graphs: bool, compiled: bool
+    model: torch.nn.Module, batch: int, need: int, device: torch.device, graphs: bool, compile_mode: str | None
 ) -> _Engine:
-    """The model's engine if it fits (same batch, graphs and compilation, enough slots, at most a
+    """The model's engine if it fits (same batch, graphs and compile mode, enough slots, at most a
     quarter spare), else a new one."""
     current = _ENGINES.get(model)
     if (
         current is not None
         and current.batch == batch
         and current.use_graph == graphs
-        and current.compiled == compiled
+        and current.compile_mode == compile_mode
         and need <= current.max_len <= need + max(need // 4, 128)
     ):
         return current
     del current  # released next: nothing here may hold it (a compiled engine's cache is freed by a collection)
     release(model)
     max_len = _round_up(need, 128) if device.type == "cuda" else need
-    engine = _Engine(model=model, batch=batch, max_len=max_len, device=device, use_graph=graphs, compiled=compiled)
-    if compiled:
-        log.info("decode steps at batch %d, %d cache slots through torch.compile (new shapes compile on the first step)", batch, max_len)
+    engine = _Engine(model=model, batch=batch, max_len=max_len, device=device, use_graph=graphs, compile_mode=compile_mode)
+    if engine.compiled:
+        log.info("decode steps at batch %d, %d cache slots through torch.compile, mode %r (new shapes compile on the first step)",
+                 batch, max_len, compile_mode)
     _ENGINES[model] = engine
     return engine
 
@@ -575,7 +597,7 @@ class GenerationStats:
     sliding_window: int | None = None  # tokens those layers need at most
     shared_prefix_tokens: int = 0  # of prompt_length/prompt_tokens: a shared prefix's, computed once, not in this prefill
     prefix_read_once: bool = False  # decode read the shared prefix once a step for the batch, not once a row
-    compiled_decode: bool = False  # decode steps ran through torch.compile (`COMPILE_DECODE_ENV`)
+    compiled_decode: str | None = None  # the torch.compile mode decode steps ran through (`COMPILE_DECODE_ENV`); None: eager
 
     @property
     def total_s(self) -> float:
@@ -637,8 +659,8 @@ def generate_tokens(
     `stop(row_tokens)` says whether a row stops at its last token; None runs every row to
     `max_new_tokens`. `graphs` forces CUDA-graph decoding on or off (default: on for CUDA).
     With `prefix`, every row reads the prefix's cached keys first and the batch holds what
-    follows it. `COMPILE_DECODE_ENV` compiles the decode step (an engine built with or without
-    it is not reused the other way).
+    follows it. `COMPILE_DECODE_ENV` compiles the decode step (an engine built with one mode, or
+    none, is not reused with another).
     """
     device = inputs_embeds.device
     use_graph = _graphs_wanted(device, graphs)
@@ -658,7 +680,7 @@ def generate_tokens(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    engine = _engine(model, batch, start + length + max_new_tokens, device, use_graph, compile_decode_enabled())
+    engine = _engine(model, batch, start + length + max_new_tokens, device, use_graph, compile_decode_mode())
     rows: list[list[int]] = [[] for _ in range(batch)]
     finished = [False] * batch
     finish_step = [max_new_tokens - 1] * batch
@@ -733,7 +755,7 @@ def generate_tokens(
         row_latency_s=[prefill_s + step_s * (len(t) - 1) for t in tokens],
         shared_prefix_tokens=start,
         prefix_read_once=engine.decode_prefix is not None,
-        compiled_decode=engine.compiled,
+        compiled_decode=engine.compile_mode,
     )
     return GenerationResult(tokens=tokens, stats=stats)
 

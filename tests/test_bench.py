@@ -209,3 +209,15 @@ def test_a_bound_is_a_fraction_of_the_measured_bandwidth_even_when_hardware_is_n
     for row in results["gen"]["batches"].values():
         bound = row["bound"]
         assert bound["bound_step_s"] == pytest.approx((bound["weights_bytes"] + bound["kv_bytes_mean_step"]) / bandwidth)
+
+
+def test_the_static_variants_include_the_compiled_per_row_and_max_autotune_steps():
+    """Each variant's environment settings and the `prefix_read_once` it runs at (None: both)."""
+    from latentbridge import generation
+    from latentbridge.bench.generation_bench import STATIC_VARIANTS
+
+    compile_, per_row = generation.COMPILE_DECODE_ENV, generation.SHARED_PREFIX_DECODE_ENV
+    assert STATIC_VARIANTS["static_compiled"] == ({compile_: "1"}, None)
+    assert STATIC_VARIANTS["static_compiled_per_row"] == ({compile_: "1", per_row: "0"}, True)
+    assert STATIC_VARIANTS["static_compiled_max_autotune"] == ({compile_: "max-autotune"}, None)
+    assert STATIC_VARIANTS["static_prefix_per_row"] == ({per_row: "0"}, True)

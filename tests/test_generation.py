@@ -351,3 +351,46 @@ def test_the_compiled_decode_step_gives_the_eager_tokens(arch, device, monkeypat
     assert not generation._ENGINES[model].compiled and cache() is None
     assert again.tokens == eager["prefix"].tokens
     generation.release(model)
+
+
+def test_the_compile_switch_takes_yes_no_or_a_mode_and_refuses_anything_else(monkeypatch):
+    """`COMPILE_DECODE_ENV`: yes/no words as every switch reads them, or "max-autotune"; any other
+    value raises, naming the variable, the value and the accepted values."""
+    monkeypatch.delenv(generation.COMPILE_DECODE_ENV, raising=False)
+    assert generation.compile_decode_mode() is None
+    for value, mode in (("0", None), (" Off", None), ("1", "default"), ("yes", "default"), ("Max-Autotune", "max-autotune-no-cudagraphs")):
+        monkeypatch.setenv(generation.COMPILE_DECODE_ENV, value)
+        assert generation.compile_decode_mode() == mode, value
+    monkeypatch.setenv(generation.COMPILE_DECODE_ENV, "max-autotune-no-cudagraphs")  # the mode's own name is not a value
+    with pytest.raises(ValueError) as raised:
+        generation.compile_decode_mode()
+    message = str(raised.value)
+    assert "LATENTBRIDGE_COMPILE_DECODE='max-autotune-no-cudagraphs'" in message
+    assert all(repr(word) in message for word in ("1", "yes", "0", "off", "max-autotune")), message
+
+
+def test_the_compile_mode_reaches_torch_compile(monkeypatch):
+    """The mode the switch picks is the one torch.compile gets (whole graph, fixed shapes), it is
+    recorded in the stats, and an engine of one mode is not reused for another. torch.compile is
+    replaced by a recorder that returns the step uncompiled: nothing compiles."""
+    calls = []
+
+    def recorder(fn, **options):
+        calls.append(options)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", recorder)
+    monkeypatch.setattr(generation, "_COMPILED_STEPS", {})  # no step compiled by an earlier test; restored after
+    model = _two_layer_lm("llama", "cpu")
+    ids = torch.randint(3, 96, (2, 6), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    embeds = model.get_input_embeddings()(ids).detach()
+    eager = generate_tokens(model, embeds, mask, 5)
+    for value, mode in (("1", "default"), ("max-autotune", "max-autotune-no-cudagraphs")):
+        monkeypatch.setenv(generation.COMPILE_DECODE_ENV, value)
+        result = generate_tokens(model, embeds, mask, 5)
+        assert calls[-1] == {"mode": mode, "dynamic": False, "fullgraph": True}, value
+        assert result.stats.compiled_decode == mode and generation._ENGINES[model].compile_mode == mode
+        assert result.tokens == eager.tokens
+    assert len(calls) == 2
+    generation.release(model)

@@ -388,8 +388,10 @@ def test_baseline_cache_keys_say_whether_the_prefix_was_shared(tiny_bridge, monk
     unshared = baseline_cache.key_material(bridge.target, prompts, 8)
     assert shared == {**unshared, "shared_prefix": True, "prefix_read_once": True}
     assert per_row_decode == {**unshared, "shared_prefix": True} and "shared_prefix" not in unshared
-    monkeypatch.setenv(generation.COMPILE_DECODE_ENV, "1")  # a compiled decode step gets its own entries too
-    assert baseline_cache.key_material(bridge.target, prompts, 8) == {**unshared, "compiled_decode": True}
+    monkeypatch.setenv(generation.COMPILE_DECODE_ENV, "1")  # a compiled decode step gets its own entries too, a mode's own
+    assert baseline_cache.key_material(bridge.target, prompts, 8) == {**unshared, "compiled_decode": "default"}
+    monkeypatch.setenv(generation.COMPILE_DECODE_ENV, "max-autotune")
+    assert baseline_cache.key_material(bridge.target, prompts, 8) == {**unshared, "compiled_decode": "max-autotune-no-cudagraphs"}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the device machine)")

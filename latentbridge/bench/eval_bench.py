@@ -38,17 +38,19 @@ from latentbridge.prompts import ANSWER_CUE
 
 
 @contextlib.contextmanager
-def env(name: str, value: str):
-    """`os.environ[name] = value` for the block, the previous value restored after."""
-    previous = os.environ.get(name)
-    os.environ[name] = value
+def env(settings: dict[str, str]):
+    """`os.environ[name] = value` for each of `settings` for the block, the previous values
+    restored after."""
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _timed(device: torch.device, fn: Callable):
@@ -174,9 +176,9 @@ def embedded(bridge, examples: Sequence, eval_config, log=print) -> dict:
         generation.release(lm)
     out: dict = {"questions": len(examples), "batch": eval_config.batch_size, "max_new_tokens": eval_config.max_new_tokens}
     answers = {}
-    with env(baseline_cache.ENV, "0"):
+    with env({baseline_cache.ENV: "0"}):
         for label, flag in (("unshared", "0"), ("shared", "1")):
-            with env(prefix_cache.ENV, flag):
+            with env({prefix_cache.ENV: flag}):
                 for lm in (bridge.source, bridge.target):
                     prefix_cache.release(lm)
                 answers[label], seconds = _timed(device, lambda: evaluate.text_baselines(bridge, examples, eval_config))

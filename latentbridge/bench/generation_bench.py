@@ -40,16 +40,19 @@ PLAIN_VARIANTS = {
 """transformers' `generate` variants the gen part times: name -> `_plain` options."""
 
 STATIC_VARIANTS = {
-    "static_matmul_attention": (generation.DECODE_ATTENTION_ENV, "matmul", False),
-    "static_prefix_per_row": (generation.SHARED_PREFIX_DECODE_ENV, "0", True),
-    "static_compiled": (generation.COMPILE_DECODE_ENV, "1", None),
+    "static_matmul_attention": ({generation.DECODE_ATTENTION_ENV: "matmul"}, False),
+    "static_prefix_per_row": ({generation.SHARED_PREFIX_DECODE_ENV: "0"}, True),
+    "static_compiled": ({generation.COMPILE_DECODE_ENV: "1"}, None),
+    "static_compiled_per_row": ({generation.COMPILE_DECODE_ENV: "1", generation.SHARED_PREFIX_DECODE_ENV: "0"}, True),
+    "static_compiled_max_autotune": ({generation.COMPILE_DECODE_ENV: "max-autotune"}, None),
 }
-"""The static decoder with one decode choice switched by its environment variable: name ->
-(variable, value, where), `where` the value of `prefix_read_once` the variant runs at (None: both).
-`static_prefix_per_row` (each row reads its own copy) runs only where the decode reads a shared
+"""The static decoder with decode choices switched by their environment variables: name ->
+(settings, where), `where` the value of `prefix_read_once` the variant runs at (None: both).
+The per-row variants (each row reads its own copy) run only where the decode reads a shared
 prefix once; `static_matmul_attention` only where it does not (every step of the prefix-once
 decode goes through `generation._prefix_once_attention`, so the switch would change nothing);
-`static_compiled` (the decode step through torch.compile, in the CUDA graph) either way."""
+the compiled ones (the decode step through torch.compile, in the CUDA graph; inductor's default
+mode, or "max-autotune-no-cudagraphs") either way."""
 
 
 def _prompt_ids(model, batch: int, length: int, seed: int, ragged: bool = False):
@@ -127,7 +130,8 @@ def _profile(model, embeds, mask, prefix: SharedPrefix | None, device: torch.dev
         engine.prefill(embeds, mask, prefix)
         synchronize(device)
         profile_table(lambda: engine.decode(steps), device, path)
-    how = "".join((", compiled" if engine.compiled else "", ", shared prefix read once" if engine.decode_prefix is not None else ""))
+    how = "".join((f", compiled (mode {engine.compile_mode})" if engine.compiled else "",
+                   ", shared prefix read once" if engine.decode_prefix is not None else ""))
     header = (f"{steps} decode steps of the static decoder at batch {embeds.shape[0]}, without a CUDA graph{how}; "
               "the prefill ran before the profiler started (torch.profiler)\n")
     path.write_text(header + path.read_text())
@@ -245,11 +249,11 @@ def run(
             f"-> {ours['decode_tokens_per_s']:.0f} decode tok/s ({row['static']['fraction_of_bound']:.0%} of bound "
             f"{row['bound']['bound_tokens_per_s']:.0f}), {ours['tokens_per_s']:.0f} end-to-end tok/s, graphs={ours['graphs']}")
         variants = STATIC_VARIANTS if attention_variants and device.type == "cuda" and batch == max(batches) else {}
-        for name, (variable, value, where) in variants.items():
+        for name, (settings, where) in variants.items():
             if where is not None and where != ours["prefix_read_once"]:
                 continue
             generation.release(model)
-            with env(variable, value):
+            with env(settings):
                 variant = _ours(model, embeds, mask, new_tokens, repeats, prefix=prefix)
             generation.release(model)
             row[name] = {k: v for k, v in variant.items() if k != "tokens"}
