@@ -1,12 +1,13 @@
 # profile one embedded-pair bridge train step on CPU: where does the step's time go, how many ops
-import time, sys, torch
+import sys, tempfile, time
+
+import torch
 from launch.suites import get_suite
 from latentbridge.train import Trainer
-from latentbridge.losses import compute_losses
 torch.set_num_threads(2)
 name = sys.argv[1] if len(sys.argv) > 1 else "s2g-lm-nce-lr1e-3-2k"
 cfg = get_suite("embedded-carry").configs({"data.synthetic_train_size": 200, "data.val_size": 8, "eval.num_questions": 8, "train.batch_size": 32})[name]
-t = Trainer(cfg, "/root/s11/prof/run")
+t = Trainer(cfg, tempfile.mkdtemp())
 t.step = 1000
 for i in range(2):
     t0 = time.perf_counter(); t.train_step(); print("step", time.perf_counter() - t0)
