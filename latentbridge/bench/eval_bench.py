@@ -18,10 +18,10 @@ themselves; the answers with and without sharing are compared; then the content 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from typing import Callable, Sequence
+from unittest import mock
 
 import torch
 from tqdm.auto import tqdm
@@ -35,22 +35,6 @@ from latentbridge.metric_names import BITS
 from latentbridge.models import FrozenLM
 from latentbridge.prefix_cache import compute_prefix, id_rows_batch
 from latentbridge.prompts import ANSWER_CUE
-
-
-@contextlib.contextmanager
-def env(settings: dict[str, str]):
-    """`os.environ[name] = value` for each of `settings` for the block, the previous values
-    restored after."""
-    previous = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _timed(device: torch.device, fn: Callable):
@@ -176,9 +160,9 @@ def embedded(bridge, examples: Sequence, eval_config, log=print) -> dict:
         generation.release(lm)
     out: dict = {"questions": len(examples), "batch": eval_config.batch_size, "max_new_tokens": eval_config.max_new_tokens}
     answers = {}
-    with env({baseline_cache.ENV: "0"}):
+    with mock.patch.dict(os.environ, {baseline_cache.ENV: "0"}):
         for label, flag in (("unshared", "0"), ("shared", "1")):
-            with env({prefix_cache.ENV: flag}):
+            with mock.patch.dict(os.environ, {prefix_cache.ENV: flag}):
                 for lm in (bridge.source, bridge.target):
                     prefix_cache.release(lm)
                 answers[label], seconds = _timed(device, lambda: evaluate.text_baselines(bridge, examples, eval_config))

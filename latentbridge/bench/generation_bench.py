@@ -18,9 +18,11 @@ measured copy bandwidth.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -226,7 +228,6 @@ def run(
     and plain `generate` as part of each prompt. With `profile_to`, a table of where 16 decode
     steps of the static decoder at the largest batch spend their device time (no CUDA graph, so
     each kernel is named; the prefill outside the profiler; torch.profiler) is written there."""
-    from latentbridge.bench.eval_bench import env  # not at the top: eval_bench imports this module
 
     model = random_model(shape, device=device, dtype=torch.bfloat16)
     prefix_ids, _ = _prompt_ids(model, 1, prefix_tokens, seed=0)
@@ -253,7 +254,7 @@ def run(
             if where is not None and where != ours["prefix_read_once"]:
                 continue
             generation.release(model)
-            with env(settings):
+            with mock.patch.dict(os.environ, settings):
                 variant = _ours(model, embeds, mask, new_tokens, repeats, prefix=prefix)
             generation.release(model)
             row[name] = {k: v for k, v in variant.items() if k != "tokens"}
