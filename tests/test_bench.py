@@ -221,3 +221,63 @@ def test_the_static_variants_include_the_compiled_per_row_and_max_autotune_steps
     assert STATIC_VARIANTS["static_compiled_per_row"] == ({compile_: "1", per_row: "0"}, True)
     assert STATIC_VARIANTS["static_compiled_max_autotune"] == ({compile_: "max-autotune"}, None)
     assert STATIC_VARIANTS["static_prefix_per_row"] == ({per_row: "0"}, True)
+
+
+def test_train_embedded_times_and_profiles_the_members_trainer_step_eager_and_compiled(tiny_pair, tmp_path, monkeypatch):
+    """The part on the default member (embedded-carry's s2g-lm-nce-lr1e-3-2k) with the tiny pair in place of
+    its models: both variants' figures, each past the warm-ups (every loss term runs). Compiling on this CPU
+    takes minutes, so `compile_blocks` is stubbed: the compiled variant is checked to ask for it, not timed."""
+    from latentbridge.models import FrozenLM
+
+    compiled = []
+    monkeypatch.setattr(FrozenLM, "compile_blocks", lambda lm: compiled.append(lm.name) or lm.num_layers)
+    source, target = tiny_pair
+    out = tmp_path / "bench"
+    code = bench.main(["--quick", "--device", "cpu", "--out", str(out), "--parts", "train-embedded",
+                       "--train-embedded-variants", "compiled,eager", "--train-embedded-set", f"source_model={source}",
+                       "--train-embedded-set", f"target_model={target}"])
+    results = json.loads((out / "bench.json").read_text())
+    assert code == 0 and results["errors"] == {}
+    part = results["train-embedded"]
+    assert (part["suite"], part["member"], part["source"], part["target"]) == ("embedded-carry", "s2g-lm-nce-lr1e-3-2k", source, target)
+    assert part["at_step"] == 100  # the member's warm-up: InfoNCE and the LM term both run
+    assert list(part["variants"]) == ["eager", "compiled"]  # eager first: compiling is done in place
+    assert sorted(compiled) == sorted([source, target])  # only the compiled variant compiled, both models
+    for name, compile_frozen in (("eager", False), ("compiled", True)):
+        row = part["variants"][name]
+        assert row["compile_frozen"] is compile_frozen and row["steps"] == 2 and row["graphs_compiled_after_warmup"] == 0
+        assert {"loss/lm", "loss/info_nce"} <= set(row["loss_terms"])
+        assert row["step_s_mean"] > 0 and row["step_s_median"] > 0 and row["steps_per_s"] > 0
+        profile = row["profile"]
+        assert profile["aten_ops"] > 0 and profile["host_s"] > 0 and profile["wall_s"] > 0
+        assert profile["device_kernels"] is None and profile["device_kernel_s"] is None  # no CUDA here
+    assert "[train-embedded] s2g-lm-nce-lr1e-3-2k compiled:" in (out / "bench.log").read_text()
+
+
+def test_train_embedded_refuses_an_unknown_member_or_variant_before_measuring():
+    from latentbridge.bench import embedded_train_bench
+
+    with pytest.raises(SystemExit, match="'s2g-nope' is not a member of suite 'embedded-carry'; its members: .*s2g-lm-nce-lr1e-3-2k"):
+        bench.parse(["--parts", "hardware,train-embedded", "--train-member", "s2g-nope"])
+    with pytest.raises(SystemExit, match="\\['jit'\\] not in eager, compiled"):
+        bench.parse(["--parts", "train-embedded", "--train-embedded-variants", "eager,jit"])
+    with pytest.raises(ValueError, match="'nope' is not a member"):
+        embedded_train_bench.member_config("embedded-carry", "nope")
+    assert bench.parse(["--parts", "train-embedded"]).train_embedded_variants == ("eager", "compiled")  # the default: both
+
+
+def test_train_embedded_keeps_the_eager_figures_when_compiling_fails(tiny_config, monkeypatch):
+    """A RunConfig straight to the part (the tiny one: the KL term on, warm-up 2): at the step past
+    warm-up every term runs; a compiled variant that fails leaves its error in its place."""
+    from latentbridge.bench import embedded_train_bench
+    from latentbridge.models import FrozenLM
+
+    def no_compiler(lm):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(FrozenLM, "compile_blocks", no_compiler)
+    part = embedded_train_bench.run(tiny_config, torch.device("cpu"), steps=1, warmup=0, log=lambda line: None)
+    assert part["at_step"] == tiny_config.optim.warmup_steps == 2
+    assert {"loss/lm", "loss/kl", "loss/info_nce"} <= set(part["variants"]["eager"]["loss_terms"])
+    assert part["variants"]["eager"]["profile"]["aten_ops"] > 0
+    assert part["variants"]["compiled"] == {"compile_frozen": True, "error": "RuntimeError: no C++ compiler"}
