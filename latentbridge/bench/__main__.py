@@ -3,8 +3,6 @@
     python -m latentbridge.bench --parts hardware,gen,train,methods-ref,estimate --out bench_out   # one GPU
     python -m latentbridge.bench --parts methods-embedded --out bench_out                        # CPU is fine
     python -m latentbridge.bench --parts hardware,eval-ref --out bench_eval                       # a whole evaluation, prefix shared or not
-    python -m latentbridge.bench --parts hardware,train-embedded --out bench_train                # embedded-carry's s2g bridge: its Trainer's step,
-                                                                                                  # eager and compiled: time, aten ops, kernels, host vs kernel time
     python -m latentbridge.bench --quick --out /tmp/bench                                         # tiny shapes, CPU smoke
     python -m registry import bench_out/record --experiment bench                                 # then, where the store is
 
@@ -31,11 +29,9 @@ from pathlib import Path
 
 import torch
 
-from latentbridge.bench import embedded_train_bench
 from latentbridge.reporting import FileReporter
 
-PARTS = ("hardware", "equality", "gen", "train", "methods-ref", "methods-embedded", "estimate", "eval-ref", "eval-embedded",
-         "train-embedded")
+PARTS = ("hardware", "equality", "gen", "train", "methods-ref", "methods-embedded", "estimate", "eval-ref", "eval-embedded")
 NEEDS_HARDWARE = frozenset({"gen", "train"})
 """Parts whose figures are fractions of the measured copy bandwidth or FLOP rate: asking for one
 measures the hardware too."""
@@ -54,13 +50,6 @@ def _kl_variants(text: str) -> tuple[bool, ...]:
     if unknown or not names:
         raise SystemExit(f"--train-losses: {unknown or text!r} not in lm, lm_kl")
     return tuple(name == "lm_kl" for name in names)
-
-
-def _key_value(text: str) -> tuple[str, str]:
-    key, equals, value = text.partition("=")
-    if not (key and equals):
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
-    return key, value
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,14 +89,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true",
                    help="train part: compile the frozen models' decoder blocks (train.compile_frozen=true)")
     p.add_argument("--train-losses", default="lm,lm_kl", help="train part: comma list of lm, lm_kl")
-    p.add_argument("--train-suite", default=embedded_train_bench.SUITE, help="train-embedded: the suite of --train-member")
-    p.add_argument("--train-member", default=embedded_train_bench.MEMBER, help="train-embedded: the suite member whose Trainer is timed")
-    p.add_argument("--train-embedded-set", metavar="KEY=VALUE", type=_key_value, action="append", default=[],
-                   help="train-embedded: a config override on the member (repeatable), e.g. train.batch_size=8")
-    p.add_argument("--train-embedded-steps", type=int, default=20, help="train-embedded: timed steps a variant")
-    p.add_argument("--train-embedded-warmup", type=int, default=5, help="train-embedded: steps before timing (they compile)")
-    p.add_argument("--train-embedded-variants", default=None,
-                   help="train-embedded: comma list of eager, compiled (default both; --quick: eager, compiling on a CPU takes minutes)")
     p.add_argument("--log", metavar="DIR", default=None,
                    help="measure nothing: write DIR/record, the run record of the bench folder DIR, and print its import command")
     args = p.parse_args(argv)
@@ -119,23 +100,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.methods_batch, args.methods_new_tokens, args.ks = 2, 12, [4, 8]
         args.eval_questions, args.eval_batch, args.prefix_tokens = 6, 4, 48
         args.question_tokens, args.eval_new_tokens = [4, 12], 8
-        args.train_embedded_steps, args.train_embedded_warmup = 2, 1
-    args.train_embedded_variants = tuple((args.train_embedded_variants or ("eager" if args.quick else "eager,compiled")).split(","))
-    if "train-embedded" in args.parts.split(","):
-        _train_embedded_config(args)  # a bad member, override or variant stops the bench here, before any part runs
     return args
-
-
-def _train_embedded_config(args):
-    """The member's config: the bench's small data, --quick's CPU sizes, then --train-embedded-set."""
-    from latentbridge.config import ConfigError
-
-    overrides = {**(embedded_train_bench.QUICK if args.quick else {}), **dict(args.train_embedded_set)}
-    try:
-        embedded_train_bench.check_options(args.train_embedded_variants, args.train_embedded_steps)
-        return embedded_train_bench.member_config(args.train_suite, args.train_member, overrides)
-    except (KeyError, ValueError, ConfigError) as error:
-        raise SystemExit(f"train-embedded: {error.args[0]}") from None
 
 
 class _Log:
@@ -434,9 +399,6 @@ def main(argv: list[str] | None = None) -> int:
 
     part("eval-ref", eval_ref)
     part("eval-embedded", lambda: _eval_embedded(args, log))
-    part("train-embedded", lambda: embedded_train_bench.run(
-        _train_embedded_config(args), device, steps=args.train_embedded_steps, warmup=args.train_embedded_warmup,
-        variants=args.train_embedded_variants, log=log))
     part("estimate", lambda: estimate(results, args))
 
     results["total_seconds"] = time.perf_counter() - started
