@@ -46,6 +46,7 @@ token for token):
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -457,9 +458,7 @@ class _Engine:
         )
 
 
-_COMPILED_STEPS: dict[str, Callable] = {}  # torch.compile mode -> `_compiled_step(mode)`
-
-
+@functools.cache  # one compiled function a mode, shared by every engine
 def _compiled_step(mode: str) -> Callable:
     """`_Engine._greedy_step` compiled at the engine's fixed shapes in the torch.compile `mode`
     ("default" or one of `COMPILE_DECODE_MODES`: none adds CUDA graphs of inductor's own, the engine
@@ -467,9 +466,7 @@ def _compiled_step(mode: str) -> Callable:
     silently leaving work eager). Dynamo compiles it on the first step of each new combination of
     mode, shapes, shared prefix (or none) and attention switch, and reuses it for later engines that
     match; past `torch._dynamo.config.recompile_limit` (8) combinations it warns and steps eagerly."""
-    if mode not in _COMPILED_STEPS:
-        _COMPILED_STEPS[mode] = torch.compile(_Engine._greedy_step, mode=mode, dynamic=False, fullgraph=True)
-    return _COMPILED_STEPS[mode]
+    return torch.compile(_Engine._greedy_step, mode=mode, dynamic=False, fullgraph=True)
 
 
 _ENGINES: "weakref.WeakKeyDictionary[torch.nn.Module, _Engine]" = weakref.WeakKeyDictionary()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 
@@ -380,7 +381,8 @@ def test_the_compile_mode_reaches_torch_compile(monkeypatch):
         return fn
 
     monkeypatch.setattr(torch, "compile", recorder)
-    monkeypatch.setattr(generation, "_COMPILED_STEPS", {})  # no step compiled by an earlier test; restored after
+    # a fresh cache: no step compiled by an earlier test, none of the recorder's left for later ones
+    monkeypatch.setattr(generation, "_compiled_step", functools.cache(generation._compiled_step.__wrapped__))
     model = _two_layer_lm("llama", "cpu")
     ids = torch.randint(3, 96, (2, 6), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
