@@ -34,7 +34,12 @@ token for token):
   the matrix products (norms, rotary embeddings, gated activations, residual adds, the masked
   softmax); on CUDA the compiled step is what the CUDA graph captures. The prefill stays eager.
   `LATENTBRIDGE_COMPILE_DECODE=max-autotune` compiles in inductor's "max-autotune-no-cudagraphs"
-  mode (kernels autotuned on the first step; no CUDA graphs of inductor's own); other values raise;
+  mode (kernels autotuned on the first step; no CUDA graphs of inductor's own);
+  `=frozen` compiles with inductor's freezing: the weights become constants of the step and
+  the projections that read the same input are concatenated into one matrix product each (query,
+  key and value; gate and up), which the skinny decode GEMMs need most. The concatenated weights
+  are copies (the eager prefill keeps the originals): about 9 GB more for an 8B model, held
+  while the compiled step is. Other values raise;
 - stopping: each row stops at EOS or once it has written `#### <number>` and a newline (or
   starts a new question), checked on the host a chunk of steps behind the GPU; the loop ends
   when every row has stopped. Finished rows keep stepping (their tokens are discarded), as a
@@ -75,9 +80,11 @@ GRAPHS_ENV = "LATENTBRIDGE_CUDA_GRAPHS"  # "0" turns CUDA-graph decoding off
 DECODE_ATTENTION_ENV = "LATENTBRIDGE_DECODE_ATTENTION"  # "matmul": two batched products instead of SDPA
 SHARED_PREFIX_DECODE_ENV = "LATENTBRIDGE_SHARED_PREFIX_DECODE"  # "0": each row reads its own copy of a shared prefix
 COMPILE_DECODE_ENV = "LATENTBRIDGE_COMPILE_DECODE"  # "1": the decode step through torch.compile
-COMPILE_DECODE_MODES = {"max-autotune": "max-autotune-no-cudagraphs"}
+FROZEN_DECODE_MODE = "default+freezing"
+COMPILE_DECODE_MODES = {"max-autotune": "max-autotune-no-cudagraphs", "frozen": FROZEN_DECODE_MODE}
 """The values `COMPILE_DECODE_ENV` takes beside yes and no -> the torch.compile mode each picks
-(never one with CUDA graphs of inductor's own: the engine captures the compiled step itself)."""
+(never one with CUDA graphs of inductor's own: the engine captures the compiled step itself);
+`FROZEN_DECODE_MODE` is inductor's default mode with its freezing passes (`_compiled_step`)."""
 
 _DONE = re.compile(r"####\s*[-+]?[\d,]*\.?\d+\s*\n|\nQ:")
 STOP_WINDOW = 24
@@ -465,8 +472,22 @@ def _compiled_step(mode: str) -> Callable:
     captures the compiled step itself), as one graph (fullgraph: a graph break raises rather than
     silently leaving work eager). Dynamo compiles it on the first step of each new combination of
     mode, shapes, shared prefix (or none) and attention switch, and reuses it for later engines that
-    match; past `torch._dynamo.config.recompile_limit` (8) combinations it warns and steps eagerly."""
-    return torch.compile(_Engine._greedy_step, mode=mode, dynamic=False, fullgraph=True)
+    match; past `torch._dynamo.config.recompile_limit` (8) combinations it warns and steps eagerly.
+    `FROZEN_DECODE_MODE` compiles in the default mode with inductor's `freezing` on for the
+    compiling call (given as a torch.compile option alone it was not applied: torch 2.13, CPU),
+    concatenating linears on CPU as well; Dynamo guards each model's weights, so another model of the same shape compiles
+    its own step rather than reading the first one's constants."""
+    if mode != FROZEN_DECODE_MODE:
+        return torch.compile(_Engine._greedy_step, mode=mode, dynamic=False, fullgraph=True)
+    freezing = {"freezing": True, "cpp.enable_concat_linear": True}
+    # as options too: a backend of its own, so Dynamo never hands this step another mode's graph
+    step = torch.compile(_Engine._greedy_step, options=freezing, dynamic=False, fullgraph=True)
+
+    def frozen_step(engine: _Engine, matmul_attention: bool) -> None:
+        with torch._inductor.config.patch(freezing):
+            step(engine, matmul_attention)
+
+    return frozen_step
 
 
 _ENGINES: "weakref.WeakKeyDictionary[torch.nn.Module, _Engine]" = weakref.WeakKeyDictionary()

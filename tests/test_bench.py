@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from latentbridge.bench import __main__ as bench
+from latentbridge.bench.generation_bench import STATIC_VARIANTS
 from latentbridge.bench.shapes import SHAPES, random_model, weight_bytes_read_per_step
 
 
@@ -211,13 +212,24 @@ def test_a_bound_is_a_fraction_of_the_measured_bandwidth_even_when_hardware_is_n
         assert bound["bound_step_s"] == pytest.approx((bound["weights_bytes"] + bound["kv_bytes_mean_step"]) / bandwidth)
 
 
-def test_the_static_variants_include_the_compiled_per_row_and_max_autotune_steps():
-    """Each variant's environment settings and the `prefix_read_once` it runs at (None: both)."""
-    from latentbridge import generation
-    from latentbridge.bench.generation_bench import STATIC_VARIANTS
+def test_gen_variants_pick_the_static_variants_timed_and_refuse_unknown_names(tmp_path, capsys):
+    """`--gen-variants`: the named variants are timed at the largest batch, on a CPU too (none by
+    default there); an unknown name is refused with the names there are, before anything is
+    measured."""
+    out = tmp_path / "variants"
+    code = bench.main(["--quick", "--device", "cpu", "--out", str(out), "--parts", "gen", "--no-plain",
+                       "--gen-variants", "static_matmul_attention"])
+    results = json.loads((out / "bench.json").read_text())
+    assert code == 0 and results["errors"] == {}
+    rows = results["gen"]["batches"]
+    largest, smaller = rows[str(max(map(int, rows)))], rows[str(min(map(int, rows)))]
+    assert "static_matmul_attention" in largest and "static_compiled" not in largest
+    assert "static_matmul_attention" not in smaller
+    default = tmp_path / "default"
+    assert bench.main(["--quick", "--device", "cpu", "--out", str(default), "--parts", "gen", "--no-plain"]) == 0
+    assert not set(STATIC_VARIANTS) & set(json.loads((default / "bench.json").read_text())["gen"]["batches"][str(max(map(int, rows)))])
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--device", "cpu", "--out", str(tmp_path / "bad"), "--parts", "gen", "--gen-variants", "static_compiled,frozen"])
+    assert "frozen not among" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
-    compile_, per_row = generation.COMPILE_DECODE_ENV, generation.SHARED_PREFIX_DECODE_ENV
-    assert STATIC_VARIANTS["static_compiled"] == ({compile_: "1"}, None)
-    assert STATIC_VARIANTS["static_compiled_per_row"] == ({compile_: "1", per_row: "0"}, True)
-    assert STATIC_VARIANTS["static_compiled_max_autotune"] == ({compile_: "max-autotune"}, None)
-    assert STATIC_VARIANTS["static_prefix_per_row"] == ({per_row: "0"}, True)
+

@@ -355,11 +355,12 @@ def test_the_compiled_decode_step_gives_the_eager_tokens(arch, device, monkeypat
 
 
 def test_the_compile_switch_takes_yes_no_or_a_mode_and_refuses_anything_else(monkeypatch):
-    """`COMPILE_DECODE_ENV`: yes/no words as every switch reads them, or "max-autotune"; any other
+    """`COMPILE_DECODE_ENV`: yes/no words as every switch reads them, "max-autotune" or "frozen"; any other
     value raises, naming the variable, the value and the accepted values."""
     monkeypatch.delenv(generation.COMPILE_DECODE_ENV, raising=False)
     assert generation.compile_decode_mode() is None
-    for value, mode in (("0", None), (" Off", None), ("1", "default"), ("yes", "default"), ("Max-Autotune", "max-autotune-no-cudagraphs")):
+    for value, mode in (("0", None), (" Off", None), ("1", "default"), ("yes", "default"), ("Max-Autotune", "max-autotune-no-cudagraphs"),
+                        ("frozen", generation.FROZEN_DECODE_MODE)):
         monkeypatch.setenv(generation.COMPILE_DECODE_ENV, value)
         assert generation.compile_decode_mode() == mode, value
     monkeypatch.setenv(generation.COMPILE_DECODE_ENV, "max-autotune-no-cudagraphs")  # the mode's own name is not a value
@@ -367,7 +368,7 @@ def test_the_compile_switch_takes_yes_no_or_a_mode_and_refuses_anything_else(mon
         generation.compile_decode_mode()
     message = str(raised.value)
     assert "LATENTBRIDGE_COMPILE_DECODE='max-autotune-no-cudagraphs'" in message
-    assert all(repr(word) in message for word in ("1", "yes", "0", "off", "max-autotune")), message
+    assert all(repr(word) in message for word in ("1", "yes", "0", "off", "max-autotune", "frozen")), message
 
 
 def test_the_compile_mode_reaches_torch_compile(monkeypatch):
@@ -388,11 +389,56 @@ def test_the_compile_mode_reaches_torch_compile(monkeypatch):
     mask = torch.ones_like(ids)
     embeds = model.get_input_embeddings()(ids).detach()
     eager = generate_tokens(model, embeds, mask, 5)
-    for value, mode in (("1", "default"), ("max-autotune", "max-autotune-no-cudagraphs")):
+    frozen = generation.FROZEN_DECODE_MODE  # inductor's default mode with freezing (options: a backend of its own)
+    for value, mode, compiled in (("1", "default", "default"), ("max-autotune", "max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs"),
+                                  ("frozen", frozen, None)):
         monkeypatch.setenv(generation.COMPILE_DECODE_ENV, value)
         result = generate_tokens(model, embeds, mask, 5)
-        assert calls[-1] == {"mode": mode, "dynamic": False, "fullgraph": True}, value
+        expected = {"mode": compiled} if compiled else {"options": {"freezing": True, "cpp.enable_concat_linear": True}}
+        assert calls[-1] == {**expected, "dynamic": False, "fullgraph": True}, value
         assert result.stats.compiled_decode == mode and generation._ENGINES[model].compile_mode == mode
         assert result.tokens == eager.tokens
-    assert len(calls) == 2
+    assert len(calls) == 3
     generation.release(model)
+
+
+def test_the_frozen_decode_step_concatenates_projections_and_reads_each_models_own_weights(monkeypatch):
+    """`COMPILE_DECODE_ENV=frozen`: inductor's freezing turns the weights into constants and
+    concatenates the projections that read one input (query, key and value; gate and up), so the
+    step runs fewer matrix products than the unfrozen compiled step: 7 a layer become 4. A second
+    model of the same shape with other weights gets its own tokens, not the first one's constants."""
+    from torch._dynamo.utils import counters
+
+    from latentbridge.models import CPU_COMPILERS
+
+    if not any(shutil.which(cxx) for cxx in CPU_COMPILERS):
+        pytest.skip(f"inductor's CPU backend needs a C++ compiler ({', '.join(CPU_COMPILERS)}) and none is on PATH")
+    # count what these compiles do: no step an earlier test compiled, no graph from inductor's cache
+    torch._dynamo.reset()
+    monkeypatch.setattr(generation, "_compiled_step", functools.cache(generation._compiled_step.__wrapped__))
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
+    first, second = _two_layer_lm("llama", "cpu"), _two_layer_lm("llama", "cpu")
+    with torch.no_grad():
+        for weight in second.parameters():
+            weight.add_(0.3 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(weight.numel())))
+    ids = torch.randint(3, 96, (3, 10), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+
+    def run(model) -> generation.GenerationResult:
+        return generate_tokens(model, model.get_input_embeddings()(ids).detach(), mask, 10)
+
+    eager = [run(model) for model in (first, second)]
+    assert eager[0].tokens != eager[1].tokens
+    products = {}
+    for value in ("1", "frozen"):
+        monkeypatch.setenv(generation.COMPILE_DECODE_ENV, value)
+        counters.clear()
+        assert run(first).tokens == eager[0].tokens, value
+        products[value] = counters["inductor"]["extern_calls"]  # the matrix products left to aten / BLAS
+        generation.release(first)
+    assert products["1"] - products["frozen"] == 2 * 3  # two layers: q, k, v -> one; gate, up -> one
+    frozen_second = run(second)
+    assert frozen_second.tokens == eager[1].tokens and frozen_second.stats.compiled_decode == generation.FROZEN_DECODE_MODE
+    generation.release()
+    torch._dynamo.reset()  # the frozen steps hold their weights as constants

@@ -52,6 +52,16 @@ def _kl_variants(text: str) -> tuple[bool, ...]:
     return tuple(name == "lm_kl" for name in names)
 
 
+def _gen_variants(text: str) -> list[str]:
+    from latentbridge.bench.generation_bench import STATIC_VARIANTS
+
+    names = [x for x in text.split(",") if x]
+    unknown = sorted(set(names) - set(STATIC_VARIANTS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown)} not among {', '.join(STATIC_VARIANTS)}")
+    return names
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m latentbridge.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench_out", help="folder for bench.json, methods_samples.jsonl, bench.log and record/")
@@ -64,6 +74,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt-tokens", type=int, default=1024)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--no-plain", action="store_true", help="skip transformers' plain generate")
+    p.add_argument("--gen-variants", type=_gen_variants, default=None, metavar="NAME[,NAME...]",
+                   help="gen: the static decoder's variants timed at the largest batch, on any device (default:"
+                        " all of them on CUDA, none elsewhere; an empty value: none)")
     p.add_argument("--train-batches", type=_ints, default=[2, 8])
     p.add_argument("--train-steps", type=int, default=5)
     p.add_argument("--methods-batch", type=int, default=64)
@@ -343,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return generation_bench.run(args.target_shape, device, args.gen_batches, args.prompt_tokens, args.new_tokens,
                                     hw["copy_bandwidth_Bps"], plain=not args.no_plain, prefix_tokens=args.gen_prefix_tokens,
+                                    variants=args.gen_variants,
                                     profile_to=out / "gen_profile.txt" if args.profile else None, log=log)
 
     part("gen", gen)

@@ -22,6 +22,7 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import Sequence
 from unittest import mock
 
 import torch
@@ -47,6 +48,7 @@ STATIC_VARIANTS = {
     "static_compiled": ({generation.COMPILE_DECODE_ENV: "1"}, None),
     "static_compiled_per_row": ({generation.COMPILE_DECODE_ENV: "1", generation.SHARED_PREFIX_DECODE_ENV: "0"}, True),
     "static_compiled_max_autotune": ({generation.COMPILE_DECODE_ENV: "max-autotune"}, None),
+    "static_compiled_frozen": ({generation.COMPILE_DECODE_ENV: "frozen"}, None),
 }
 """The static decoder with decode choices switched by their environment variables: name ->
 (settings, where), `where` the value of `prefix_read_once` the variant runs at (None: both).
@@ -54,7 +56,7 @@ The per-row variants (each row reads its own copy) run only where the decode rea
 prefix once; `static_matmul_attention` only where it does not (every step of the prefix-once
 decode goes through `generation._prefix_once_attention`, so the switch would change nothing);
 the compiled ones (the decode step through torch.compile, in the CUDA graph; inductor's default
-mode, or "max-autotune-no-cudagraphs") either way."""
+mode, "max-autotune-no-cudagraphs", or the default with freezing) either way."""
 
 
 def _prompt_ids(model, batch: int, length: int, seed: int, ragged: bool = False):
@@ -218,7 +220,7 @@ def run(
     *,
     plain: bool = True,
     repeats: int = 2,
-    attention_variants: bool = True,
+    variants: Sequence[str] | None = None,
     prefix_tokens: int = 0,
     profile_to: Path | None = None,
     log=print,
@@ -227,7 +229,9 @@ def run(
     static decoder reads as a shared prefix (keys and values computed once, before the timing)
     and plain `generate` as part of each prompt. With `profile_to`, a table of where 16 decode
     steps of the static decoder at the largest batch spend their device time (no CUDA graph, so
-    each kernel is named; the prefill outside the profiler; torch.profiler) is written there."""
+    each kernel is named; the prefill outside the profiler; torch.profiler) is written there.
+    `variants`: the `STATIC_VARIANTS` timed at the largest batch, on any device; None: all of
+    them on CUDA, none elsewhere."""
 
     model = random_model(shape, device=device, dtype=torch.bfloat16)
     prefix_ids, _ = _prompt_ids(model, 1, prefix_tokens, seed=0)
@@ -249,8 +253,8 @@ def run(
         log(f"[gen] {shape} B={batch} static: ttft {ours['ttft_s']:.3f}s decode {ours['decode_s']:.3f}s "
             f"-> {ours['decode_tokens_per_s']:.0f} decode tok/s ({row['static']['fraction_of_bound']:.0%} of bound "
             f"{row['bound']['bound_tokens_per_s']:.0f}), {ours['tokens_per_s']:.0f} end-to-end tok/s, graphs={ours['graphs']}")
-        variants = STATIC_VARIANTS if attention_variants and device.type == "cuda" and batch == max(batches) else {}
-        for name, (settings, where) in variants.items():
+        chosen = (STATIC_VARIANTS if device.type == "cuda" else {}) if variants is None else {n: STATIC_VARIANTS[n] for n in variants}
+        for name, (settings, where) in (chosen.items() if batch == max(batches) else ()):
             if where is not None and where != ours["prefix_read_once"]:
                 continue
             generation.release(model)
