@@ -38,8 +38,9 @@ token for token):
   `=frozen` compiles with inductor's freezing: the weights become constants of the step and
   the projections that read the same input are concatenated into one matrix product each (query,
   key and value; gate and up), which the skinny decode GEMMs need most. The concatenated weights
-  are copies (the eager prefill keeps the originals): about 9 GB more for an 8B model, held
-  while the compiled step is. Other values raise;
+  are copies (the eager prefill keeps the originals): 7.0 GiB more at the Llama-3.1-8B shape on an
+  H200, held by the compiled function for the rest of the process (`release` does not free them):
+  a bench's switch. Other values raise;
 - stopping: each row stops at EOS or once it has written `#### <number>` and a newline (or
   starts a new question), checked on the host a chunk of steps behind the GPU; the loop ends
   when every row has stopped. Finished rows keep stepping (their tokens are discarded), as a
