@@ -6,7 +6,9 @@ and sends the suite out through submitit: on Slurm as ONE job array (one job per
 task per GPU), locally one run after another (or `--runs-per-device N` at once on each GPU,
 each pinned to its own). A suite of several runs gets one parent MLflow run holding them as
 children. It leaves a record that `status`, `logs`, `wait` and `cancel` read later (they
-default to the latest submission).
+default to the latest submission). `--grid NAME` (repeatable) runs the suite once per label of
+each grid (launch/suites.py: `direction`, `task`), e.g. the study on the embedded pair:
+`submit --suite ablations --grid direction --grid task` (24 runs, `s2g-synthetic-1a`, ...).
 
 Records mode (`--records DIR`, a machine without the MLflow store): no MLflow run is opened
 and nothing imports mlflow; each run writes its record (params, tags, metrics, artifacts,
@@ -56,7 +58,7 @@ from launch.record import (
     new_folder,
     new_run_record,
 )
-from launch.suites import SUITES, config_diff, get_suite
+from launch.suites import GRIDS, SUITES, config_diff, expand, get_grid, get_suite
 from launch.user_config import (
     CONFIG_ENV,
     DEFAULT_PATH,
@@ -135,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--records", default=None, metavar="DIR",
                         help="no MLflow store (none here, or mlflow not installed): each run writes its record to "
                              "DIR/<suite>/<run>-<id>/ for `python -m registry import` where the store is")
+    submit.add_argument("--grid", action="append", default=[], metavar="NAME",
+                        help=f"run the suite once per label of this grid (repeatable: every combination): one of "
+                             f"{sorted(GRIDS)}; runs are named <label>-<run> and tagged <grid>=<label>")
     submit.add_argument("overrides", nargs="*", help="config overrides key=value")
     _add_common(submit)
 
@@ -364,7 +369,7 @@ def _log_config(run_id: str, run_dir: Path, config: RunConfig) -> None:
 
 def submit(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    suite = get_suite(args.suite)
+    suite = expand(get_suite(args.suite), [get_grid(name) for name in args.grid])
     configs = suite.configs(parse_assignments(args.overrides))
     if args.runs_per_device < 1:
         raise ConfigError(f"--runs-per-device {args.runs_per_device} must be >= 1")

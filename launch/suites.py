@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from latentbridge.config import ConfigError, RunConfig
 
@@ -387,3 +389,78 @@ def get_suite(name: str) -> Suite:
     if name not in SUITES:
         raise KeyError(f"unknown suite {name!r}; known suites: {sorted(SUITES)}")
     return SUITES[name]
+
+
+# --------------------------------------------------------------------------- grids
+@dataclass(frozen=True)
+class Grid:
+    """One axis of a study (`submit --grid NAME`): each label's settings. Every run of the suite
+    is copied once per label, named `<label>-<run>`, tagged `<name>=<label>`, and given the label's
+    settings after its own changes (before the user's overrides)."""
+
+    name: str
+    description: str
+    values: dict[str, dict[str, object]]
+
+
+GRIDS: dict[str, Grid] = {}
+
+
+def register_grid(grid: Grid) -> Grid:
+    GRIDS[grid.name] = grid
+    return grid
+
+
+def get_grid(name: str) -> Grid:
+    if name not in GRIDS:
+        raise KeyError(f"unknown grid {name!r}; known grids: {sorted(GRIDS)}")
+    return GRIDS[name]
+
+
+def expand(suite: Suite, grids: Sequence[Grid]) -> Suite:
+    """`suite` run once per combination of the grids' labels: run `r` under labels `a` and `b` is
+    `a-b-r`, with `a`'s then `b`'s settings over `r`'s changes, and the tags of `r`, `<axis>=<label>`
+    for each grid and `grid_member=r`. The suite keeps its name (its MLflow experiment)."""
+    axes = [grid.name for grid in grids]
+    if len(set(axes)) < len(axes):
+        raise ConfigError(f"--grid: {sorted({a for a in axes if axes.count(a) > 1})} named more than once")
+    if not grids:
+        return suite
+    runs, tags = {}, {}
+    for combination in itertools.product(*(grid.values.items() for grid in grids)):
+        labels = [label for label, _ in combination]
+        settings = {key: value for _, values in combination for key, value in values.items()}
+        for member, changes in suite.runs.items():
+            name = "-".join([*labels, member])
+            runs[name] = {**changes, **settings}
+            tags[name] = {**suite.run_tags.get(member, {}), **dict(zip(axes, labels)), "grid_member": member}
+    return dataclasses.replace(suite, runs=runs, run_tags=tags)
+
+
+# The study on the embedded pair (issue 17): the ablations and phase2-swap suites, both directions,
+# both tasks, with the embedded models' sizes. Their own settings stay (K, losses, translator,
+# 2,000 steps of batch 2, evaluations every 250 steps on 500 validation questions, 500 test
+# questions); the task axis sets only what the task needs.
+register_grid(
+    Grid(
+        name="direction",
+        description="SmolLM2-135M -> Gemma-3-270M (s2g) and Gemma-3-270M -> SmolLM2-135M (g2s)",
+        values=dict(DIRECTIONS),
+    )
+)
+register_grid(
+    Grid(
+        name="task",
+        description="the synthetic arithmetic task (short answers) and GSM8K (8-shot chain of thought)",
+        values={
+            "synthetic": {
+                "data.source": "synthetic",
+                "data.val_size": 500,
+                "data.synthetic_train_size": 20000,
+                "train.max_answer_tokens": 64,
+                "eval.max_new_tokens": 48,
+            },
+            "gsm8k": {"data.source": "gsm8k", "train.max_answer_tokens": 256, "eval.max_new_tokens": 256},
+        },
+    )
+)

@@ -208,3 +208,20 @@ def test_dry_run_shows_each_members_changes_and_warns_of_big_models_on_a_cpu(mon
     assert "# warning: no GPU here" in out and "meta-llama/Llama-3.1-8B-Instruct" in out
     rc, out = run_cli(["submit", "--suite", "demo", "--cluster", "local", "--dry-run"])
     assert rc == 0 and "warning" not in out, out  # the embedded pair is meant for a laptop
+
+
+def test_grid_runs_are_submitted_recorded_and_reproduced_by_name(capsys):
+    """`submit --grid`: the runs of every combination in the dry run, each one's changes against
+    the suite's base including its labels' settings (recorded at submit as config_diff), and its
+    reproduce command keeps the grids and narrows to it with --only."""
+    argv = ["submit", "--suite", "ablations", "--grid", "direction", "--grid", "task", "--cluster", "local", "--dry-run",
+            "--only", "g2s-gsm8k-2a,s2g-synthetic-1b"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert re.findall(r"^# ablations/([\w-]+):", out, flags=re.M) == ["g2s-gsm8k-2a", "s2g-synthetic-1b"]
+    line = next(x for x in out.splitlines() if x.startswith("# ablations/g2s-gsm8k-2a:"))
+    assert "source_model=gemma3-270m" in line and "translator.num_tokens=32" in line and "data.source" not in line  # gsm8k is the base's
+    tags = cli.provenance_tags(argv[:-2], "g2s-gsm8k-2a", alone=False, diff={})
+    assert tags["reproduce_command"].startswith("python launch submit --only g2s-gsm8k-2a --suite ablations --grid direction --grid task")
+    assert cli.main(["submit", "--suite", "ablations", "--grid", "directions", "--dry-run"]) == 2
+    assert "unknown grid 'directions'; known grids: ['direction', 'task']" in capsys.readouterr().err

@@ -67,3 +67,44 @@ def test_the_longer_carry_runs_differ_from_their_1000_step_runs_in_length_and_ev
             assert {k: other[k] for k in base if base[k] != other[k]} == {"seed": seed}
     tags = get_suite("embedded-carry").run_tags
     assert tags["s2g-lm-nce-lr1e-3-2k-seed3"]["seed_of"] == "lm-nce-lr1e-3-2k"
+
+
+# --------------------------------------------------------------------------- grids
+def test_a_grid_runs_each_member_once_per_label_with_the_labels_settings_over_the_members():
+    """`expand`: the study on the embedded pair is the ablations suite x direction x task: every
+    member under every combination, named `<direction>-<task>-<member>`, the member's own
+    changes kept where the grids say nothing (K of 2a and 2b, 1b's fixes off), the grids' settings
+    over the suite's base (the embedded models, the task), tagged with each label and the member."""
+    from launch.suites import expand, get_grid
+
+    ablations = get_suite("ablations")
+    study = expand(ablations, [get_grid("direction"), get_grid("task")])
+    configs = study.configs()
+    assert len(configs) == 2 * 2 * len(ablations.runs) and study.name == "ablations"
+    assert list(configs)[:2] == ["s2g-synthetic-1a", "s2g-synthetic-1b"]
+    alone = ablations.configs()
+    for name, config in configs.items():
+        direction, task, member = name.split("-", 2)
+        assert (config.source_model, config.target_model) == (
+            ("smollm2-135m", "gemma3-270m") if direction == "s2g" else ("gemma3-270m", "smollm2-135m"))
+        assert config.data.source == task
+        assert config.translator.num_tokens == alone[member].translator.num_tokens
+        assert config.translator.kind == alone[member].translator.kind and config.loss.kl_weight == alone[member].loss.kl_weight
+        assert study.tags(name) == {**ablations.tags(member), "suite_member": name, "direction": direction, "task": task,
+                                    "grid_member": member}
+    assert configs["g2s-synthetic-2a"].data.val_size == 500 and configs["g2s-gsm8k-2a"].data.val_size == alone["2a"].data.val_size
+    # the swap suite's own (swapped) pair gives way to the direction's
+    swap = expand(get_suite("phase2-swap"), [get_grid("direction")]).configs()
+    assert swap["s2g-swap-prompt-teacher"].source_model == "smollm2-135m"
+    assert swap["s2g-swap-prompt-teacher"].eval.prompt_mode == "soft_only"  # the prompt teacher still switches it
+
+
+def test_grids_are_named_once_and_unknown_ones_name_the_known_ones():
+    from launch.suites import GRIDS, expand, get_grid
+
+    assert expand(get_suite("ablations"), []) is get_suite("ablations")
+    with pytest.raises(ConfigError, match=r"\['task'\] named more than once"):
+        expand(get_suite("ablations"), [get_grid("task"), get_grid("direction"), get_grid("task")])
+    with pytest.raises(KeyError, match="known grids") as raised:
+        get_grid("directions")
+    assert all(name in str(raised.value) for name in GRIDS)
