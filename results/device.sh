@@ -26,7 +26,8 @@
 #                                pieces over calls (PIECES=0-3, then 4-7, ...: a call returns 64 MiB)
 #
 # The suite itself is exactly: python launch submit --suite $SUITE --cluster local --runs-per-device $RUNS_PER_DEVICE
-# (ONLY=a,b,c adds --only a,b,c: started in that order, RUNS_PER_DEVICE at a time; OVERRIDES="train.steps=2000 ..." adds overrides, recorded at submit; MODELS names the models to convert first; DATA=.carry/data, carried,
+# (ONLY=a,b,c adds --only a,b,c: started in that order, RUNS_PER_DEVICE at a time; GRIDS="direction task" adds
+# --grid direction --grid task (the study on the embedded pair: SUITE=ablations, then phase2-swap); OVERRIDES="train.steps=2000 ..." adds overrides, recorded at submit; MODELS names the models to convert first; DATA=.carry/data, carried,
 # is the dataset mirror for hub datasets: <hub_id>/<config>/{train,test}.jsonl, LATENTBRIDGE_DATASET_MIRROR.)
 # .whl (cp312 wheels, `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`), as in
 # session 5: alembic 1.20.1, annotated_types 0.8.0, cachetools 8.0.2, cffi 2.1.1, cryptography 46.0.3,
@@ -114,7 +115,7 @@ models|start)
   cd "$LB/repo"
   for m in ${MODELS:-smollm2-135m gemma3-270m}; do python3 -c "from latentbridge.models import load_frozen_lm; load_frozen_lm('$m')" & done; wait
   [ "$1" = models ] && { echo "models ready in $LATENTBRIDGE_CACHE (no suite started)"; exit 0; }
-  setsid nohup python3 launch submit --suite "$SUITE" --cluster local --runs-per-device "$RUNS_PER_DEVICE" --wait-timeout 3000 ${ONLY:+--only $ONLY} ${OVERRIDES:-} \
+  setsid nohup python3 launch submit --suite "$SUITE" --cluster local --runs-per-device "$RUNS_PER_DEVICE" --wait-timeout 3000 ${ONLY:+--only $ONLY} ${GRIDS:+$(printf -- '--grid %s ' $GRIDS)} ${OVERRIDES:-} \
     > "$LB/submit.log" 2>&1 < /dev/null &
   echo "suite started: pid $!"
   ;&
