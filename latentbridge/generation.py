@@ -35,9 +35,10 @@ token for token):
   softmax); on CUDA the compiled step is what the CUDA graph captures. The prefill stays eager.
   `LATENTBRIDGE_COMPILE_DECODE=max-autotune` compiles in inductor's "max-autotune-no-cudagraphs"
   mode (kernels autotuned on the first step; no CUDA graphs of inductor's own);
-  `=frozen` compiles with inductor's freezing: the weights become constants of the step and
-  the projections that read the same input are concatenated into one matrix product each (query,
-  key and value; gate and up), which the skinny decode GEMMs need most. The concatenated weights
+  `=frozen` compiles with inductor's freezing: the weights become constants of the step and its
+  passes may concatenate the projections that read one input into one product (query, key and
+  value; gate and up: both on a float32 CPU test; on an H200 the extra memory says gate and up
+  only; the bench's `compiled_extern_products` counts what is left). The concatenated weights
   are copies (the eager prefill keeps the originals): 7.0 GiB more at the Llama-3.1-8B shape on an
   H200, held by the compiled function for the rest of the process (`release` does not free them):
   a bench's switch. Other values raise;

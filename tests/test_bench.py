@@ -212,6 +212,32 @@ def test_a_bound_is_a_fraction_of_the_measured_bandwidth_even_when_hardware_is_n
         assert bound["bound_step_s"] == pytest.approx((bound["weights_bytes"] + bound["kv_bytes_mean_step"]) / bandwidth)
 
 
+def test_the_bench_counts_the_products_each_compiled_variant_leaves_to_blas(tmp_path):
+    """`compiled_extern_products`: the matrix products inductor left to aten/BLAS in the graphs a
+    variant compiled (at least the 7 projections of each of the two layers and the LM head,
+    unfused); an eager variant compiles nothing. On a GPU it says whether `=frozen` concatenated
+    the projections (on this CPU, in bfloat16, inductor packs the frozen weights for oneDNN instead)."""
+    import shutil
+
+    from latentbridge.models import CPU_COMPILERS
+
+    if not any(shutil.which(cxx) for cxx in CPU_COMPILERS):
+        pytest.skip(f"inductor's CPU backend needs a C++ compiler ({', '.join(CPU_COMPILERS)}) and none is on PATH")
+    torch._dynamo.reset()  # no step compiled by an earlier test reused (nor its recompile budget spent)
+    out = tmp_path / "compiled"
+    try:
+        code = bench.main(["--quick", "--device", "cpu", "--out", str(out), "--parts", "gen", "--no-plain",
+                           "--gen-variants", "static_matmul_attention,static_compiled"])
+    finally:
+        torch._dynamo.reset()
+    results = json.loads((out / "bench.json").read_text())
+    assert code == 0 and results["errors"] == {}
+    rows = results["gen"]["batches"]
+    row = rows[str(max(map(int, rows)))]  # the variants run at the largest batch
+    assert row["static_matmul_attention"]["compiled_extern_products"] == 0
+    assert row["static_compiled"]["compiled_extern_products"] >= 2 * 7 + 1
+
+
 def test_gen_variants_pick_the_static_variants_timed_and_refuse_unknown_names(tmp_path, capsys):
     """`--gen-variants`: the named variants are timed at the largest batch, on a CPU too (none by
     default there); an unknown name is refused with the names there are, before anything is
