@@ -477,8 +477,8 @@ def _compiled_step(mode: str) -> Callable:
     match; past `torch._dynamo.config.recompile_limit` (8) combinations it warns and steps eagerly.
     `FROZEN_DECODE_MODE` compiles in the default mode with inductor's `freezing` on for the
     compiling call (given as a torch.compile option alone it was not applied: torch 2.13, CPU),
-    concatenating linears on CPU as well; Dynamo guards each model's weights, so another model of the same shape compiles
-    its own step rather than reading the first one's constants."""
+    concatenating linears on a CPU too; another model of the same shape compiles its own step
+    (Dynamo guards the weights) rather than reading the first one's constants (tested)."""
     if mode != FROZEN_DECODE_MODE:
         return torch.compile(_Engine._greedy_step, mode=mode, dynamic=False, fullgraph=True)
     freezing = {"freezing": True, "cpp.enable_concat_linear": True}

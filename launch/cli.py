@@ -138,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no MLflow store (none here, or mlflow not installed): each run writes its record to "
                              "DIR/<suite>/<run>-<id>/ for `python -m registry import` where the store is")
     submit.add_argument("--grid", action="append", default=[], metavar="NAME",
-                        help=f"run the suite once per label of this grid (repeatable: every combination): one of "
-                             f"{sorted(GRIDS)}; runs are named <label>-<run> and tagged <grid>=<label>")
+                        help="run the suite once per label of this grid (repeatable: every combination), named "
+                             "<label>-<run> and tagged <grid>=<label>: "
+                             + "; ".join(f"{g.name} ({', '.join(g.values)}: {g.description})" for g in GRIDS.values()))
     submit.add_argument("overrides", nargs="*", help="config overrides key=value")
     _add_common(submit)
 

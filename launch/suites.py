@@ -444,14 +444,14 @@ def expand(suite: Suite, grids: Sequence[Grid]) -> Suite:
 register_grid(
     Grid(
         name="direction",
-        description="SmolLM2-135M -> Gemma-3-270M (s2g) and Gemma-3-270M -> SmolLM2-135M (g2s)",
+        description="the embedded pair both ways: s2g SmolLM2-135M -> Gemma-3-270M, g2s the reverse",
         values=dict(DIRECTIONS),
     )
 )
 register_grid(
     Grid(
         name="task",
-        description="the synthetic arithmetic task (short answers) and GSM8K (8-shot chain of thought)",
+        description="the synthetic arithmetic task, or GSM8K (8-shot chain of thought)",
         values={
             "synthetic": {
                 "data.source": "synthetic",
