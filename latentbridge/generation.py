@@ -78,7 +78,7 @@ log = logging.getLogger(__name__)
 
 GENERATION_VERSION = "static-greedy-2"  # 2: the prefix-once decode softmax in two parts (rounding may differ)
 ATTENTION_NAME = "latentbridge_static"
-GRAPHS_ENV = "LATENTBRIDGE_CUDA_GRAPHS"  # "0" turns CUDA-graph decoding off
+GRAPHS_ENV = "LATENTBRIDGE_CUDA_GRAPHS"  # a no word ("0", "off", ...) turns CUDA-graph decoding off
 DECODE_ATTENTION_ENV = "LATENTBRIDGE_DECODE_ATTENTION"  # "matmul": two batched products instead of SDPA
 SHARED_PREFIX_DECODE_ENV = "LATENTBRIDGE_SHARED_PREFIX_DECODE"  # "0": each row reads its own copy of a shared prefix
 COMPILE_DECODE_ENV = "LATENTBRIDGE_COMPILE_DECODE"  # "1": the decode step through torch.compile
@@ -500,7 +500,7 @@ def _graphs_wanted(device: torch.device, graphs: bool | None) -> bool:
         return False
     if graphs is not None:
         return graphs
-    return os.environ.get(GRAPHS_ENV, "1") != "0"
+    return env_flag(GRAPHS_ENV, default=True)
 
 
 def _engine(

@@ -442,3 +442,15 @@ def test_the_frozen_decode_step_concatenates_projections_and_reads_each_models_o
     assert frozen_second.tokens == eager[1].tokens and frozen_second.stats.compiled_decode == generation.FROZEN_DECODE_MODE
     generation.release()
     torch._dynamo.reset()  # the frozen steps hold their weights as constants
+
+
+def test_the_cuda_graph_switch_reads_yes_and_no_words_as_every_switch_does(monkeypatch):
+    """`GRAPHS_ENV`: on unless a no word ("0", "off", "No", ...); an explicit `graphs` argument wins,
+    and a CPU never captures. Decided without a GPU: only the switch is read."""
+    cuda = torch.device("cuda")
+    monkeypatch.delenv(generation.GRAPHS_ENV, raising=False)
+    assert generation._graphs_wanted(cuda, None)
+    for value, wanted in (("0", False), (" Off", False), ("no", False), ("1", True), ("yes", True)):
+        monkeypatch.setenv(generation.GRAPHS_ENV, value)
+        assert generation._graphs_wanted(cuda, None) is wanted, value
+        assert generation._graphs_wanted(cuda, True) and not generation._graphs_wanted(torch.device("cpu"), None)
