@@ -234,6 +234,8 @@ def run(
     `variants`: the `STATIC_VARIANTS` timed at the largest batch, on any device; None: all of
     them on CUDA, none elsewhere."""
 
+    if variants is None:
+        variants = list(STATIC_VARIANTS) if device.type == "cuda" else []
     model = random_model(shape, device=device, dtype=torch.bfloat16)
     prefix_ids, _ = _prompt_ids(model, 1, prefix_tokens, seed=0)
     prefix = None
@@ -254,8 +256,8 @@ def run(
         log(f"[gen] {shape} B={batch} static: ttft {ours['ttft_s']:.3f}s decode {ours['decode_s']:.3f}s "
             f"-> {ours['decode_tokens_per_s']:.0f} decode tok/s ({row['static']['fraction_of_bound']:.0%} of bound "
             f"{row['bound']['bound_tokens_per_s']:.0f}), {ours['tokens_per_s']:.0f} end-to-end tok/s, graphs={ours['graphs']}")
-        chosen = (STATIC_VARIANTS if device.type == "cuda" else {}) if variants is None else {n: STATIC_VARIANTS[n] for n in variants}
-        for name, (settings, where) in (chosen.items() if batch == max(batches) else ()):
+        for name in variants if batch == max(batches) else ():
+            settings, where = STATIC_VARIANTS[name]
             if where is not None and where != ours["prefix_read_once"]:
                 continue
             generation.release(model)
