@@ -35,13 +35,14 @@ token for token):
   softmax); on CUDA the compiled step is what the CUDA graph captures. The prefill stays eager.
   `LATENTBRIDGE_COMPILE_DECODE=max-autotune` compiles in inductor's "max-autotune-no-cudagraphs"
   mode (kernels autotuned on the first step; no CUDA graphs of inductor's own);
-  `=frozen` compiles with inductor's freezing: the weights become constants of the step and its
-  passes may concatenate the projections that read one input into one product (query, key and
-  value; gate and up: both on a float32 CPU test; on an H200 the extra memory says gate and up
-  only; the bench's `compiled_extern_products` counts what is left). The concatenated weights
-  are copies (the eager prefill keeps the originals): 7.0 GiB more at the Llama-3.1-8B shape on an
-  H200, held by the compiled function for the rest of the process (`release` does not free them):
-  a bench's switch. Other values raise;
+  `=frozen` compiles with inductor's freezing: the weights become constants of the step, and
+  `latentbridge.concat_projections` joins the products that read one input into one over their
+  concatenated weights (query, key and value, whatever their widths; gate and up), which
+  inductor's own pattern does only for weights of one shape in torch 2.11 (gate and up; session
+  13's H200 run); the bench's `compiled_extern_products` counts the products left. The joined
+  weights are copies (the eager prefill keeps the originals): 7.0 GiB more for gate and up at the
+  Llama-3.1-8B shape, held by the compiled function for the rest of the process (`release` does
+  not free them): a bench's switch. Other values raise;
 - stopping: each row stops at EOS or once it has written `#### <number>` and a newline (or
   starts a new question), checked on the host a chunk of steps behind the GPU; the loop ends
   when every row has stopped. Finished rows keep stepping (their tokens are discarded), as a
@@ -476,12 +477,15 @@ def _compiled_step(mode: str) -> Callable:
     mode, shapes, shared prefix (or none) and attention switch, and reuses it for later engines that
     match; past `torch._dynamo.config.recompile_limit` (8) combinations it warns and steps eagerly.
     `FROZEN_DECODE_MODE` compiles in the default mode with inductor's `freezing` on for the
-    compiling call (given as a torch.compile option alone it was not applied: torch 2.13, CPU),
-    concatenating linears on a CPU too; another model of the same shape compiles its own step
+    compiling call (given as a torch.compile option alone it was not applied: torch 2.13, CPU)
+    and `ConcatProjections` as its post-grad pass (on a CPU with weight prepacking off, which would
+    turn the products into MKL linears the pass does not read); another model of the same shape compiles its own step
     (Dynamo guards the weights) rather than reading the first one's constants (tested)."""
     if mode != FROZEN_DECODE_MODE:
         return torch.compile(_Engine._greedy_step, mode=mode, dynamic=False, fullgraph=True)
-    freezing = {"freezing": True, "cpp.enable_concat_linear": True}
+    from latentbridge.concat_projections import ConcatProjections
+
+    freezing = {"freezing": True, "cpp.weight_prepack": False, "post_grad_custom_pre_pass": ConcatProjections()}
     # as options too: a backend of its own, so Dynamo never hands this step another mode's graph
     step = torch.compile(_Engine._greedy_step, options=freezing, dynamic=False, fullgraph=True)
 

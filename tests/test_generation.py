@@ -12,6 +12,7 @@ from tiny_models import make_tiny_lm
 
 from latentbridge import generation
 from latentbridge.bridge import build_inputs
+from latentbridge.concat_projections import ConcatProjections
 from latentbridge.generation import AnswerLineRule, generate, generate_tokens, plain_generate_tokens
 from latentbridge.models import load_frozen_lm
 
@@ -394,7 +395,11 @@ def test_the_compile_mode_reaches_torch_compile(monkeypatch):
                                   ("frozen", frozen, None)):
         monkeypatch.setenv(generation.COMPILE_DECODE_ENV, value)
         result = generate_tokens(model, embeds, mask, 5)
-        expected = {"mode": compiled} if compiled else {"options": {"freezing": True, "cpp.enable_concat_linear": True}}
+        if compiled is None:  # the frozen step: inductor's freezing and the pass joining products
+            options = calls[-1].pop("options")
+            assert options.pop("freezing") is True and isinstance(options.pop("post_grad_custom_pre_pass"), ConcatProjections)
+            assert options == {"cpp.weight_prepack": False}  # CPU: products stay products the pass can join
+        expected = {"mode": compiled} if compiled else {}
         assert calls[-1] == {**expected, "dynamic": False, "fullgraph": True}, value
         assert result.stats.compiled_decode == mode and generation._ENGINES[model].compile_mode == mode
         assert result.tokens == eager.tokens
@@ -402,26 +407,30 @@ def test_the_compile_mode_reaches_torch_compile(monkeypatch):
     generation.release(model)
 
 
-def test_the_frozen_decode_step_concatenates_projections_and_reads_each_models_own_weights(monkeypatch):
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_frozen_decode_step_concatenates_projections_and_reads_each_models_own_weights(device, monkeypatch):
     """`COMPILE_DECODE_ENV=frozen`: inductor's freezing turns the weights into constants and
-    concatenates the projections that read one input (query, key and value; gate and up), so the
-    step runs fewer matrix products than the unfrozen compiled step: 7 a layer become 4. A second
+    `ConcatProjections` joins the projections that read one input (query, key and value of
+    grouped-query shapes; gate and up), so the step runs fewer matrix products than the unfrozen
+    compiled step: 7 a layer become 4, with the same tokens. A second
     model of the same shape with other weights gets its own tokens, not the first one's constants."""
     from torch._dynamo.utils import counters
 
     from latentbridge.models import CPU_COMPILERS
 
-    if not any(shutil.which(cxx) for cxx in CPU_COMPILERS):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("the frozen step on CUDA needs a GPU (run on the device machine)")
+    if device == "cpu" and not any(shutil.which(cxx) for cxx in CPU_COMPILERS):
         pytest.skip(f"inductor's CPU backend needs a C++ compiler ({', '.join(CPU_COMPILERS)}) and none is on PATH")
     # count what these compiles do: no step an earlier test compiled, no graph from inductor's cache
     torch._dynamo.reset()
     monkeypatch.setattr(generation, "_compiled_step", functools.cache(generation._compiled_step.__wrapped__))
     monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
-    first, second = _two_layer_lm("llama", "cpu"), _two_layer_lm("llama", "cpu")
+    first, second = _two_layer_lm("llama", device), _two_layer_lm("llama", device)
     with torch.no_grad():
         for weight in second.parameters():
-            weight.add_(0.3 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(weight.numel())))
-    ids = torch.randint(3, 96, (3, 10), generator=torch.Generator().manual_seed(1))
+            weight.add_(0.3 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(weight.numel())).to(device))
+    ids = torch.randint(3, 96, (3, 10), generator=torch.Generator().manual_seed(1)).to(device)
     mask = torch.ones_like(ids)
     mask[1, :4] = 0
 
