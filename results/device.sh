@@ -120,17 +120,26 @@ models|start)
   echo "suite started: pid $!"
   ;&
 collect)
-  cd "$LB/repo"; ended=$(( $(date +%s) + WAIT_S ))
-  while pgrep -f "launch submit" > /dev/null && [ "$(date +%s)" -lt "$ended" ]; do sleep 15; done
+  # exported even when the suite is still running (the last call of a session's device time):
+  # finished runs come home whole, a running one with its status and what it logged so far.
+  # SNAPSHOT_S=N exports every N s while waiting too, so a call cut off at the session's device
+  # time still returns the last snapshot (each written whole, then renamed into $OUT)
+  snapshot() {
+    rm -rf "$LB/records"
+    python3 -m registry export --experiment "$SUITE" --out "$LB/records" --skip-artifacts checkpoint translator best_translator > "$LB/export.log" 2>&1
+    tar czf "$LB/records.tgz" -C "$LB" records && mv "$LB/records.tgz" "$OUT/records.tgz"
+    tar czf "$LB/logs.tgz" --exclude='*.pt' --exclude='*.safetensors' --exclude='*/code/*' -C "$LB" submit.log repo/runs 2>/dev/null
+    mv "$LB/logs.tgz" "$OUT/logs.tgz"; echo "snapshot $(date +%T)"
+  }
+  cd "$LB/repo"; ended=$(( $(date +%s) + WAIT_S )); next=$(( $(date +%s) + ${SNAPSHOT_S:-0} ))
+  while pgrep -f "launch submit" > /dev/null && [ "$(date +%s)" -lt "$ended" ]; do
+    sleep 15
+    [ "${SNAPSHOT_S:-0}" -gt 0 ] && [ "$(date +%s)" -ge "$next" ] && { snapshot; next=$(( $(date +%s) + SNAPSHOT_S )); }
+  done
   pgrep -f "launch submit" > /dev/null && echo "suite still running" || echo "suite ended"
   nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
   grep -v "it/s\]" "$LB/submit.log" | tail -n 30
-  # exported even when the suite is still running (the last call of a session's device time):
-  # finished runs come home whole, a running one with its status and what it logged so far
-  rm -rf "$LB/records"
-  python3 -m registry export --experiment "$SUITE" --out "$LB/records" --skip-artifacts checkpoint translator best_translator
-  tar czf "$OUT/records.tgz" -C "$LB" records
-  tar czf "$OUT/logs.tgz" --exclude='*.pt' --exclude='*.safetensors' --exclude='*/code/*' -C "$LB" submit.log repo/runs 2>/dev/null
+  snapshot; cat "$LB/export.log" | tail -n 5
   ls -la "$OUT"
   ;;
 bench)
