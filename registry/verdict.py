@@ -18,6 +18,11 @@ Rules, checked in this order (the first that holds decides; `Verdict.decided_by`
                     question's text with K trained vectors, the fair reference for a bridge that
                     was trained on the task) and it beats the bridge with statistical support:
                     beating an untrained few-shot target-alone is then no headline;
+  no_trained_controls  ablation: bridged beats target-alone with statistical support, but the
+                    suite has no trained no-source or no trained text control of the run (same
+                    pair, task, K, steps and batch) and `require_trained_controls` is on: an
+                    untrained few-shot target-alone is no reference for a bridge trained on the
+                    task, so the run waits for its controls;
   beats_target      headline: bridged beats target-alone with statistical support on the same
                     questions (paired bootstrap interval of bridged - target above 0, or an exact
                     McNemar test, `test`), on at least `min_questions` questions;
@@ -48,6 +53,7 @@ from latentbridge.stats import bootstrap_mean_interval
 
 VERDICTS = ("headline", "control", "ablation", "negative", "unstable")
 TESTS = ("both", "bootstrap", "mcnemar")
+CONTROL_ROLES = ("no_source", "trained_text")  # the trained controls a headline is judged against
 DEFAULTS_FILE = Path(__file__).with_name("verdict_defaults.json")
 
 
@@ -78,6 +84,8 @@ class VerdictRules:
     # prompt that reads nothing gives 0 exactly on a CPU, but batched bf16 forwards on a GPU
     # differ by up to ~1e-5 bits a question (seen on an H200), so "above 0" means above this
     min_bits_transmitted: float = 0.001
+    # a headline needs both trained controls of the run (no-source and trained text) in its suite
+    require_trained_controls: bool = True
 
     def __post_init__(self) -> None:
         if self.test not in TESTS:
@@ -106,7 +114,14 @@ class VerdictRules:
 
 
 def _coerce(type_name, value, key: str):
-    kind = {"int": int, "float": float, "str": str}.get(type_name if isinstance(type_name, str) else type_name.__name__)
+    kind = {"int": int, "float": float, "str": str, "bool": bool}.get(type_name if isinstance(type_name, str) else type_name.__name__)
+    if kind is bool:
+        words = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+        if isinstance(value, bool):
+            return value
+        if str(value).strip().lower() in words:
+            return words[str(value).strip().lower()]
+        raise ValueError(f"verdict rule {key}={value!r} is not a yes/no value: use true or false") from None
     try:
         if kind is int and isinstance(value, str):
             return int(value)
@@ -392,6 +407,16 @@ def judge(
             "bootstrap": (by_interval, interval_text),
             "mcnemar": (by_test, test_text),
         }[rules.test]
+        missing = [role for role in CONTROL_ROLES if role not in comparisons]
+        if supported and n >= rules.min_questions and missing and rules.require_trained_controls:
+            return make(
+                "ablation",
+                "no_trained_controls",
+                f"bridged {b:.3f} beats target-alone {t:.3f} ({evidence} on {n} questions), but the suite has no"
+                f" trained {' or '.join(missing)} control of this run (the same pair, task, K, steps and batch):"
+                " an untrained target-alone is no reference for a bridge trained on the task; train them"
+                " (or set require_trained_controls=false to judge against target-alone)",
+            )
         if supported and n >= rules.min_questions:
             return make("headline", "beats_target", f"bridged {b:.3f} beats target-alone {t:.3f}; {evidence} on {n} questions")
         why = evidence if not supported else f"only {n} questions (< {rules.min_questions})"

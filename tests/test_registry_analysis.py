@@ -137,8 +137,20 @@ def suite_store(tmp_path_factory, tiny_pair):
 @pytest.fixture(scope="module")
 def analysis(suite_store):
     from registry.analysis import analyze
+    from registry.verdict import VerdictRules
 
-    return analyze(SUITE, suite_store["root"] / "out")
+    # this suite holds no trained controls: its verdicts are judged against target-alone here
+    # (test_without_trained_controls_no_run_is_a_headline: what the default rules say of it)
+    return analyze(SUITE, suite_store["root"] / "out", rules=VerdictRules.load(require_trained_controls=False))
+
+
+def test_without_trained_controls_no_run_is_a_headline(suite_store):
+    from registry.analysis import analyze
+
+    result = analyze(SUITE, suite_store["root"] / "default-rules", log_to_mlflow=False, count_prompt_tokens=False)
+    runs = {r["run"]: r for r in json.loads((result.out / "ablation_results.json").read_text())["runs"]}
+    assert runs["k64"]["verdict"] == "ablation" and "no trained no_source or trained_text control" in runs["k64"]["verdict_rule"]
+    assert {name: r["verdict"] for name, r in runs.items() if name != "k64"} == {"k48": "control", "k32": "negative", "no-fixes": "unstable"}
 
 
 def test_analysis_writes_every_asset(analysis):

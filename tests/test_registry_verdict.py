@@ -30,7 +30,10 @@ def records(n: int, bridged: int, target: int, source: int, *, same_output: bool
     return out
 
 
-RULES = VerdictRules.load()
+# The rules against target-alone alone (the order of the rules, the tests, the thresholds);
+# DEFAULTS also ask a headline for both trained controls (test_a_headline_needs_both_trained_controls).
+RULES = VerdictRules.load(require_trained_controls=False)
+DEFAULTS = VerdictRules.load()
 
 
 @pytest.mark.parametrize(
@@ -68,7 +71,7 @@ def test_sparse_wins_pass_the_bootstrap_alone_but_not_both_tests():
     """A gain carried by 4 questions out of 200: the percentile bootstrap excludes 0, the exact
     McNemar test does not reject; the default rule needs both."""
     sparse = records(200, 4, 0, 0)
-    bootstrap_only = VerdictRules.load(**parse_assignments(["test=bootstrap"]))
+    bootstrap_only = VerdictRules.load(**parse_assignments(["test=bootstrap", "require_trained_controls=false"]))
     assert judge(sparse, peak_bridged=0.02, rules=bootstrap_only).verdict == "headline"
     result = judge(sparse, peak_bridged=0.02, rules=RULES)
     assert result.verdict == "ablation" and "p=0.1250" in result.rule and "excludes 0" in result.rule
@@ -76,10 +79,10 @@ def test_sparse_wins_pass_the_bootstrap_alone_but_not_both_tests():
 
 def test_thresholds_are_overridable():
     few = records(100, 70, 60, 45)
-    assert judge(few, peak_bridged=0.7, rules=VerdictRules.load(min_questions=50)).verdict == "headline"
+    assert judge(few, peak_bridged=0.7, rules=VerdictRules.load(min_questions=50, require_trained_controls=False)).verdict == "headline"
     unstable = records(200, 140, 120, 90)
-    assert judge(unstable, peak_bridged=0.8, rules=VerdictRules.load(unstable_margin=0.15)).verdict == "headline"
-    mcnemar = VerdictRules.load(**parse_assignments(["test=mcnemar", "confidence=0.99"]))
+    assert judge(unstable, peak_bridged=0.8, rules=VerdictRules.load(unstable_margin=0.15, require_trained_controls="off")).verdict == "headline"
+    mcnemar = VerdictRules.load(**parse_assignments(["test=mcnemar", "confidence=0.99", "require_trained_controls=0"]))
     assert mcnemar.test == "mcnemar" and mcnemar.confidence == 0.99
     result = judge(unstable, peak_bridged=0.7, rules=mcnemar)
     assert result.verdict == "headline" and "exact McNemar" in result.rule
@@ -194,6 +197,30 @@ def test_a_headline_must_beat_the_trained_no_source_control():
     assert set(result.comparisons) == {"no_source", "trained_text"}
 
 
+def test_a_headline_needs_both_trained_controls():
+    """By default beating an untrained target-alone makes no headline: the suite must hold the
+    run's trained no-source and trained text controls, and the rule names the missing ones."""
+    bridged = records(200, 140, 120, 90)
+    assert DEFAULTS.require_trained_controls
+    result = judge(bridged, peak_bridged=0.7, rules=DEFAULTS, content=CONTENT)
+    assert (result.verdict, result.decided_by) == ("ablation", "no_trained_controls"), result.rule
+    assert "no trained no_source or trained_text control" in result.rule and "excludes 0" in result.rule
+    weak, as_good = [i < 60 for i in range(200)], [i < 140 for i in range(200)]
+    result = judge(bridged, peak_bridged=0.7, rules=DEFAULTS, content=CONTENT, controls={"no_source": weak})
+    assert result.decided_by == "no_trained_controls" and "no trained trained_text control" in result.rule
+    both = {"no_source": weak, "trained_text": as_good}
+    assert judge(bridged, peak_bridged=0.7, rules=DEFAULTS, content=CONTENT, controls=both).verdict == "headline"
+    # the rule judges; it does not excuse: a run that fails an earlier rule keeps that verdict
+    assert judge(records(200, 110, 120, 90), peak_bridged=0.55, rules=DEFAULTS).decided_by == "between"
+
+
+def test_the_controls_rule_reads_yes_and_no():
+    assert VerdictRules.load(require_trained_controls="false").require_trained_controls is False
+    assert VerdictRules.load(**parse_assignments(["require_trained_controls=on"])).require_trained_controls is True
+    with pytest.raises(ValueError, match="require_trained_controls='maybe' is not a yes/no value"):
+        VerdictRules.load(require_trained_controls="maybe")
+
+
 def test_a_trained_control_is_judged_a_control_and_the_verdict_round_trips():
     result = judge(records(200, 140, 120, 90), peak_bridged=0.7, rules=RULES, content=NO_CONTENT, is_control=True)
     assert (result.verdict, result.decided_by) == ("control", "trained_control")
@@ -218,7 +245,7 @@ def test_gpu_noise_above_zero_is_not_content():
     noise = {"content/bits_transmitted": 3e-8, "content/bits_transmitted_low": 1e-9, "content/bits_transmitted_high": 6e-8}
     result = judge(records(200, 140, 120, 90), peak_bridged=0.7, rules=RULES, content=noise)
     assert result.decided_by == "no_content"
-    assert judge(records(200, 140, 120, 90), peak_bridged=0.7, rules=VerdictRules.load(min_bits_transmitted=0.0),
+    assert judge(records(200, 140, 120, 90), peak_bridged=0.7, rules=VerdictRules.load(min_bits_transmitted=0.0, require_trained_controls=False),
                  content=noise).verdict == "headline"
 
 
