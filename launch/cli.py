@@ -8,7 +8,7 @@ each pinned to its own). A suite of several runs gets one parent MLflow run hold
 children. It leaves a record that `status`, `logs`, `wait` and `cancel` read later (they
 default to the latest submission). `--grid NAME` (repeatable) runs the suite once per label of
 each grid (launch/suites.py: `direction`, `task`), e.g. the study on the embedded pair:
-`submit --suite ablations --grid direction --grid task` (24 runs, `s2g-synthetic-1a`, ...).
+`submit --suite ablations --grid direction --grid task` (40 runs, `s2g-synthetic-1a`, ...).
 
 Records mode (`--records DIR`, a machine without the MLflow store): no MLflow run is opened
 and nothing imports mlflow; each run writes its record (params, tags, metrics, artifacts,

@@ -176,8 +176,18 @@ register(
             "2b": {**FIXES_ON, "translator.num_tokens": 48, "translator.depth": 6},
             "no-source": {**FIXES_ON, **NO_SOURCE},
             "trained-text": {**FIXES_ON, **TRAINED_TEXT},
+            # the same controls at 2a's and 2b's K (the reference study had them at K=64 alone,
+            # which left its shorter bridges judged against an untrained target-alone)
+            **{
+                f"{control}-k{k}": {**FIXES_ON, **changes, "translator.num_tokens": k}
+                for k in (32, 48)
+                for control, changes in (("no-source", NO_SOURCE), ("trained-text", TRAINED_TEXT))
+            },
         },
-        run_tags={"1a": {"fixes": "on"}, "1b": {"fixes": "off"}, "2a": {"fixes": "on"}, "2b": {"fixes": "on"}, **CONTROL_TAGS},
+        run_tags={
+            "1a": {"fixes": "on"}, "1b": {"fixes": "off"}, "2a": {"fixes": "on"}, "2b": {"fixes": "on"}, **CONTROL_TAGS,
+            **{f"{control}-k{k}": CONTROL_TAGS[control] for k in (32, 48) for control in CONTROL_TAGS},
+        },
     )
 )
 
