@@ -326,6 +326,7 @@ RECONSTRUCT = {"loss.reconstruction_weight": 1.0}
 # evaluated every 500 steps: as many evaluations as a 1,000-step run, so three such runs fit one
 # session's device time (a 1,000-step run took 13-14.5 min four at a time on one H200)
 LONGER = {"train.steps": 2000, "train.eval_every": 500, "train.checkpoint_every": 500}
+GSM8K_LONGER = {**LONGER, "train.eval_every": 1000}
 CONTENT_FIRST = {**RECONSTRUCT, "loss.content_first_steps": 300}
 CONTENT_CONTROLS = {"loss.reconstruction_weight": 0.0, "loss.content_first_steps": 0}
 CARRY_MEMBERS: dict[str, tuple[dict[str, object], dict[str, str]]] = {
@@ -355,6 +356,12 @@ CARRY_MEMBERS: dict[str, tuple[dict[str, object], dict[str, str]]] = {
     "gsm8k-lm-nce": (GSM8K_TASK, {"role": "bridge"}),  # the synthetic task's best recipe (session 7)
     "gsm8k-no-source": ({**GSM8K_TASK, **NO_SOURCE, **CONTENT_CONTROLS}, CONTROL_TAGS["no-source"]),
     "gsm8k-trained-text": ({**GSM8K_TASK, **TRAINED_TEXT, **CONTENT_CONTROLS}, CONTROL_TAGS["trained-text"]),
+    # GSM8K at 1,000 steps sat at the floor both ways while 6-32 bits crossed (sessions 7-10): the
+    # synthetic task's best recipe (lr 1e-3, 2,000 steps) on it, evaluated every 1,000 steps (a
+    # GSM8K evaluation of 500 questions writes up to 256 tokens each), with its controls as long
+    "gsm8k-lm-nce-lr1e-3-2k": ({**GSM8K_TASK, "optim.lr": 1e-3, **GSM8K_LONGER}, {"role": "bridge"}),
+    "gsm8k-no-source-2k": ({**GSM8K_TASK, **NO_SOURCE, **CONTENT_CONTROLS, **GSM8K_LONGER}, CONTROL_TAGS["no-source"]),
+    "gsm8k-trained-text-2k": ({**GSM8K_TASK, **TRAINED_TEXT, **CONTENT_CONTROLS, **GSM8K_LONGER}, CONTROL_TAGS["trained-text"]),
 }
 register(
     Suite(
