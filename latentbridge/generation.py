@@ -42,7 +42,8 @@ token for token):
   13's H200 run); the bench's `compiled_extern_products` counts the products left. The joined
   weights are copies (the eager prefill keeps the originals): 7.0 GiB more for gate and up at the
   Llama-3.1-8B shape, held by the compiled function for the rest of the process (`release` does
-  not free them): a bench's switch. Other values raise;
+  not free them): a bench's switch. `=frozen-max-autotune` freezes, joins and autotunes the
+  joined products as `=max-autotune` does. Other values raise;
 - stopping: each row stops at EOS or once it has written `#### <number>` and a newline (or
   starts a new question), checked on the host a chunk of steps behind the GPU; the loop ends
   when every row has stopped. Finished rows keep stepping (their tokens are discarded), as a
@@ -84,10 +85,18 @@ DECODE_ATTENTION_ENV = "LATENTBRIDGE_DECODE_ATTENTION"  # "matmul": two batched 
 SHARED_PREFIX_DECODE_ENV = "LATENTBRIDGE_SHARED_PREFIX_DECODE"  # "0": each row reads its own copy of a shared prefix
 COMPILE_DECODE_ENV = "LATENTBRIDGE_COMPILE_DECODE"  # "1": the decode step through torch.compile
 FROZEN_DECODE_MODE = "default+freezing"
-COMPILE_DECODE_MODES = {"max-autotune": "max-autotune-no-cudagraphs", "frozen": FROZEN_DECODE_MODE}
+FROZEN_AUTOTUNE_MODE = "max-autotune-no-cudagraphs+freezing"
+COMPILE_DECODE_MODES = {
+    "max-autotune": "max-autotune-no-cudagraphs",
+    "frozen": FROZEN_DECODE_MODE,
+    "frozen-max-autotune": FROZEN_AUTOTUNE_MODE,
+}
 """The values `COMPILE_DECODE_ENV` takes beside yes and no -> the torch.compile mode each picks
 (never one with CUDA graphs of inductor's own: the engine captures the compiled step itself);
-`FROZEN_DECODE_MODE` is inductor's default mode with its freezing passes (`_compiled_step`)."""
+`FROZEN_DECODE_MODE` is inductor's default mode with its freezing passes (`_compiled_step`),
+`FROZEN_AUTOTUNE_MODE` the same in max-autotune-no-cudagraphs (the joined products autotuned)."""
+_FROZEN_MODES = {FROZEN_DECODE_MODE: "default", FROZEN_AUTOTUNE_MODE: "max-autotune-no-cudagraphs"}
+"""Each frozen mode -> the torch.compile mode whose inductor options it adds to freezing."""
 
 _DONE = re.compile(r"####\s*[-+]?[\d,]*\.?\d+\s*\n|\nQ:")
 STOP_WINDOW = 24
@@ -476,16 +485,20 @@ def _compiled_step(mode: str) -> Callable:
     silently leaving work eager). Dynamo compiles it on the first step of each new combination of
     mode, shapes, shared prefix (or none) and attention switch, and reuses it for later engines that
     match; past `torch._dynamo.config.recompile_limit` (8) combinations it warns and steps eagerly.
-    `FROZEN_DECODE_MODE` compiles in the default mode with inductor's `freezing` on for the
+    `FROZEN_DECODE_MODE` (`FROZEN_AUTOTUNE_MODE`: with max-autotune-no-cudagraphs' options too)
+    compiles in the default mode with inductor's `freezing` on for the
     compiling call (given as a torch.compile option alone it was not applied: torch 2.13, CPU)
     and `ConcatProjections` as its post-grad pass (on a CPU with weight prepacking off, which would
     turn the products into MKL linears the pass does not read); another model of the same shape compiles its own step
     (Dynamo guards the weights) rather than reading the first one's constants (tested)."""
-    if mode != FROZEN_DECODE_MODE:
+    if mode not in _FROZEN_MODES:
         return torch.compile(_Engine._greedy_step, mode=mode, dynamic=False, fullgraph=True)
+    from torch._inductor import list_mode_options
+
     from latentbridge.concat_projections import ConcatProjections
 
-    freezing = {"freezing": True, "cpp.weight_prepack": False, "post_grad_custom_pre_pass": ConcatProjections()}
+    freezing = {"freezing": True, "cpp.weight_prepack": False, "post_grad_custom_pre_pass": ConcatProjections(),
+                **list_mode_options(_FROZEN_MODES[mode])}
     # as options too: a backend of its own, so Dynamo never hands this step another mode's graph
     step = torch.compile(_Engine._greedy_step, options=freezing, dynamic=False, fullgraph=True)
 

@@ -361,7 +361,7 @@ def test_the_compile_switch_takes_yes_no_or_a_mode_and_refuses_anything_else(mon
     monkeypatch.delenv(generation.COMPILE_DECODE_ENV, raising=False)
     assert generation.compile_decode_mode() is None
     for value, mode in (("0", None), (" Off", None), ("1", "default"), ("yes", "default"), ("Max-Autotune", "max-autotune-no-cudagraphs"),
-                        ("frozen", generation.FROZEN_DECODE_MODE)):
+                        ("frozen", generation.FROZEN_DECODE_MODE), ("Frozen-Max-Autotune", generation.FROZEN_AUTOTUNE_MODE)):
         monkeypatch.setenv(generation.COMPILE_DECODE_ENV, value)
         assert generation.compile_decode_mode() == mode, value
     monkeypatch.setenv(generation.COMPILE_DECODE_ENV, "max-autotune-no-cudagraphs")  # the mode's own name is not a value
@@ -391,19 +391,21 @@ def test_the_compile_mode_reaches_torch_compile(monkeypatch):
     embeds = model.get_input_embeddings()(ids).detach()
     eager = generate_tokens(model, embeds, mask, 5)
     frozen = generation.FROZEN_DECODE_MODE  # inductor's default mode with freezing (options: a backend of its own)
+    autotune = {"max_autotune": True, "coordinate_descent_tuning": True}  # max-autotune-no-cudagraphs' options
     for value, mode, compiled in (("1", "default", "default"), ("max-autotune", "max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs"),
-                                  ("frozen", frozen, None)):
+                                  ("frozen", frozen, None), ("frozen-max-autotune", generation.FROZEN_AUTOTUNE_MODE, None)):
         monkeypatch.setenv(generation.COMPILE_DECODE_ENV, value)
         result = generate_tokens(model, embeds, mask, 5)
         if compiled is None:  # the frozen step: inductor's freezing and the pass joining products
             options = calls[-1].pop("options")
             assert options.pop("freezing") is True and isinstance(options.pop("post_grad_custom_pre_pass"), ConcatProjections)
-            assert options == {"cpp.weight_prepack": False}  # CPU: products stay products the pass can join
+            # CPU: products stay products the pass can join; autotuned too where the mode says so
+            assert options == {"cpp.weight_prepack": False, **(autotune if value == "frozen-max-autotune" else {})}
         expected = {"mode": compiled} if compiled else {}
         assert calls[-1] == {**expected, "dynamic": False, "fullgraph": True}, value
         assert result.stats.compiled_decode == mode and generation._ENGINES[model].compile_mode == mode
         assert result.tokens == eager.tokens
-    assert len(calls) == 3
+    assert len(calls) == 4
     generation.release(model)
 
 

@@ -50,6 +50,7 @@ STATIC_VARIANTS = {
     "static_compiled_per_row": ({generation.COMPILE_DECODE_ENV: "1", generation.SHARED_PREFIX_DECODE_ENV: "0"}, True),
     "static_compiled_max_autotune": ({generation.COMPILE_DECODE_ENV: "max-autotune"}, None),
     "static_compiled_frozen": ({generation.COMPILE_DECODE_ENV: "frozen"}, None),
+    "static_compiled_frozen_max_autotune": ({generation.COMPILE_DECODE_ENV: "frozen-max-autotune"}, None),
 }
 """The static decoder with decode choices switched by their environment variables: name ->
 (settings, where), `where` the value of `prefix_read_once` the variant runs at (None: both).
@@ -57,7 +58,7 @@ The per-row variants (each row reads its own copy) run only where the decode rea
 prefix once; `static_matmul_attention` only where it does not (every step of the prefix-once
 decode goes through `generation._prefix_once_attention`, so the switch would change nothing);
 the compiled ones (the decode step through torch.compile, in the CUDA graph; inductor's default
-mode, "max-autotune-no-cudagraphs", or the default with freezing) either way."""
+mode, "max-autotune-no-cudagraphs", or either with freezing) either way."""
 
 
 def _prompt_ids(model, batch: int, length: int, seed: int, ragged: bool = False):
