@@ -4,7 +4,7 @@
   promote MODEL VERSION --alias NAME     set an alias; --force --reason "..." against the verdict
   list [--model NAME]                    the archive as a table
   reproduce models:/NAME@ALIAS           reload a version and re-answer its archived questions
-  analyze --suite NAME --out DIR         tables, figures, LaTeX of a suite, logged to MLflow
+  analyze --suite NAME --out DIR         tables, figures, LaTeX of a suite (--suite repeated: several as one), logged to MLflow
   summarize PATH...                      valid / invalid / correct answers per eval JSONL
   import FOLDER...                       replay FileReporter run records into MLflow runs (idempotent)
 """
@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the first N archived questions (a spot check on a slow machine)")
 
     p = commands.add_parser("analyze", help="a suite's tables, figures and LaTeX, logged to MLflow")
-    p.add_argument("--suite", required=True)
+    p.add_argument("--suite", required=True, action="append",
+                   help="the suite (repeatable: a study spanning suites, analysed as one; each run judged against its own suite's controls)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the files as an MLflow analysis run")
     p.add_argument("--no-prompt-count", action="store_true", help="do not load tokenizers to count prompt tokens")
@@ -150,12 +151,12 @@ def _reproduce(args) -> int:
 def _analyze(args) -> int:
     from registry.analysis import analyze
 
-    done = analyze(args.suite, Path(args.out), rules=_rules(args), log_to_mlflow=not args.no_mlflow,
+    done = analyze(args.suite[0] if len(args.suite) == 1 else args.suite, Path(args.out), rules=_rules(args), log_to_mlflow=not args.no_mlflow,
                    count_prompt_tokens=not args.no_prompt_count, pdf=args.pdf,
                    include_unfinished=args.include_unfinished)
     for path in done.files:
         print(path)
-    print(f"suite {args.suite}: {len(done.data.runs)} runs analysed"
+    print(f"suite {done.data.suite}: {len(done.data.runs)} runs analysed"
           + (f"; files logged to MLflow run {done.run_id}" if done.run_id else ""))
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def log_analysis_run(data: SuiteData, out: Path, files: list[Path]) -> str:
 
 
 def analyze(
-    suite: str,
+    suite: str | Sequence[str],
     out: Path,
     *,
     rules: VerdictRules | None = None,
@@ -86,10 +87,11 @@ def analyze(
     pdf: bool = False,
     include_unfinished: bool = False,
 ) -> AnalysisResult:
-    """Tables, figures and LaTeX of `suite` in `out` (with `pdf`: paper.pdf too, by pdflatex),
-    logged as the suite's analysis run unless `log_to_mlflow` is False."""
+    """Tables, figures and LaTeX of `suite` (or several, as one: `collect`) in `out` (with `pdf`:
+    paper.pdf too, by pdflatex), logged as the suite's analysis run unless `log_to_mlflow` is False."""
     out = Path(out)
     data = collect(suite, rules=rules, count_prompt_tokens=count_prompt_tokens, include_unfinished=include_unfinished)
+    suite = data.suite  # several suites: "a+b"
     files = write_tables(data, out)
     files += write_figures(data.runs, out / "figures")
     files += write_latex(data, out)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -130,9 +131,10 @@ class SuiteData:
     experiment_ids: list[str] = field(default_factory=list)
 
 
-def _labels(runs: list[RunFacts], status: dict[str, str]) -> list[str]:
-    counts = Counter(r.name for r in runs)
-    labels = [r.name if counts[r.name] == 1 else f"{r.name}#{r.run_id[:6]}" for r in runs]
+def _labels(runs: list[RunFacts], status: dict[str, str], with_suite: bool = False) -> list[str]:
+    names = [f"{r.suite}/{r.name}" if with_suite else r.name for r in runs]
+    counts = Counter(names)
+    labels = [name if counts[name] == 1 else f"{name}#{r.run_id[:6]}" for name, r in zip(names, runs)]
     return [
         label if status[r.run_id] == "FINISHED"
         else f"{label} [{status[r.run_id].lower()} at step {r.evals[-1][0]} of {r.steps}]"
@@ -160,14 +162,22 @@ def _superseded(runs: list) -> dict[str, str]:
 
 
 def collect(
-    suite: str, *, rules: VerdictRules | None = None, count_prompt_tokens: bool = True, include_unfinished: bool = False
+    suite: str | Sequence[str], *, rules: VerdictRules | None = None, count_prompt_tokens: bool = True,
+    include_unfinished: bool = False,
 ) -> SuiteData:
     """Every FINISHED training run of `suite` (oldest first), judged with `rules`; with
-    `include_unfinished`, also every other run that logged an evaluation (see the module doc)."""
+    `include_unfinished`, also every other run that logged an evaluation (see the module doc).
+    Several suites (a study that spans them) are analysed as one, named `a+b`: each run labelled
+    `<suite>/<name>`, and judged against the trained controls of its own suite only."""
+    suites = [suite] if isinstance(suite, str) else list(dict.fromkeys(suite))
+    if not suites:
+        raise RegistryError("no suite to analyse: name one or more")
+    suite = "+".join(suites)
     mlflow_client = client()
     rules = rules or VerdictRules.load()
     experiment_ids = [e.experiment_id for e in mlflow_client.search_experiments()]
-    runs = suite_runs(mlflow_client, experiment_ids, suite) if experiment_ids else []
+    runs = [r for name in suites for r in suite_runs(mlflow_client, experiment_ids, name)] if experiment_ids else []
+    runs.sort(key=lambda r: r.info.start_time or 0)
     status = {r.info.run_id: r.info.status for r in runs}
     # a partial run must have logged an evaluation (its metric, here; its eval JSONL, below), and
     # no later attempt with the same params may have finished (that one replaces it)
@@ -205,7 +215,7 @@ def collect(
         }
         records_of = {f.run_id: evaluations_of[f.run_id][f.evals[-1][0]] for f in facts if f.evals}
         test_records_of = {f.run_id: _test_records(mlflow_client, f.run_id, Path(tmp) / f.run_id) for f in facts}
-        for fact, label in zip(facts, _labels(facts, status)):
+        for fact, label in zip(facts, _labels(facts, status, with_suite=len(suites) > 1)):
             item = SuiteRun(fact, label, status=status[fact.run_id])
             item.evaluations = {
                 step: estimate([bool(r[BRIDGED]["correct"]) for r in records], rules)
@@ -226,8 +236,9 @@ def collect(
                 fact.prompt_tokens_mean = try_mean_prompt_tokens(
                     config_from_params(fact.params), [r["question"] for r in records]
                 )
+            same_suite = [other for other in facts if other.suite == fact.suite]
             controls = matched_controls(
-                fact.params, records, ((other.params, lambda o=other: records_of.get(o.run_id)) for other in facts)
+                fact.params, records, ((other.params, lambda o=other: records_of.get(o.run_id)) for other in same_suite)
             )
             try:
                 verdict = judge(
@@ -247,7 +258,7 @@ def collect(
             if test_records:  # the tested translator against its controls' tested ones, question by question
                 item.test = eval_scores(test_records, rules)
                 test_controls = matched_controls(
-                    fact.params, test_records, ((o.params, lambda o=o: test_records_of.get(o.run_id)) for o in facts)
+                    fact.params, test_records, ((o.params, lambda o=o: test_records_of.get(o.run_id)) for o in same_suite)
                 )
                 try:
                     item.test_comparisons = paired_comparisons(test_records, test_controls, rules)

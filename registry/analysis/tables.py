@@ -239,8 +239,8 @@ def content_summary(data: SuiteData) -> dict:
         key = lambda name: TEST_PREFIX + name if test else name  # noqa: E731
         metric = lambda name: f.metrics.get(key(name))  # noqa: E731
         controls = {}
-        for other in by_id.values():
-            role = control_role(other.facts.params, f.params)
+        for other in by_id.values():  # its own suite's controls (several suites: `collect`)
+            role = control_role(other.facts.params, f.params) if other.facts.suite == f.suite else None
             if role is not None:
                 controls[role] = other.facts.metrics.get(key(BRIDGED_ACCURACY))
         runs.append(
