@@ -47,6 +47,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from latentbridge.config import FALSE_WORDS, TRUE_WORDS
 from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, BRIDGED, MISMATCHED, SOURCE, TARGET, EvalRecord
 from latentbridge.scoring import INVALID
 from latentbridge.stats import bootstrap_mean_interval
@@ -115,13 +116,13 @@ class VerdictRules:
 
 def _coerce(type_name, value, key: str):
     kind = {"int": int, "float": float, "str": str, "bool": bool}.get(type_name if isinstance(type_name, str) else type_name.__name__)
-    if kind is bool:
-        words = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
-        if isinstance(value, bool):
-            return value
-        if str(value).strip().lower() in words:
-            return words[str(value).strip().lower()]
-        raise ValueError(f"verdict rule {key}={value!r} is not a yes/no value: use true or false") from None
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is bool:  # the yes/no words every switch of the project reads
+        word = str(value).strip().lower()
+        if word in TRUE_WORDS + FALSE_WORDS:
+            return word in TRUE_WORDS
+        raise ValueError(f"verdict rule {key}={value!r} is not a yes/no value; use one of {[*TRUE_WORDS, *FALSE_WORDS]}")
     try:
         if kind is int and isinstance(value, str):
             return int(value)
