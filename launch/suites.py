@@ -167,7 +167,10 @@ register(
 register(
     Suite(
         name="ablations",
-        description="Phase 1: stability fixes on/off at K=64, and shorter soft prompts (K=32, 48), with trained no-source and text controls at each K.",
+        description=(
+            "Phase 1: stability fixes on/off at K=64, and shorter soft prompts (K=32, 48),"
+            " with trained no-source and text controls at each K."
+        ),
         base=REFERENCE,
         runs={
             "1a": {**FIXES_ON},
