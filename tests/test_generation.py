@@ -415,7 +415,8 @@ def test_the_frozen_decode_step_concatenates_projections_and_reads_each_models_o
     `ConcatProjections` joins the projections that read one input (query, key and value of
     grouped-query shapes; gate and up), so the step runs fewer matrix products than the unfrozen
     compiled step: 7 a layer become 4, with the same tokens. A second
-    model of the same shape with other weights gets its own tokens, not the first one's constants."""
+    model of the same shape with other weights gets its own tokens, not the first one's constants;
+    `frozen-max-autotune` (autotuned as well) the eager tokens too."""
     from torch._dynamo.utils import counters
 
     from latentbridge.models import CPU_COMPILERS
@@ -451,6 +452,9 @@ def test_the_frozen_decode_step_concatenates_projections_and_reads_each_models_o
     assert products["1"] - products["frozen"] == 2 * 3  # two layers: q, k, v -> one; gate, up -> one
     frozen_second = run(second)
     assert frozen_second.tokens == eager[1].tokens and frozen_second.stats.compiled_decode == generation.FROZEN_DECODE_MODE
+    monkeypatch.setenv(generation.COMPILE_DECODE_ENV, "frozen-max-autotune")  # the joined products autotuned too
+    autotuned = run(first)
+    assert autotuned.tokens == eager[0].tokens and autotuned.stats.compiled_decode == generation.FROZEN_AUTOTUNE_MODE
     generation.release()
     torch._dynamo.reset()  # the frozen steps hold their weights as constants
 
