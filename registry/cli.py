@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("analyze", help="a suite's tables, figures and LaTeX, logged to MLflow")
     p.add_argument("--suite", required=True, action="append",
-                   help="the suite (repeatable: a study spanning suites, analysed as one; each run judged against its own suite's controls)")
+                   help="the suite (repeatable: a study spanning suites, analysed as one; each run judged against its own suite's controls first)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the files as an MLflow analysis run")
     p.add_argument("--no-prompt-count", action="store_true", help="do not load tokenizers to count prompt tokens")

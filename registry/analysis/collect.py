@@ -17,10 +17,10 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -131,6 +131,17 @@ class SuiteData:
     experiment_ids: list[str] = field(default_factory=list)
 
 
+T = TypeVar("T")
+
+
+def own_suite_last(runs: Sequence[T], suite: str, suite_of: Callable[[T], str]) -> list[T]:
+    """`runs` with those of `suite` last. Control matching keeps the last control of a role, so a
+    bridge is judged against its own suite's trained controls, and against another analysed
+    suite's (the same pair, task, K, steps and batch: `registry.facts.SAME_TASK`) only where its
+    own suite has none (a suite of bridges alone, e.g. ablation-b beside ablations)."""
+    return [r for r in runs if suite_of(r) != suite] + [r for r in runs if suite_of(r) == suite]
+
+
 def _labels(runs: list[RunFacts], status: dict[str, str], with_suite: bool = False) -> list[str]:
     names = [f"{r.suite}/{r.name}" if with_suite else r.name for r in runs]
     counts = Counter(names)
@@ -168,7 +179,8 @@ def collect(
     """Every FINISHED training run of `suite` (oldest first), judged with `rules`; with
     `include_unfinished`, also every other run that logged an evaluation (see the module doc).
     Several suites (a study that spans them) are analysed as one, named `a+b`: each run labelled
-    `<suite>/<name>`, and judged against the trained controls of its own suite only."""
+    `<suite>/<name>`, and judged against the trained controls of its own suite first
+    (`own_suite_last`)."""
     suites = [suite] if isinstance(suite, str) else list(dict.fromkeys(suite))
     if not suites:
         raise RegistryError("no suite to analyse: name one or more")
@@ -236,9 +248,9 @@ def collect(
                 fact.prompt_tokens_mean = try_mean_prompt_tokens(
                     config_from_params(fact.params), [r["question"] for r in records]
                 )
-            same_suite = [other for other in facts if other.suite == fact.suite]
+            candidates = own_suite_last(facts, fact.suite, lambda f: f.suite)
             controls = matched_controls(
-                fact.params, records, ((other.params, lambda o=other: records_of.get(o.run_id)) for other in same_suite)
+                fact.params, records, ((other.params, lambda o=other: records_of.get(o.run_id)) for other in candidates)
             )
             try:
                 verdict = judge(
@@ -258,7 +270,7 @@ def collect(
             if test_records:  # the tested translator against its controls' tested ones, question by question
                 item.test = eval_scores(test_records, rules)
                 test_controls = matched_controls(
-                    fact.params, test_records, ((o.params, lambda o=o: test_records_of.get(o.run_id)) for o in same_suite)
+                    fact.params, test_records, ((o.params, lambda o=o: test_records_of.get(o.run_id)) for o in candidates)
                 )
                 try:
                     item.test_comparisons = paired_comparisons(test_records, test_controls, rules)

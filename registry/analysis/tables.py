@@ -35,7 +35,7 @@ from latentbridge.metric_names import (
     TIME_PREFIX,
     TIMES,
 )
-from registry.analysis.collect import SuiteData, SuiteRun
+from registry.analysis.collect import SuiteData, SuiteRun, own_suite_last
 from registry.facts import RunFacts, config_from_params, control_role
 from registry.verdict import BASELINES, EvalScores
 
@@ -239,8 +239,8 @@ def content_summary(data: SuiteData) -> dict:
         key = lambda name: TEST_PREFIX + name if test else name  # noqa: E731
         metric = lambda name: f.metrics.get(key(name))  # noqa: E731
         controls = {}
-        for other in by_id.values():  # its own suite's controls (several suites: `collect`)
-            role = control_role(other.facts.params, f.params) if other.facts.suite == f.suite else None
+        for other in own_suite_last(list(by_id.values()), f.suite, lambda r: r.facts.suite):  # as `collect` matches them
+            role = control_role(other.facts.params, f.params)
             if role is not None:
                 controls[role] = other.facts.metrics.get(key(BRIDGED_ACCURACY))
         runs.append(
