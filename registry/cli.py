@@ -151,7 +151,7 @@ def _reproduce(args) -> int:
 def _analyze(args) -> int:
     from registry.analysis import analyze
 
-    done = analyze(args.suite[0] if len(args.suite) == 1 else args.suite, Path(args.out), rules=_rules(args), log_to_mlflow=not args.no_mlflow,
+    done = analyze(args.suite, Path(args.out), rules=_rules(args), log_to_mlflow=not args.no_mlflow,
                    count_prompt_tokens=not args.no_prompt_count, pdf=args.pdf,
                    include_unfinished=args.include_unfinished)
     for path in done.files:

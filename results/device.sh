@@ -139,7 +139,7 @@ collect)
   pgrep -f "launch submit" > /dev/null && echo "suite still running" || echo "suite ended"
   nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
   grep -v "it/s\]" "$LB/submit.log" | tail -n 30
-  snapshot; cat "$LB/export.log" | tail -n 5
+  snapshot; tail -n 5 "$LB/export.log"
   ls -la "$OUT"
   ;;
 bench)
