@@ -91,12 +91,6 @@ submit_suite() {  # in its own session: it outlives the call; its log is submit-
   echo "suite $SUITE started: pid $!"
 }
 case "${1:-}" in
-add)
-  # another suite beside the one start began (same machine, code, models and store), e.g. a few
-  # members of phase2-swap while ablations runs; then collect with SUITES="ablations phase2-swap"
-  cd "$LB/repo" 2>/dev/null || { echo "no suite set up here: device.sh start first"; exit 1; }
-  submit_suite
-  ;&
 install)
   [ -n "${CHUNKS:-}" ] && cp "$CHUNKS"/* "$LB/parts/"
   [ -n "${DATA:-}" ] && mkdir -p "$LB/data" && cp -r "$DATA"/. "$LB/data/"
@@ -128,6 +122,12 @@ models|start)
   cd "$LB/repo"
   for m in ${MODELS:-smollm2-135m gemma3-270m}; do python3 -c "from latentbridge.models import load_frozen_lm; load_frozen_lm('$m')" & done; wait
   [ "$1" = models ] && { echo "models ready in $LATENTBRIDGE_CACHE (no suite started)"; exit 0; }
+  ;&
+add)
+  # start ends here too; alone, another suite beside the one start began (same machine, code,
+  # models and store), e.g. two members of phase2-swap while ablations runs; collect then with
+  # SUITES="ablations phase2-swap"
+  cd "$LB/repo" 2>/dev/null || { echo "no suite set up here: device.sh start first"; exit 1; }
   submit_suite
   ;&
 collect)
