@@ -217,11 +217,17 @@ class TrainConfig:
     early_stop_patience: int = 5  # evaluations without a new best before stopping; 0 = never
     collapse_invalid_jump: float = 0.5  # flag when the bridged invalid rate rises this much
     compile_frozen: bool = False  # torch.compile the frozen models' decoder blocks for training
+    # which evaluation's translator is "best" (saved, tested) when bridged accuracy ties: the one
+    # carrying more content (content/bits_transmitted_low; needs eval.content_metrics), or the
+    # earliest. At the floor every evaluation ties at 0, and "earliest" tested the untrained
+    # translator of step 0 (phase2-swap/s2g-synthetic-swap-prompt-teacher, session 16)
+    best_tiebreak: Literal["content_bits", "earliest"] = "content_bits"
 
     def __post_init__(self) -> None:
         _check_finite(self, "train")
+        _check_literals(self, "train")
         for f in dataclasses.fields(self):
-            if f.type in (bool, "bool"):
+            if f.type in (bool, "bool") or f.name == "best_tiebreak":
                 continue
             allow_zero = f.name in ("early_stop_patience", "collapse_invalid_jump")
             _check_positive("train", f.name, getattr(self, f.name), allow_zero=allow_zero)

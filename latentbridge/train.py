@@ -50,6 +50,7 @@ from latentbridge.losses import compute_losses
 from latentbridge.metric_names import (
     BEST_BRIDGED_ACCURACY,
     BEST_STEP,
+    BITS_LOW,
     BRIDGED_ACCURACY,
     BRIDGED_INVALID,
     COMPRESSION_RATIO,
@@ -173,7 +174,7 @@ class Trainer:
         self.sampler = random.Random(config.seed + distributed.rank())
         self.eval_examples = self.splits.get(config.eval.split)[: config.eval.num_questions]
         self.step = 0
-        self.best_step, self.best_accuracy = -1, -1.0
+        self.best_step, self.best_accuracy, self.best_bits = -1, -1.0, float("-inf")
         self.best_state: dict[str, torch.Tensor] | None = None
         self.evals_since_best = 0
         self.collapse_flags: list[str] = []
@@ -231,6 +232,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "best_step": self.best_step,
                 "best_accuracy": self.best_accuracy,
+                "best_bits": self.best_bits,
                 "best_state": self.best_state,
                 "evals_since_best": self.evals_since_best,
                 "collapse_flags": self.collapse_flags,
@@ -258,6 +260,7 @@ class Trainer:
         set_rng_state(mine["rng"])
         self.step = state["step"]
         self.best_step, self.best_accuracy = state["best_step"], state["best_accuracy"]
+        self.best_bits = state.get("best_bits", float("-inf"))  # absent from states saved before the tie-break
         self.best_state, self.baselines = state["best_state"], state["baselines"]
         self.evals_since_best = state["evals_since_best"]
         self.collapse_flags, self.last_invalid_rate = state["collapse_flags"], state["last_invalid_rate"]
@@ -305,14 +308,25 @@ class Trainer:
             self.check_collapse(bridged, metrics[BRIDGED_INVALID])
             log.info("step %d: %s", self.step, json.dumps(metrics))
         metrics = distributed.broadcast_from_main(metrics)
-        if metrics[BRIDGED_ACCURACY] > self.best_accuracy:  # every rank keeps the same best
-            self.best_step, self.best_accuracy = self.step, metrics[BRIDGED_ACCURACY]
-            # a real copy: later steps must not change the best weights
-            self.best_state = {k: v.detach().cpu().clone() for k, v in self.translator.state_dict().items()}
-            self.evals_since_best = 0
-        else:
-            self.evals_since_best += 1
+        self.keep_if_best(metrics)  # every rank keeps the same best
         return metrics
+
+    def keep_if_best(self, metrics: dict[str, float]) -> None:
+        """Keep the translator as it is now if this evaluation beats the best so far: higher bridged
+        accuracy; on a tie (train.best_tiebreak=content_bits) more content crossing, the lower bound
+        of content/bits_transmitted (logged only with the content metrics; without them, the earliest)."""
+        accuracy, bits = metrics[BRIDGED_ACCURACY], metrics.get(BITS_LOW, float("-inf"))
+        if accuracy != self.best_accuracy or self.config.train.best_tiebreak == "earliest":
+            better = accuracy > self.best_accuracy
+        else:
+            better = bits > self.best_bits
+        if not better:
+            self.evals_since_best += 1
+            return
+        self.best_step, self.best_accuracy, self.best_bits = self.step, accuracy, bits
+        # a real copy: later steps must not change the best weights
+        self.best_state = {k: v.detach().cpu().clone() for k, v in self.translator.state_dict().items()}
+        self.evals_since_best = 0
 
     def prompt_lengths(self) -> dict[str, float]:
         """Mean tokens of the text prompt the target would read, and the compression ratio."""

@@ -85,7 +85,7 @@ def test_the_trainer_state_round_trips_with_weights_only(tiny_config, tmp_path):
 
     fresh = Trainer(tiny_config, tmp_path / "run")
     assert fresh.try_resume() and fresh.step == 6
-    assert fresh.best_step == trainer.best_step and fresh.best_accuracy == trainer.best_accuracy
+    assert (fresh.best_step, fresh.best_accuracy, fresh.best_bits) == (trainer.best_step, trainer.best_accuracy, trainer.best_bits)
     assert fresh.sampler.getstate() == trainer.sampler.getstate()
     assert random.getstate() == own["rng"]["python"]
     for key, value in state["translator"].items():
