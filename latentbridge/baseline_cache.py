@@ -8,10 +8,17 @@ that evaluates the same questions with the same models reuses them instead of ge
 as a fingerprint of sampled values of every parameter (any retrained or re-quantized weights
 change it). Entries live in `models.cache_root()/baselines/<key>.json`, written atomically.
 `LATENTBRIDGE_BASELINE_CACHE=0` turns the cache off.
+
+Runs started together (a suite sharing a GPU or a node) all miss an empty cache at once; `claimed`
+lets one compute an entry while the others wait for it (an exclusive `flock` on `<key>.lock`
+beside the entry) and then read it, at most `LATENTBRIDGE_BASELINE_WAIT_S` seconds (default 300:
+well inside a process group's collective timeout), after which a waiter computes its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -20,7 +27,7 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -32,6 +39,8 @@ from latentbridge.models import FrozenLM, cache_root
 log = logging.getLogger(__name__)
 
 ENV = "LATENTBRIDGE_BASELINE_CACHE"
+WAIT_ENV = "LATENTBRIDGE_BASELINE_WAIT_S"
+DEFAULT_WAIT_S = 300.0
 _FINGERPRINTS: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
 
 
@@ -143,3 +152,51 @@ def store(lm: FrozenLM, prompts: Sequence[str], max_new_tokens: int, outputs: Se
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def wait_seconds() -> float:
+    """How long `claimed` waits for another process's entry (LATENTBRIDGE_BASELINE_WAIT_S)."""
+    raw = os.environ.get(WAIT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_WAIT_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also NaN
+        raise ValueError(f"{WAIT_ENV}={raw!r} is not a number of seconds >= 0; set e.g. {WAIT_ENV}=300 (or unset it)")
+    return seconds
+
+
+@contextlib.contextmanager
+def claimed(lm: FrozenLM, prompts: Sequence[str], max_new_tokens: int, poll_s: float = 1.0) -> Iterator[None]:
+    """Hold this entry's lock while the caller looks it up and, on a miss, generates and stores it,
+    so that processes needing the same baselines generate them once. Waits `wait_seconds()` at
+    most for another holder, then goes on without the lock (each generates its own, as before)."""
+    if not enabled():
+        yield
+        return
+    key = cache_key(lm, prompts, max_new_tokens)
+    lock = path_for(key).with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with os.fdopen(os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600), "w") as handle:  # private, as the entries are
+        wait = wait_seconds()
+        deadline, held, told = time.monotonic() + wait, False, False
+        while not held:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    log.warning("baselines %s of %s: another process still holds them after %.0f s (%s); generating them here",
+                                key[:12], lm.name, wait, WAIT_ENV)
+                    break
+                if not told:
+                    log.info("baselines %s of %s: another process is generating them; waiting (at most %.0f s)", key[:12], lm.name, wait)
+                    told = True
+                time.sleep(poll_s)
+        try:
+            yield
+        finally:
+            if held:
+                fcntl.flock(handle, fcntl.LOCK_UN)

@@ -7,6 +7,7 @@ and returns accuracy and invalid counts for each system.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -79,15 +80,19 @@ def text_baselines(bridge: Bridge, examples: Sequence[Example], config: EvalConf
     shared = prefix_cache.fewshot_prefix(bridge.exemplars)
     out = {}
     for name, lm in (("source", bridge.source), ("target", bridge.target)):
-        cached = baseline_cache.load(lm, texts, config.max_new_tokens) if distributed.is_main() else None
-        if distributed.broadcast_from_main(cached is not None):  # every rank skips together
-            out[name] = cached
-            continue
-        prompts = lambda qs, lm=lm: prefix_cache.generation_inputs(lm, shared, [bridge.prompt(q) for q in qs])  # noqa: E731
-        lengths = [len(ids) for ids in tokenize(lm, texts)]
-        out[name] = _gathered(_answer(questions, prompts, lm, config, f"{name}-alone", lengths))
-        if distributed.is_main():
-            baseline_cache.store(lm, texts, config.max_new_tokens, out[name])
+        # the main rank holds the entry while it looks and generates: another run needing the same
+        # baselines waits for them instead of generating them too (baseline_cache.claimed)
+        main = distributed.is_main()
+        with baseline_cache.claimed(lm, texts, config.max_new_tokens) if main else contextlib.nullcontext():
+            cached = baseline_cache.load(lm, texts, config.max_new_tokens) if main else None
+            if distributed.broadcast_from_main(cached is not None):  # every rank skips together
+                out[name] = cached
+                continue
+            prompts = lambda qs, lm=lm: prefix_cache.generation_inputs(lm, shared, [bridge.prompt(q) for q in qs])  # noqa: E731
+            lengths = [len(ids) for ids in tokenize(lm, texts)]
+            out[name] = _gathered(_answer(questions, prompts, lm, config, f"{name}-alone", lengths))
+            if main:
+                baseline_cache.store(lm, texts, config.max_new_tokens, out[name])
     return out if distributed.is_main() else None
 
 

@@ -469,3 +469,96 @@ def test_the_cuda_graph_switch_reads_yes_and_no_words_as_every_switch_does(monke
         monkeypatch.setenv(generation.GRAPHS_ENV, value)
         assert generation._graphs_wanted(cuda, None) is wanted, value
         assert generation._graphs_wanted(cuda, True) and not generation._graphs_wanted(torch.device("cpu"), None)
+
+
+def _baseline_bridge(tiny_config, tmp_path, monkeypatch):
+    from latentbridge import baseline_cache
+    from latentbridge.bridge import Bridge
+    from latentbridge.data import load_splits
+    from latentbridge.prompts import select_exemplars
+    from latentbridge.train import load_models
+
+    monkeypatch.setenv("LATENTBRIDGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(baseline_cache.ENV, raising=False)
+    splits = load_splits(tiny_config.data)
+    exemplars = select_exemplars(splits.train, tiny_config.data.num_shots, tiny_config.data.fewshot_seed)
+    return Bridge(tiny_config, *load_models(tiny_config), exemplars), splits.validation[:4]
+
+
+def _counting_generate(monkeypatch):
+    from latentbridge import evaluate
+
+    calls, real = [], evaluate.generate
+    monkeypatch.setattr(evaluate, "generate", lambda lm, inputs, n: calls.append(lm.name) or real(lm, inputs, n))
+    return calls
+
+
+def test_runs_needing_the_same_baselines_generate_them_once(tiny_config, tmp_path, monkeypatch, caplog):
+    """While another process holds both entries (here a thread: flock locks each open file on its
+    own), text_baselines waits for them and reads what the holder stored instead of generating."""
+    import threading
+
+    from latentbridge import baseline_cache, evaluate
+
+    bridge, examples = _baseline_bridge(tiny_config, tmp_path, monkeypatch)
+    texts = [bridge.prompt(ex.question) for ex in examples]
+    n = tiny_config.eval.max_new_tokens
+    calls = _counting_generate(monkeypatch)
+    holding, results = threading.Event(), {}
+
+    def other_run():
+        with baseline_cache.claimed(bridge.source, texts, n), baseline_cache.claimed(bridge.target, texts, n):
+            holding.set()
+            for _ in range(600):  # until the waiter is blocked on the lock (30 s at most)
+                if "another process is generating them" in caplog.text:
+                    break
+                threading.Event().wait(0.05)
+            for lm in (bridge.source, bridge.target):
+                baseline_cache.store(lm, texts, n, [f"{lm.name} answer {i}" for i in range(len(texts))])
+
+    holder = threading.Thread(target=other_run)
+    caplog.set_level("INFO", logger="latentbridge.baseline_cache")
+    holder.start()
+    holding.wait(30)
+    results.update(evaluate.text_baselines(bridge, examples, tiny_config.eval))
+    holder.join(30)
+    assert calls == []  # nothing generated here
+    assert results["source"] == [f"{bridge.source.name} answer {i}" for i in range(4)]
+    assert results["target"] == [f"{bridge.target.name} answer {i}" for i in range(4)]
+
+
+def test_a_waiter_gives_up_after_the_wait_and_generates_its_own(tiny_config, tmp_path, monkeypatch, caplog):
+    import threading
+
+    from latentbridge import baseline_cache, evaluate
+
+    bridge, examples = _baseline_bridge(tiny_config, tmp_path, monkeypatch)
+    texts = [bridge.prompt(ex.question) for ex in examples]
+    calls = _counting_generate(monkeypatch)
+    monkeypatch.setenv(baseline_cache.WAIT_ENV, "0")
+    acquired, release = threading.Event(), threading.Event()
+
+    def stuck_run():  # holds the source's entry and never stores it
+        with baseline_cache.claimed(bridge.source, texts, tiny_config.eval.max_new_tokens):
+            acquired.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=stuck_run)
+    holder.start()
+    acquired.wait(30)
+    try:
+        out = evaluate.text_baselines(bridge, examples, tiny_config.eval)
+    finally:
+        release.set()
+        holder.join(30)
+    assert len(out["source"]) == 4 and bridge.source.name in calls
+    assert "still holds them after 0 s (LATENTBRIDGE_BASELINE_WAIT_S); generating them here" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_a_bad_baseline_wait_names_the_variable_and_the_way_out(monkeypatch, value):
+    from latentbridge import baseline_cache
+
+    monkeypatch.setenv(baseline_cache.WAIT_ENV, value)
+    with pytest.raises(ValueError, match=f"LATENTBRIDGE_BASELINE_WAIT_S='{value}' is not a number of seconds >= 0; set e.g."):
+        baseline_cache.wait_seconds()
