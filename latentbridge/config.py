@@ -227,7 +227,7 @@ class TrainConfig:
         _check_finite(self, "train")
         _check_literals(self, "train")
         for f in dataclasses.fields(self):
-            if f.type in (bool, "bool") or f.name == "best_tiebreak":
+            if f.type in (bool, "bool") or isinstance(getattr(self, f.name), str):  # checked above
                 continue
             allow_zero = f.name in ("early_stop_patience", "collapse_invalid_jump")
             _check_positive("train", f.name, getattr(self, f.name), allow_zero=allow_zero)

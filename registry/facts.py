@@ -247,10 +247,15 @@ class RunFacts:
 
     @property
     def peak_step(self) -> int | None:
+        """The step of the translator the run kept as its best: as the trainer logged it at the end
+        (on a tie in accuracy it may be a later step, train.best_tiebreak); for a run that did not
+        finish, the earliest step of the highest accuracy so far."""
+        best = self.metrics.get(BEST_STEP)
+        if best is not None:
+            return int(best)
         curve = self._curve(BRIDGED_ACCURACY)
         if not curve:
-            best = self.metrics.get(BEST_STEP)
-            return int(best) if best is not None else None
+            return None
         top = max(v for _, v in curve)
         return min(s for s, v in curve if v == top)
 

@@ -62,3 +62,23 @@ def test_without_content_metrics_a_tie_keeps_the_earliest(tiny_config, tmp_path)
 def test_an_unknown_tiebreak_is_refused_with_its_choices():
     with pytest.raises(ConfigError, match="best_tiebreak.*'latest'.*content_bits.*earliest"):
         RunConfig().override("train.best_tiebreak=latest")
+
+
+def _facts(metrics: dict[str, float], curve: list[tuple[int, float]]):
+    from registry.facts import RunFacts
+
+    return RunFacts(
+        run_id="r", name="tie", suite="", experiment_id="0", status="FINISHED", start_time=0,
+        params={}, tags={}, metrics=metrics, history={BRIDGED_ACCURACY: curve}, evals=[],
+    )
+
+
+def test_the_registry_reports_the_step_the_trainer_kept():
+    from latentbridge.metric_names import BEST_STEP
+
+    curve = [(0, 0.0), (1000, 0.0), (2000, 0.0)]
+    # the trainer kept step 2000 on the tie (more content): the registry says so, not step 0
+    assert _facts({BEST_STEP: 2000.0}, curve).peak_step == 2000
+    # a run that never logged its choice (it did not finish): the earliest of the highest so far
+    assert _facts({}, [(0, 0.1), (1000, 0.3), (2000, 0.3)]).peak_step == 1000
+    assert _facts({}, []).peak_step is None
