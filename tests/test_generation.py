@@ -129,10 +129,10 @@ def test_engine_is_reused_and_released(tiny_lm):
     assert tiny_lm.model.config._attn_implementation != generation.ATTENTION_NAME
 
 
-def test_text_baselines_are_cached_across_evaluations(tiny_config, tmp_path, monkeypatch):
-    """A second evaluation with the same models and prompts reuses the cached outputs; a changed
-    prompt (or max_new_tokens) generates again."""
-    from latentbridge import baseline_cache, evaluate
+def _baseline_bridge(tiny_config, tmp_path, monkeypatch, questions: int = 4):
+    """A bridge of the tiny pair with its model cache (baselines included) under tmp_path, and
+    `questions` validation examples."""
+    from latentbridge import baseline_cache
     from latentbridge.bridge import Bridge
     from latentbridge.data import load_splits
     from latentbridge.prompts import select_exemplars
@@ -142,9 +142,15 @@ def test_text_baselines_are_cached_across_evaluations(tiny_config, tmp_path, mon
     monkeypatch.delenv(baseline_cache.ENV, raising=False)
     splits = load_splits(tiny_config.data)
     exemplars = select_exemplars(splits.train, tiny_config.data.num_shots, tiny_config.data.fewshot_seed)
-    bridge = Bridge(tiny_config, *load_models(tiny_config), exemplars)
-    examples = splits.validation[:5]
+    return Bridge(tiny_config, *load_models(tiny_config), exemplars), splits.validation[:questions]
 
+
+def test_text_baselines_are_cached_across_evaluations(tiny_config, tmp_path, monkeypatch):
+    """A second evaluation with the same models and prompts reuses the cached outputs; a changed
+    prompt (or max_new_tokens) generates again."""
+    from latentbridge import baseline_cache, evaluate
+
+    bridge, examples = _baseline_bridge(tiny_config, tmp_path, monkeypatch, questions=5)
     calls = []
     real_generate = evaluate.generate
 
@@ -469,20 +475,6 @@ def test_the_cuda_graph_switch_reads_yes_and_no_words_as_every_switch_does(monke
         monkeypatch.setenv(generation.GRAPHS_ENV, value)
         assert generation._graphs_wanted(cuda, None) is wanted, value
         assert generation._graphs_wanted(cuda, True) and not generation._graphs_wanted(torch.device("cpu"), None)
-
-
-def _baseline_bridge(tiny_config, tmp_path, monkeypatch):
-    from latentbridge import baseline_cache
-    from latentbridge.bridge import Bridge
-    from latentbridge.data import load_splits
-    from latentbridge.prompts import select_exemplars
-    from latentbridge.train import load_models
-
-    monkeypatch.setenv("LATENTBRIDGE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(baseline_cache.ENV, raising=False)
-    splits = load_splits(tiny_config.data)
-    exemplars = select_exemplars(splits.train, tiny_config.data.num_shots, tiny_config.data.fewshot_seed)
-    return Bridge(tiny_config, *load_models(tiny_config), exemplars), splits.validation[:4]
 
 
 def _counting_generate(monkeypatch):
