@@ -261,17 +261,20 @@ def test_a_record_without_its_final_translator_is_preserved_only_when_the_best_i
     steps = int(json.loads((record / "params.json").read_text())["train.steps"])
     lines = [json.loads(line) for line in (record / "metrics.jsonl").read_text().splitlines()]
 
-    def imported_with_curve(name: str, value) -> str:
+    def imported_with_curve(name: str, value, best_step: int) -> str:
+        """The record with another bridged-accuracy curve, and the best step the trainer would have logged."""
         folder = tmp_path / name
         shutil.copytree(record, folder)
-        curve = [dict(m, value=value(m["step"])) if m["key"] == "bridged_accuracy" else m for m in lines]
+        changed = {"bridged_accuracy": lambda m: value(m["step"]), "best_step": lambda m: float(best_step)}
+        curve = [dict(m, value=changed[m["key"]](m)) if m["key"] in changed else m for m in lines]
         (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in curve))
         return import_record(folder, SUITE).run_id
 
-    falling = imported_with_curve("falling", lambda step: 1 - step / steps)  # peak at step 0
+    assert any(m["key"] == "best_step" for m in lines)
+    falling = imported_with_curve("falling", lambda step: 1 - step / steps, 0)  # peak at step 0
     with pytest.raises(PreserveError, match=r"missing its translator/ artifacts, and its best_translator \(peak at step 0.*without --skip-artifacts translator"):
         preserve(falling)
-    rising = imported_with_curve("rising", lambda step: step / steps)  # peak at the last step
+    rising = imported_with_curve("rising", lambda step: step / steps, steps)  # peak at the last step
     version = preserve(rising)
     archive = Path(urlparse(client().get_run(rising).info.artifact_uri).path) / "archive"
     best = record / "artifacts" / "best_translator"
