@@ -27,6 +27,12 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
 
+def yes_no(word: str) -> bool | None:
+    """True for one of TRUE_WORDS, False for one of FALSE_WORDS (any case), None for anything else."""
+    word = word.lower()
+    return True if word in TRUE_WORDS else False if word in FALSE_WORDS else None
+
+
 def _env_word(name: str) -> str:
     return os.environ.get(name, "").strip().lower()
 
@@ -355,11 +361,10 @@ def _coerce(hint: Any, raw: Any, key: str) -> Any:
         return raw
     try:
         if hint is bool:
-            if raw.lower() in TRUE_WORDS:
-                return True
-            if raw.lower() in FALSE_WORDS:
-                return False
-            raise ValueError(raw)
+            value = yes_no(raw)
+            if value is None:
+                raise ValueError(raw)
+            return value
         if hint in (int, float):
             return hint(raw)
     except ValueError:

@@ -47,7 +47,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from latentbridge.config import FALSE_WORDS, TRUE_WORDS
+from latentbridge.config import FALSE_WORDS, TRUE_WORDS, yes_no
 from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, BRIDGED, MISMATCHED, SOURCE, TARGET, EvalRecord
 from latentbridge.scoring import INVALID
 from latentbridge.stats import bootstrap_mean_interval
@@ -119,10 +119,10 @@ def _coerce(type_name, value, key: str):
     if kind is bool and isinstance(value, bool):
         return value
     if kind is bool:  # the yes/no words every switch of the project reads
-        word = str(value).strip().lower()
-        if word in TRUE_WORDS + FALSE_WORDS:
-            return word in TRUE_WORDS
-        raise ValueError(f"verdict rule {key}={value!r} is not a yes/no value; use one of {[*TRUE_WORDS, *FALSE_WORDS]}")
+        answer = yes_no(str(value).strip())
+        if answer is None:
+            raise ValueError(f"verdict rule {key}={value!r} is not a yes/no value; use one of {[*TRUE_WORDS, *FALSE_WORDS]}")
+        return answer
     try:
         if kind is int and isinstance(value, str):
             return int(value)
