@@ -71,10 +71,17 @@ def weights_fingerprint(model: torch.nn.Module, samples: int = 1024) -> str:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the tokenizer's whole definition and its special tokens, once a tokenizer (half
+    a second for Gemma-3's; `claimed`, `load` and `store` each need the key)."""
+    cached = _FINGERPRINTS.get(tokenizer)
+    if cached is not None:
+        return cached
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     extras = f"{type(tokenizer).__name__}|{tokenizer.bos_token}|{tokenizer.eos_token}|{tokenizer.pad_token}"
-    return hashlib.sha256((text + extras).encode()).hexdigest()
+    result = hashlib.sha256((text + extras).encode()).hexdigest()
+    _FINGERPRINTS[tokenizer] = result
+    return result
 
 
 def prompts_digest(prompts: Sequence[str]) -> str:

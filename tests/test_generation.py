@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import shutil
@@ -554,3 +555,23 @@ def test_a_bad_baseline_wait_names_the_variable_and_the_way_out(monkeypatch, val
     monkeypatch.setenv(baseline_cache.WAIT_ENV, value)
     with pytest.raises(ValueError, match=f"LATENTBRIDGE_BASELINE_WAIT_S='{value}' is not a number of seconds >= 0; set e.g."):
         baseline_cache.wait_seconds()
+
+
+def test_a_tokenizer_is_fingerprinted_once_and_each_tokenizer_its_own(tiny_config, tmp_path, monkeypatch):
+    """The baseline key reads the tokenizer's whole definition: once a tokenizer object (the claim,
+    the lookup and the store each need the key), and two different tokenizers keep two prints."""
+    from latentbridge import baseline_cache
+
+    bridge, _ = _baseline_bridge(tiny_config, tmp_path, monkeypatch)
+    tokenizer = bridge.target.tokenizer
+    backend = tokenizer.backend_tokenizer
+    reads = []
+    monkeypatch.setattr(type(tokenizer), "backend_tokenizer", property(lambda self: reads.append(1) or backend))
+    first = baseline_cache.tokenizer_fingerprint(tokenizer)
+    for _ in range(3):
+        baseline_cache.cache_key(bridge.target, ["Q: 1 + 1?"], 8)
+    assert baseline_cache.tokenizer_fingerprint(tokenizer) == first and len(reads) <= 1
+    monkeypatch.undo()
+    other = copy.deepcopy(tokenizer)
+    other.add_tokens(["<a-token-the-other-lacks>"])
+    assert baseline_cache.tokenizer_fingerprint(other) != first
