@@ -95,6 +95,7 @@ install)
   [ -n "${CHUNKS:-}" ] && cp "$CHUNKS"/* "$LB/parts/"
   [ -n "${DATA:-}" ] && mkdir -p "$LB/data" && cp -r "$DATA"/. "$LB/data/"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl ${EXTRA_WHEELS:-} || exit 1
+  touch "$SITE/.installed"  # a bench call after this one need not carry .whl again
   python3 -c "import mlflow, submitit, gguf, transformers, torch; print('mlflow', mlflow.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
   ;;
 chunk)
