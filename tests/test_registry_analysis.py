@@ -294,6 +294,12 @@ def test_a_cut_off_run_is_replaced_only_by_a_later_finished_run_of_the_same_conf
         run("still-running", "RUNNING", 6),  # nothing finished after it
     ]
     assert _superseded(runs) == {"cut-off": "again-later"}
+    # a rerun by newer code logs an option the cut-off attempt's code did not have: still a rerun;
+    # a rerun that changed a value both logged is not
+    newer = {"train.best_tiebreak": "content_bits"}
+    runs = [run("cut-off", "KILLED", 1), run("rerun-newer-code", "FINISHED", 2, **newer),
+            run("cut-off-2", "KILLED", 3), run("rerun-other-batch", "FINISHED", 4, **newer, **{"train.batch_size": "2"})]
+    assert _superseded(runs) == {"cut-off": "rerun-newer-code"}
 
 
 def test_a_suite_without_test_evaluations_has_no_test_columns(suite_store):

@@ -153,19 +153,28 @@ def _labels(runs: list[RunFacts], status: dict[str, str], with_suite: bool = Fal
     ]
 
 
+def _same_shared_params(a: dict[str, str], b: dict[str, str]) -> bool:
+    """Equal on every key both hold, the run's name included (a run without one matches none)."""
+    shared = a.keys() & b.keys()
+    return "name" in shared and all(a[k] == b[k] for k in shared)
+
+
 def _superseded(runs: list) -> dict[str, str]:
     """Unfinished run id -> the id of a FINISHED run with the same params (its name and whole
     config) that started after it: a run cut off (a lease ended, a node died) and then run
     again to the end. The finished attempt replaces it; the cut-off one is listed as skipped,
     never reported beside it. A cut-off run of the same name but another config (the suite
-    changed in between) is a different experiment and stays."""
+    changed in between) is a different experiment and stays. Params are compared on the keys
+    both runs logged: an option that newer code added (and the older run could not log) does
+    not tell a rerun from its cut-off attempt."""
     out = {}
     for r in runs:
         if r.info.status == "FINISHED":
             continue
         after = [
             f for f in runs
-            if f.info.status == "FINISHED" and f.data.params == r.data.params and (f.info.start_time or 0) > (r.info.start_time or 0)
+            if f.info.status == "FINISHED" and _same_shared_params(f.data.params, r.data.params)
+            and (f.info.start_time or 0) > (r.info.start_time or 0)
         ]
         if after:
             out[r.info.run_id] = max(after, key=lambda f: f.info.start_time or 0).info.run_id
