@@ -31,13 +31,13 @@ aten = torch.ops.aten
 _TRANSPOSES = (aten.permute.default, aten.t.default)
 
 
-def _constant(graph_module: torch.fx.GraphModule, node: torch.fx.Node) -> torch.Tensor | None:
+def constant_weight(graph_module: torch.fx.GraphModule, node: torch.fx.Node) -> torch.Tensor | None:
     """The tensor a weight node stands for: a constant, or a transpose of one; else None."""
     if node.op == "get_attr":
         value = getattr(graph_module, node.target, None)
         return value if isinstance(value, torch.Tensor) else None
     if node.op == "call_function" and node.target in _TRANSPOSES and isinstance(node.args[0], torch.fx.Node):
-        base = _constant(graph_module, node.args[0])
+        base = constant_weight(graph_module, node.args[0])
         if base is None or base.ndim != 2 or (node.target is aten.permute.default and list(node.args[1]) != [1, 0]):
             return None
         return base.t()
@@ -62,7 +62,7 @@ class ConcatProjections(CustomGraphPass):
             if node.op != "call_function" or node.target is not aten.mm.default:
                 continue
             x, w = node.args
-            weight = _constant(module, w) if isinstance(w, torch.fx.Node) else None
+            weight = constant_weight(module, w) if isinstance(w, torch.fx.Node) else None
             if weight is None:
                 continue
             groups[(x, weight.shape[0], weight.dtype, weight.device)].append((node, weight))

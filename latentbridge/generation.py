@@ -43,7 +43,9 @@ token for token):
   weights are copies (the eager prefill keeps the originals): 7.0 GiB more for gate and up at the
   Llama-3.1-8B shape, held by the compiled function for the rest of the process (`release` does
   not free them): a bench's switch. `=frozen-max-autotune` freezes, joins and autotunes the
-  joined products as `=max-autotune` does. Other values raise;
+  joined products as `=max-autotune` does; `=frozen-split-k` freezes, joins, and splits along its
+  inner dimension each product whose output tiles leave most processors idle (`split_k_products`:
+  Llama-3.1-8B's down and output projections at batch 64). Other values raise;
 - stopping: each row stops at EOS or once it has written `#### <number>` and a newline (or
   starts a new question), checked on the host a chunk of steps behind the GPU; the loop ends
   when every row has stopped. Finished rows keep stepping (their tokens are discarded), as a
@@ -86,16 +88,20 @@ SHARED_PREFIX_DECODE_ENV = "LATENTBRIDGE_SHARED_PREFIX_DECODE"  # "0": each row 
 COMPILE_DECODE_ENV = "LATENTBRIDGE_COMPILE_DECODE"  # "1": the decode step through torch.compile
 FROZEN_DECODE_MODE = "default+freezing"
 FROZEN_AUTOTUNE_MODE = "max-autotune-no-cudagraphs+freezing"
+FROZEN_SPLIT_K_MODE = "default+freezing+split-k"
 COMPILE_DECODE_MODES = {
     "max-autotune": "max-autotune-no-cudagraphs",
     "frozen": FROZEN_DECODE_MODE,
     "frozen-max-autotune": FROZEN_AUTOTUNE_MODE,
+    "frozen-split-k": FROZEN_SPLIT_K_MODE,
 }
 """The values `COMPILE_DECODE_ENV` takes beside yes and no -> the torch.compile mode each picks
 (never one with CUDA graphs of inductor's own: the engine captures the compiled step itself);
 `FROZEN_DECODE_MODE` is inductor's default mode with its freezing passes (`_compiled_step`),
-`FROZEN_AUTOTUNE_MODE` the same in max-autotune-no-cudagraphs (the joined products autotuned)."""
-_FROZEN_MODES = {FROZEN_DECODE_MODE: "default", FROZEN_AUTOTUNE_MODE: "max-autotune-no-cudagraphs"}
+`FROZEN_AUTOTUNE_MODE` the same in max-autotune-no-cudagraphs (the joined products autotuned),
+`FROZEN_SPLIT_K_MODE` the frozen mode with the skinny products split along K (`split_k_products`)."""
+_FROZEN_MODES = {FROZEN_DECODE_MODE: "default", FROZEN_AUTOTUNE_MODE: "max-autotune-no-cudagraphs",
+                 FROZEN_SPLIT_K_MODE: "default"}
 """Each frozen mode -> the torch.compile mode whose inductor options it adds to freezing."""
 
 _DONE = re.compile(r"####\s*[-+]?[\d,]*\.?\d+\s*\n|\nQ:")
@@ -497,7 +503,12 @@ def _compiled_step(mode: str) -> Callable:
 
     from latentbridge.concat_projections import ConcatProjections
 
-    freezing = {"freezing": True, "cpp.weight_prepack": False, "post_grad_custom_pre_pass": ConcatProjections(),
+    passes = ConcatProjections()
+    if mode == FROZEN_SPLIT_K_MODE:
+        from latentbridge.split_k_products import AfterEachOther, SplitKProducts
+
+        passes = AfterEachOther(passes, SplitKProducts(_processors()))
+    freezing = {"freezing": True, "cpp.weight_prepack": False, "post_grad_custom_pre_pass": passes,
                 **list_mode_options(_FROZEN_MODES[mode])}
     # as options too: a backend of its own, so Dynamo never hands this step another mode's graph
     step = torch.compile(_Engine._greedy_step, options=freezing, dynamic=False, fullgraph=True)
@@ -507,6 +518,14 @@ def _compiled_step(mode: str) -> Callable:
             step(engine, matmul_attention)
 
     return frozen_step
+
+
+def _processors() -> int:
+    """What the split-K pass counts output tiles against: the GPU's streaming multiprocessors, or
+    on a machine without one its CPU cores (where the split is for tests: a CPU gains nothing)."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return os.cpu_count() or 1
 
 
 _ENGINES: "weakref.WeakKeyDictionary[torch.nn.Module, _Engine]" = weakref.WeakKeyDictionary()
