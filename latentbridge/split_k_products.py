@@ -53,7 +53,7 @@ class SplitKProducts(CustomGraphPass):
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         module = graph.owning_module
-        split = 0
+        split = []
         for node in list(graph.nodes):
             if node.op != "call_function" or node.target is not aten.mm.default:
                 continue
@@ -65,9 +65,10 @@ class SplitKProducts(CustomGraphPass):
             count = splits(shape[0], weight.shape[0], weight.shape[1], self.processors)
             if count > 1:
                 self._split(graph, module, node, x, weight, count)
-                split += 1
-        if split:
-            log.debug("split the inner dimension of %d matrix products", split)
+                split.append(f"{shape[0]}x{weight.shape[0]}x{weight.shape[1]}/{count}")
+        # info, not debug: a bench's log then says whether (and how) the compiled step was split
+        log.info("split the inner dimension of %d matrix products (rows x inner x cols / parts): %s",
+                 len(split), ", ".join(sorted(set(split))) or "none")
 
     @staticmethod
     def _split(graph: torch.fx.Graph, module: torch.fx.GraphModule, node: torch.fx.Node, x: torch.fx.Node,
