@@ -12,8 +12,10 @@ token for token):
   prefix (`latentbridge.prefix_cache`) its keys and values are copied into the first slots of
   every row and the forward runs over the left-padded suffixes only, so a row holds
   `[prefix][padding][suffix]` and its positions continue from the prefix past the padding;
-- decode: one token a step into a preallocated cache of `max_len` slots; on CUDA the step is
-  captured once as a CUDA graph and replayed, so a step costs no Python or launch overhead;
+- decode: one token a step into a preallocated cache of `max_len` slots, each step reading only
+  its first slots, the written ones rounded up to `DECODE_WIDTH_BUCKET` (a few widths a batch);
+  on CUDA the step is captured once a width as a CUDA graph (all in one memory pool) and
+  replayed, so a step costs no Python or launch overhead;
   the causal, padding and sliding-window masks are computed inside the step from a position
   tensor, so the graph stays valid from step to step; the sliding window is measured in
   positions (each slot's position is kept), which is the slot distance under left padding
@@ -80,7 +82,7 @@ from latentbridge.scoring import cut_generation
 
 log = logging.getLogger(__name__)
 
-GENERATION_VERSION = "static-greedy-2"  # 2: the prefix-once decode softmax in two parts (rounding may differ)
+GENERATION_VERSION = "static-greedy-3"  # 3: decode reads the written slots by width buckets (rounding may differ)
 ATTENTION_NAME = "latentbridge_static"
 GRAPHS_ENV = "LATENTBRIDGE_CUDA_GRAPHS"  # a no word ("0", "off", ...) turns CUDA-graph decoding off
 DECODE_ATTENTION_ENV = "LATENTBRIDGE_DECODE_ATTENTION"  # "matmul": two batched products instead of SDPA
@@ -105,6 +107,10 @@ _FROZEN_MODES = {FROZEN_DECODE_MODE: "default", FROZEN_AUTOTUNE_MODE: "max-autot
 """Each frozen mode -> the torch.compile mode whose inductor options it adds to freezing."""
 
 _DONE = re.compile(r"####\s*[-+]?[\d,]*\.?\d+\s*\n|\nQ:")
+DECODE_WIDTH_BUCKET = 64
+"""A decode step reads the cache's first slots up to the written ones rounded up to a multiple of
+this (one captured step per width), not all its slots: at Llama-3.1-8B's bench shape the cache is
+1,280 slots and a row's own part of it 380, of which 188 are written on average (session 17)."""
 STOP_WINDOW = 24
 """The answer-line rule reads the last 24 generated tokens (as `AnswerLineStop` did)."""
 
@@ -291,7 +297,8 @@ class _Engine:
     use_graph: bool
     compile_mode: str | None = None
     """The torch.compile mode decode steps run through (`_compiled_step`); None: eagerly."""
-    graph: object | None = None
+    graphs: dict = field(default_factory=dict)
+    """Width -> the decode step captured as a CUDA graph at that width (`_width`)."""
     graph_failed: bool = False
     decode_prefix: SharedPrefix | None = field(default=None, init=False)
     """The shared prefix the decode steps read once for the batch (the captured step reads its
@@ -318,6 +325,9 @@ class _Engine:
         self.tokens = torch.zeros(self.batch, 1, dtype=torch.long, device=dev)
         self.step_index = torch.zeros(1, dtype=torch.long, device=dev)
         self.out = torch.zeros(self.batch, self.max_len, dtype=torch.long, device=dev)
+        self.written = 0  # slots written so far (the host's copy of `cache_pos`)
+        self.read_slots = self.slots[: self.max_len - 1]  # the slots a decode step reads (`_width`)
+        self.pool = None  # the captured steps' shared memory pool (they never replay at once)
 
     # ------------------------------------------------------------------ masks
     def _layer_masks(self, full: torch.Tensor, sliding: torch.Tensor | None):
@@ -341,11 +351,20 @@ class _Engine:
             sliding = full & near[:, None] | own
         return self._layer_masks(full, sliding)
 
+    def _width(self) -> int:
+        """The slots the next decode step reads: the written ones and the one it writes, rounded
+        up to `DECODE_WIDTH_BUCKET`, short of `max_len` (never the whole cache: Dynamo would
+        specialize a compiled step on that width; no step writes the last slot, as `_engine`'s
+        `need` counts the last new token, which no step feeds)."""
+        return min(self.max_len - 1, _round_up(self.written + 1, DECODE_WIDTH_BUCKET))
+
     def _decode_masks(self):
-        valid = self.valid & (self.slots <= self.cache_pos)
+        """Masks over `read_slots`, whose length a compiled step takes as dynamic (one compile)."""
+        width = self.read_slots.shape[0]
+        valid = self.valid[:, :width] & (self.read_slots <= self.cache_pos)
         sliding = None
         if self.mapping:
-            sliding = (valid & (self.slot_positions > self.positions - self.window))[:, None, None, :]
+            sliding = (valid & (self.slot_positions[:, :width] > self.positions - self.window))[:, None, None, :]
         return self._layer_masks(valid[:, None, None, :], sliding)
 
     # ------------------------------------------------------------------ steps
@@ -386,14 +405,15 @@ class _Engine:
         self.out[:, :1] = first
         self.positions.copy_(positions[:, -1:] + 1)
         self.cache_pos.fill_(start + length)
+        self.written = start + length
         self.step_index.fill_(1)
 
     def _set_decode_prefix(self, prefix: SharedPrefix | None) -> None:
         """Make the decode steps read `prefix` once (None: each row's cache alone). A captured
         step reads the prefix it was captured with, so another one is captured again."""
-        if prefix is not self.decode_prefix and self.graph is not None:
-            log.debug("shared prefix for decode changed; the decode step is captured again")
-            self.graph = None
+        if prefix is not self.decode_prefix and self.graphs:
+            log.debug("shared prefix for decode changed; the decode steps are captured again")
+            self.graphs.clear()
         self.decode_prefix = prefix
 
     def _step(self) -> None:
@@ -402,8 +422,10 @@ class _Engine:
         if not self.compiled:
             self._greedy_step(matmul_attention)
             return
-        # generate_tokens runs compiled code eagerly (`FrozenLM.compile_blocks`' blocks); not this step
-        with torch.compiler.set_stance("default"):
+        # generate_tokens runs compiled code eagerly (`FrozenLM.compile_blocks`' blocks); not this
+        # step. Its read width is dynamic (marked), every other size static: one compile for all widths
+        torch._dynamo.mark_dynamic(self.read_slots, 0)
+        with torch.compiler.set_stance("default"), torch._dynamo.config.patch(automatic_dynamic_shapes=False):
             _compiled_step(self.compile_mode)(self, matmul_attention)
 
     def _greedy_step(self, matmul_attention: bool) -> None:
@@ -423,20 +445,21 @@ class _Engine:
         self.step_index.add_(1)
 
     def decode(self, steps: int) -> None:
-        """`steps` greedy steps, queued without waiting (the graph replays asynchronously)."""
-        if steps <= 0:
-            return
-        if not self.use_graph or self.graph_failed:
-            for _ in range(steps):
+        """`steps` greedy steps, queued without waiting (the graphs replay asynchronously), each
+        reading the slots `_width` says."""
+        for _ in range(max(steps, 0)):
+            width = self._width()
+            if width != self.read_slots.shape[0]:
+                self.read_slots = self.slots[:width]
+            if not self.use_graph or self.graph_failed:
                 self._step()
-            return
-        if self.graph is None:
-            self._capture()  # runs one real step while warming up (and compiles a compiled step)
-            steps -= 1
-        for _ in range(steps):
-            self.graph.replay()
+            elif width in self.graphs:
+                self.graphs[width].replay()
+            else:
+                self._capture(width)  # runs one real step while warming up (and compiles a compiled step)
+            self.written += 1
 
-    def _capture(self) -> None:
+    def _capture(self, width: int) -> None:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
@@ -444,13 +467,14 @@ class _Engine:
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, pool=self.pool):
                 self._step()  # recorded, not run: the state stays after the warm-up step
         except Exception as error:  # pragma: no cover - depends on the model code
             log.warning("CUDA-graph capture failed (%s); decoding eagerly", error)
             self.graph_failed = True
             return
-        self.graph = graph
+        self.pool = self.pool or graph.pool()
+        self.graphs[width] = graph
 
     def _layer_token_bytes(self) -> list[int]:
         """Bytes one token occupies in each initialized layer, keys and values (GQA as stored)."""
@@ -485,7 +509,8 @@ class _Engine:
 
 @functools.cache  # one compiled function a mode, shared by every engine
 def _compiled_step(mode: str) -> Callable:
-    """`_Engine._greedy_step` compiled at the engine's fixed shapes in the torch.compile `mode`
+    """`_Engine._greedy_step` compiled at the engine's fixed shapes (but the read width, which
+    `_Engine._step` marks dynamic; `dynamic=None` so the mark holds) in the torch.compile `mode`
     ("default" or one of `COMPILE_DECODE_MODES`: none adds CUDA graphs of inductor's own, the engine
     captures the compiled step itself), as one graph (fullgraph: a graph break raises rather than
     silently leaving work eager). Dynamo compiles it on the first step of each new combination of
@@ -498,7 +523,7 @@ def _compiled_step(mode: str) -> Callable:
     turn the products into MKL linears the pass does not read); another model of the same shape compiles its own step
     (Dynamo guards the weights) rather than reading the first one's constants (tested)."""
     if mode not in _FROZEN_MODES:
-        return torch.compile(_Engine._greedy_step, mode=mode, dynamic=False, fullgraph=True)
+        return torch.compile(_Engine._greedy_step, mode=mode, dynamic=None, fullgraph=True)
     from torch._inductor import list_mode_options
 
     from latentbridge.concat_projections import ConcatProjections
@@ -511,7 +536,7 @@ def _compiled_step(mode: str) -> Callable:
     freezing = {"freezing": True, "cpp.weight_prepack": False, "post_grad_custom_pre_pass": passes,
                 **list_mode_options(_FROZEN_MODES[mode])}
     # as options too: a backend of its own, so Dynamo never hands this step another mode's graph
-    step = torch.compile(_Engine._greedy_step, options=freezing, dynamic=False, fullgraph=True)
+    step = torch.compile(_Engine._greedy_step, options=freezing, dynamic=None, fullgraph=True)
 
     def frozen_step(engine: _Engine, matmul_attention: bool) -> None:
         with torch._inductor.config.patch(freezing):
@@ -801,7 +826,7 @@ def generate_tokens(
         steps=steps,
         prefill_s=prefill_s,
         decode_s=decode_s,
-        graphs=bool(engine.use_graph and engine.graph is not None),
+        graphs=bool(engine.use_graph and engine.graphs),
         cache_len=engine.max_len,
         cache_bytes=engine.cache_bytes,
         per_token_kv_bytes=engine.per_token_kv_bytes,

@@ -14,6 +14,7 @@ from tiny_models import make_tiny_lm
 from latentbridge import generation
 from latentbridge.bridge import build_inputs
 from latentbridge.concat_projections import ConcatProjections
+from latentbridge.split_k_products import SplitKProducts
 from latentbridge.generation import AnswerLineRule, generate, generate_tokens, plain_generate_tokens
 from latentbridge.models import load_frozen_lm
 
@@ -316,7 +317,10 @@ def test_the_compiled_decode_step_gives_the_eager_tokens(arch, device, monkeypat
     """`COMPILE_DECODE_ENV`: the decode step through torch.compile (in one graph, no break) gives
     the eager step's tokens, float32, without a shared prefix and with one read once for the batch
     (30 prefix tokens: the sliding layer's window of 8 hides most of them); on CUDA, as a captured
-    CUDA graph. An engine built with it is not reused without it, and its cache is freed with it."""
+    CUDA graph. The eager step reads every slot but the last; the compiled one the written slots in
+    buckets of 4 (`DECODE_WIDTH_BUCKET`: 3-4 widths a run, one compile each for all of them, a
+    CUDA graph each), and the eager step in those buckets gives the same tokens too. An engine
+    built with it is not reused without it, and its cache is freed with it."""
     import weakref
 
     from torch._dynamo.utils import counters
@@ -339,8 +343,11 @@ def test_the_compiled_decode_step_gives_the_eager_tokens(arch, device, monkeypat
     def run(shared) -> generation.GenerationResult:
         return generate_tokens(model, embeds, mask, 10, prefix=shared)
 
+    monkeypatch.setattr(generation, "DECODE_WIDTH_BUCKET", 10**6)  # every slot the cache has but its last
     eager = {name: run(shared) for name, shared in (("alone", None), ("prefix", prefix))}
     assert all(not r.stats.compiled_decode for r in eager.values())
+    monkeypatch.setattr(generation, "DECODE_WIDTH_BUCKET", 4)
+    assert all(run(shared).tokens == eager[name].tokens for name, shared in (("alone", None), ("prefix", prefix)))
     assert eager["alone"].tokens != eager["prefix"].tokens  # the prefix is read
     assert all(len({t for row in r.tokens for t in row}) > 5 for r in eager.values())  # not one repeated token
     monkeypatch.setenv(generation.COMPILE_DECODE_ENV, "1")
@@ -380,7 +387,8 @@ def test_the_compile_switch_takes_yes_no_or_a_mode_and_refuses_anything_else(mon
 
 
 def test_the_compile_mode_reaches_torch_compile(monkeypatch):
-    """The mode the switch picks is the one torch.compile gets (whole graph, fixed shapes), it is
+    """The mode the switch picks is the one torch.compile gets (whole graph; `dynamic=None`, as the
+    engine marks its read width dynamic and nothing else), it is
     recorded in the stats, and an engine of one mode is not reused for another. torch.compile is
     replaced by a recorder that returns the step uncompiled: nothing compiles."""
     calls = []
@@ -400,19 +408,25 @@ def test_the_compile_mode_reaches_torch_compile(monkeypatch):
     frozen = generation.FROZEN_DECODE_MODE  # inductor's default mode with freezing (options: a backend of its own)
     autotune = {"max_autotune": True, "coordinate_descent_tuning": True}  # max-autotune-no-cudagraphs' options
     for value, mode, compiled in (("1", "default", "default"), ("max-autotune", "max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs"),
-                                  ("frozen", frozen, None), ("frozen-max-autotune", generation.FROZEN_AUTOTUNE_MODE, None)):
+                                  ("frozen", frozen, None), ("frozen-max-autotune", generation.FROZEN_AUTOTUNE_MODE, None),
+                                  ("frozen-split-k", generation.FROZEN_SPLIT_K_MODE, None)):
         monkeypatch.setenv(generation.COMPILE_DECODE_ENV, value)
         result = generate_tokens(model, embeds, mask, 5)
         if compiled is None:  # the frozen step: inductor's freezing and the pass joining products
             options = calls[-1].pop("options")
-            assert options.pop("freezing") is True and isinstance(options.pop("post_grad_custom_pre_pass"), ConcatProjections)
+            passes = options.pop("post_grad_custom_pre_pass")
+            if value == "frozen-split-k":  # joined first, then split
+                assert [type(p) for p in passes.passes] == [ConcatProjections, SplitKProducts]
+            else:
+                assert isinstance(passes, ConcatProjections)
+            assert options.pop("freezing") is True
             # CPU: products stay products the pass can join; autotuned too where the mode says so
             assert options == {"cpp.weight_prepack": False, **(autotune if value == "frozen-max-autotune" else {})}
         expected = {"mode": compiled} if compiled else {}
-        assert calls[-1] == {**expected, "dynamic": False, "fullgraph": True}, value
+        assert calls[-1] == {**expected, "dynamic": None, "fullgraph": True}, value
         assert result.stats.compiled_decode == mode and generation._ENGINES[model].compile_mode == mode
         assert result.tokens == eager.tokens
-    assert len(calls) == 4
+    assert len(calls) == 5
     generation.release(model)
 
 
@@ -468,42 +482,6 @@ def test_the_frozen_decode_step_concatenates_projections_and_reads_each_models_o
     assert split.tokens == eager[0].tokens and split.stats.compiled_decode == generation.FROZEN_SPLIT_K_MODE
     generation.release()
     torch._dynamo.reset()  # the frozen steps hold their weights as constants
-
-
-def test_the_split_k_pass_turns_a_skinny_product_into_summed_slices_with_the_same_result():
-    """`SplitKProducts`: mm(x, W) over a constant W becomes bmm over S slices of the inner
-    dimension summed in float32, S by how few output tiles the product has for the processors;
-    products with tiles enough, or an inner dimension that does not divide, stay one mm."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    from latentbridge.split_k_products import SplitKProducts, splits
-
-    assert splits(64, 14336, 4096, 132) == 4  # Llama-3.1-8B's down projection at batch 64 on an H200
-    assert splits(64, 4096, 6144, 132) == 2  # its joined query, key and value
-    assert splits(64, 4096, 28672, 132) == 1 and splits(64, 4096, 128256, 132) == 1  # gate+up, LM head
-    assert splits(3, 40, 8, 64) == 1  # 40 is no multiple of 2 x 16
-
-    class TwoProducts(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            generator = torch.Generator().manual_seed(0)
-            self.register_buffer("skinny", torch.randn(48, 256, generator=generator))
-            self.register_buffer("odd", torch.randn(8, 40, generator=generator))
-
-        def forward(self, x, y):
-            return torch.nn.functional.linear(x, self.skinny), torch.nn.functional.linear(y, self.odd)
-
-    model = TwoProducts()
-    x, y = torch.randn(3, 256), torch.randn(3, 40)
-    traced = make_fx(model)(x, y)
-    SplitKProducts(processors=64)(traced.graph)
-    traced.recompile()
-    targets = [n.target for n in traced.graph.nodes if n.op == "call_function"]
-    assert targets.count(torch.ops.aten.bmm.default) == 1 and targets.count(torch.ops.aten.mm.default) == 1
-    for got, want in zip(traced(x, y), model(x, y)):
-        torch.testing.assert_close(got, want)
-    with pytest.raises(ValueError, match="processors must be at least 1, got 0"):
-        SplitKProducts(processors=0)
 
 
 def test_the_cuda_graph_switch_reads_yes_and_no_words_as_every_switch_does(monkeypatch):
