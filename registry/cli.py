@@ -6,7 +6,7 @@
   reproduce models:/NAME@ALIAS           reload a version and re-answer its archived questions
   analyze --suite NAME --out DIR         tables, figures, LaTeX of a suite (--suite repeated: several as one), logged to MLflow
   summarize PATH...                      valid / invalid / correct answers per eval JSONL
-  import FOLDER...                       replay FileReporter run records into MLflow runs (idempotent)
+  import FOLDER...                       replay FileReporter run records (folders, tarballs) into MLflow runs (idempotent)
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = commands.add_parser("import", help="replay FileReporter run records (params.json, metrics.jsonl, ...) into MLflow runs")
-    p.add_argument("folders", nargs="+", metavar="FOLDER", help="a record folder, or a folder holding records below it")
+    p.add_argument("folders", nargs="+", metavar="FOLDER",
+                   help="a record folder, a folder holding records below it, or a tarball (.tgz, .tar.gz, .tar) of either")
     p.add_argument("--experiment", help="MLflow experiment (default: each run's suite)")
 
     p = commands.add_parser("export", help="write MLflow runs out as FileReporter run records (the inverse of import)")
@@ -174,7 +175,7 @@ def _import(args) -> int:
 
     for done in import_records(args.folders, args.experiment):
         state = "imported as" if done.created else "already imported as"
-        print(f"{done.folder}: {state} run {done.run_id} ({done.name}, {done.status})")
+        print(f"{done.source}: {state} run {done.run_id} ({done.name}, {done.status})")
     return 0
 
 

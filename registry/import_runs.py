@@ -9,6 +9,11 @@ A record is a folder, written where no MLflow store could be reached (a GPU mach
     status.json     {"status", "start_time", "end_time"} (optional; times in ms since the epoch)
     artifacts/      files the run logged, under their artifact paths (evals/, test/, ...)
 
+A tarball of records (`.tgz`, `.tar.gz`, `.tar`: what `results/device.sh collect` brings home)
+is unpacked into a temporary folder (tarfile's `data` filter: no links or paths leaving it, no
+special files or set-id bits) and read as a folder of records; each run's source tag names the
+tarball and the record's path in it.
+
 `import_record` makes one new MLflow run from it in the project store (experiment: the run's
 suite, as the launcher names them, unless one is given): params, every metric point at its
 original step (when a step was logged twice, the last line wins; a last line cut short by a
@@ -25,6 +30,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tarfile
+import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +56,7 @@ log = logging.getLogger(__name__)
 DIGEST_TAG = "latentbridge.import_digest"
 SOURCE_TAG = "latentbridge.imported_from"
 RECORD_FILES = (PARAMS_FILE, METRICS_FILE, TAGS_FILE, STATUS_FILE)
+TARBALL_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 
 
 class RecordError(RegistryError):
@@ -61,6 +70,7 @@ class Imported:
     created: bool  # False: the record was imported before; nothing changed
     status: str
     name: str
+    source: str = ""  # where the record came from, as tagged (a tarball's: "<tarball>:<path in it>")
 
 
 # --------------------------------------------------------------------------- reading a record
@@ -156,9 +166,11 @@ def _log_views(reporter: MlflowReporter, artifacts: Path) -> None:
         reporter.log_curves()
 
 
-def import_record(folder: Path, experiment: str | None = None) -> Imported:
-    """One MLflow run from the record in `folder` (or the run it already became)."""
+def import_record(folder: Path, experiment: str | None = None, source: str | None = None) -> Imported:
+    """One MLflow run from the record in `folder` (or the run it already became); `source` is
+    what its source tag says (default: the folder's path)."""
     folder = Path(folder)
+    source = source or str(folder.resolve())
     if not is_record(folder):
         raise RecordError(f"{folder} is not a run record (no params.json)")
     params = _json(folder / PARAMS_FILE, {})
@@ -175,11 +187,11 @@ def import_record(folder: Path, experiment: str | None = None) -> Imported:
     existing = find_imported(digest)
     if existing:
         found = with_retries(lambda: client().get_run(existing), "read run")
-        return Imported(folder, existing, False, found.info.status, name)
+        return Imported(folder, existing, False, found.info.status, name, source)
 
     mlflow_client = client()
     exp = experiment or params.get("suite") or tags.get("suite") or DEFAULT_EXPERIMENT
-    run_tags = {**tags, DIGEST_TAG: digest, SOURCE_TAG: str(folder.resolve())}
+    run_tags = {**tags, DIGEST_TAG: digest, SOURCE_TAG: source}
     start = status_record.get("start_time")
     run = with_retries(
         lambda: mlflow_client.create_run(experiment_id(exp), start_time=int(start) if start else None,
@@ -210,8 +222,32 @@ def import_record(folder: Path, experiment: str | None = None) -> Imported:
     else:
         with_retries(lambda: mlflow_client.update_run(run_id, status=status), "set status")
     log.info("imported %s as run %s (%s, %d metric points)", folder, run_id, status, len(metrics))
-    return Imported(folder, run_id, True, status, name)
+    return Imported(folder, run_id, True, status, name, source)
+
+
+def is_tarball(path: Path) -> bool:
+    return path.is_file() and path.name.endswith(TARBALL_SUFFIXES)
+
+
+def _unpack(tarball: Path, into: Path) -> None:
+    """Extract `tarball` under `into`, refusing what the `data` filter refuses."""
+    try:
+        with tarfile.open(tarball) as archive:
+            archive.extractall(into, filter="data")
+    except (tarfile.TarError, OSError) as error:
+        raise RecordError(f"{tarball}: not a tarball of run records that unpacks safely ({error})") from None
 
 
 def import_records(paths, experiment: str | None = None) -> list[Imported]:
-    return [import_record(folder, experiment) for folder in find_records([Path(p) for p in paths])]
+    """Every record in `paths`: record folders, folders holding records, tarballs of either."""
+    done: list[Imported] = []
+    with ExitStack() as stack:
+        for path in map(Path, paths):
+            if not is_tarball(path):
+                done.extend(import_record(folder, experiment) for folder in find_records([path]))
+                continue
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="latentbridge-records-")))
+            _unpack(path, root)
+            for folder in find_records([root]):
+                done.append(import_record(folder, experiment, f"{path.resolve()}:{folder.relative_to(root)}"))
+    return done

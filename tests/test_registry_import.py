@@ -110,3 +110,44 @@ def test_not_a_record_is_refused(tmp_path, mlflow_store):
 
     (tmp_path / "empty").mkdir()
     assert main(["import", str(tmp_path / "empty")]) == 2
+
+
+def test_a_tarball_of_records_imports_as_its_folder_would(record, mlflow_store, tmp_path, capsys):
+    """What `device.sh collect` brings home, a .tgz of records, imports without unpacking by
+    hand; its runs name the tarball and the record's path in it, and the same record from its
+    folder is the run already imported."""
+    import tarfile
+
+    from registry.cli import main
+    from registry.import_runs import SOURCE_TAG, import_record
+    from registry.store import client
+
+    tarball = tmp_path / "records.tgz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        archive.add(record.parent, arcname="records")
+    assert main(["import", str(tarball)]) == 0
+    out = capsys.readouterr().out
+    assert f"{tarball}:records/tiny: imported as run" in out
+    run_id = out.split("imported as run ")[1].split()[0]
+    assert client().get_run(run_id).data.tags[SOURCE_TAG] == f"{tarball}:records/tiny"
+    again = import_record(record)
+    assert not again.created and again.run_id == run_id
+
+
+def test_a_tarball_reaching_outside_its_folder_is_refused(tmp_path, mlflow_store, capsys):
+    import io
+    import tarfile
+    import tempfile
+    from pathlib import Path
+
+    from registry.cli import main
+
+    tarball = tmp_path / "hostile.tgz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        data = json.dumps({"name": "evil"}).encode()
+        member = tarfile.TarInfo("../escaped/params.json")
+        member.size = len(data)
+        archive.addfile(member, io.BytesIO(data))
+    assert main(["import", str(tarball)]) == 2
+    assert "not a tarball of run records that unpacks safely" in capsys.readouterr().err
+    assert not (Path(tempfile.gettempdir()) / "escaped").exists()  # beside the folder it unpacks into
