@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folders", nargs="+", metavar="FOLDER",
                    help="a record folder, a folder holding records below it, or a tarball (.tgz, .tar.gz, .tar) of either")
     p.add_argument("--experiment", help="MLflow experiment (default: each run's suite)")
+    p.add_argument("--status", dest="statuses", action="append", metavar="STATUS",
+                   help="import only records of this status (repeatable), e.g. --status FINISHED: not runs cut off while running")
 
     p = commands.add_parser("export", help="write MLflow runs out as FileReporter run records (the inverse of import)")
     p.add_argument("--experiment", required=True, help="the MLflow experiment (the suite's name for launched runs)")
@@ -173,9 +175,12 @@ def _summarize(args) -> int:
 def _import(args) -> int:
     from registry.import_runs import import_records
 
-    for done in import_records(args.folders, args.experiment):
+    skipped: list[str] = []
+    for done in import_records(args.folders, args.experiment, set(args.statuses or ()), skipped):
         state = "imported as" if done.created else "already imported as"
         print(f"{done.source}: {state} run {done.run_id} ({done.name}, {done.status})")
+    for source in skipped:
+        print(f"{source}: not imported (--status {' '.join(args.statuses)})")
     return 0
 
 

@@ -176,7 +176,7 @@ def import_record(folder: Path, experiment: str | None = None, source: str | Non
     params = _json(folder / PARAMS_FILE, {})
     tags = {str(k): str(v) for k, v in _json(folder / TAGS_FILE, {}).items()}
     status_record = _json(folder / STATUS_FILE, {})
-    status = str(status_record.get("status", "FINISHED")).upper()
+    status = record_status(folder)
     try:
         RunStatus.from_string(status)
     except Exception:  # noqa: BLE001 - mlflow raises a bare Exception subclass
@@ -238,16 +238,34 @@ def _unpack(tarball: Path, into: Path) -> None:
         raise RecordError(f"{tarball}: not a tarball of run records that unpacks safely ({error})") from None
 
 
-def import_records(paths, experiment: str | None = None) -> list[Imported]:
-    """Every record in `paths`: record folders, folders holding records, tarballs of either."""
+def record_status(folder: Path) -> str:
+    """The status a record says it ended in (FINISHED when it says none), as `import_record` reads it."""
+    return str(_json(Path(folder) / STATUS_FILE, {}).get("status", "FINISHED")).upper()
+
+
+def import_records(paths, experiment: str | None = None, statuses: set[str] | None = None,
+                   skipped: list[str] | None = None) -> list[Imported]:
+    """Every record in `paths`: record folders, folders holding records, tarballs of either.
+    With `statuses`, only the records whose status is one of them (e.g. {"FINISHED"}: not a run
+    cut off while it ran); the sources of the others are appended to `skipped`."""
+    wanted = {s.upper() for s in statuses} if statuses else None
+    names = sorted(RunStatus.to_string(s) for s in RunStatus.all_status())
+    for status in sorted(wanted or ()):
+        if status not in names:
+            raise RecordError(f"unknown run status {status!r} (one of {', '.join(names)})")
     done: list[Imported] = []
     with ExitStack() as stack:
         for path in map(Path, paths):
-            if not is_tarball(path):
-                done.extend(import_record(folder, experiment) for folder in find_records([path]))
-                continue
-            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="latentbridge-records-")))
-            _unpack(path, root)
-            for folder in find_records([root]):
-                done.append(import_record(folder, experiment, f"{path.resolve()}:{folder.relative_to(root)}"))
+            if is_tarball(path):
+                root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="latentbridge-records-")))
+                _unpack(path, root)
+                found = [(folder, f"{path.resolve()}:{folder.relative_to(root)}") for folder in find_records([root])]
+            else:
+                found = [(folder, None) for folder in find_records([path])]
+            for folder, source in found:
+                if wanted is not None and record_status(folder) not in wanted:
+                    if skipped is not None:
+                        skipped.append(f"{source or folder} ({record_status(folder)})")
+                    continue
+                done.append(import_record(folder, experiment, source))
     return done

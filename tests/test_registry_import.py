@@ -151,3 +151,23 @@ def test_a_tarball_reaching_outside_its_folder_is_refused(tmp_path, mlflow_store
     assert main(["import", str(tarball)]) == 2
     assert "not a tarball of run records that unpacks safely" in capsys.readouterr().err
     assert not (Path(tempfile.gettempdir()) / "escaped").exists()  # beside the folder it unpacks into
+
+
+def test_status_filter_imports_only_the_records_of_those_statuses(tmp_path, mlflow_store, capsys):
+    """`--status FINISHED` leaves out a run cut off while it ran (its record says RUNNING) and
+    says so; an unknown status is refused by name, with the statuses there are."""
+    from registry.cli import main
+    from registry.store import client
+
+    for name, status in (("done", "FINISHED"), ("cut-off", "RUNNING")):
+        reporter = FileReporter(tmp_path / "records" / name)
+        reporter.log_params({"name": name, "suite": "import-suite"})
+        reporter.log_metrics({"loss": 1.0}, 1)
+        (tmp_path / "records" / name / "status.json").write_text(json.dumps({"status": status}))
+    assert main(["import", str(tmp_path / "records"), "--status", "finished"]) == 0
+    out = capsys.readouterr().out
+    assert "(done, FINISHED)" in out and f"{tmp_path / 'records' / 'cut-off'} (RUNNING): not imported" in out
+    runs = client().search_runs([e.experiment_id for e in client().search_experiments()])
+    assert [r.info.run_name for r in runs] == ["done"]
+    assert main(["import", str(tmp_path / "records"), "--status", "FINISHD"]) == 2
+    assert "unknown run status 'FINISHD' (one of FAILED, FINISHED, KILLED, RUNNING, SCHEDULED)" in capsys.readouterr().err
