@@ -20,7 +20,8 @@
 #                                suite: for a bench on the real models (the *-embedded parts)
 #   device.sh add                another suite beside the running one (SUITE, ONLY, ... as for start)
 #   device.sh collect            wait (at most WAIT_S) for the suites; export their runs (SUITES="a b", default
-#                                SUITE; no weights) into $OUT
+#                                SUITE; no weights) into $OUT/records.tgz (here: `python -m registry import
+#                                records.tgz --status FINISHED` leaves the runs still running out)
 #   device.sh bench ARGS...      install .whl into $SITE (once a machine) and run `python -m latentbridge.bench
 #                                ARGS` on this copy of the work tree, its --out under $OUT (random weights, but
 #                                the *-embedded parts need `models` first); BENCH_TESTS="tests/x.py -k expr" first runs those tests
