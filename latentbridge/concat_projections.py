@@ -44,6 +44,32 @@ def constant_weight(graph_module: torch.fx.GraphModule, node: torch.fx.Node) -> 
     return None
 
 
+def call_with_meta(graph: torch.fx.Graph, fake_mode, target, args: tuple, kwargs: dict | None = None) -> torch.fx.Node:
+    """A new `target(*args, **kwargs)` node at the graph's insertion point, with the fake value
+    inductor's later passes read (`meta["val"]`) computed from its inputs' (none without a fake mode)."""
+    node = graph.call_function(target, args, kwargs or {})
+    if fake_mode is not None:
+        values = [a.meta["val"] if isinstance(a, torch.fx.Node) else a for a in args]
+        with fake_mode:
+            node.meta["val"] = target(*values, **(kwargs or {}))
+    return node
+
+
+def constant_node(graph: torch.fx.Graph, module: torch.fx.GraphModule, fake_mode, prefix: str,
+                  tensor: torch.Tensor) -> torch.fx.Node:
+    """A `get_attr` node at the insertion point for `tensor`, a new buffer of `module` under a
+    free name starting with `prefix`, with its fake value."""
+    name = f"{prefix}_{len([n for n in graph.nodes if n.op == 'get_attr'])}"
+    while hasattr(module, name):
+        name += "_"
+    module.register_buffer(name, tensor, persistent=False)
+    node = graph.get_attr(name)
+    if fake_mode is not None:
+        with fake_mode:
+            node.meta["val"] = fake_mode.from_tensor(tensor)
+    return node
+
+
 def _joined(weights: list[torch.Tensor]) -> torch.Tensor:
     """The (in, sum of outs) weight whose column blocks are `weights`, laid out as they are: a
     transposed (out, in) row-major weight stays one (the LM's own layout), else row-major."""
@@ -77,29 +103,17 @@ class ConcatProjections(CustomGraphPass):
     @staticmethod
     def _join(graph: torch.fx.Graph, module: torch.fx.GraphModule, x: torch.fx.Node,
               members: list[tuple[torch.fx.Node, torch.Tensor]]) -> None:
-        weights = [w for _, w in members]
-        fused = _joined(weights)
-        name = f"_latentbridge_joined_{len([n for n in graph.nodes if n.op == 'get_attr'])}"
-        while hasattr(module, name):
-            name += "_"
-        module.register_buffer(name, fused, persistent=False)
+        fused = _joined([w for _, w in members])
         first = members[0][0]  # the earliest member (graph order): after `x`, before the others
         fake_mode = torch._guards.detect_fake_mode([x.meta.get("val")])
         with graph.inserting_before(first):
-            constant = graph.get_attr(name)
-            product = graph.call_function(aten.mm.default, (x, constant))
-            if fake_mode is not None:
-                with fake_mode:
-                    constant.meta["val"] = fake_mode.from_tensor(fused)
-                    product.meta["val"] = aten.mm.default(x.meta["val"], constant.meta["val"])
+            constant = constant_node(graph, module, fake_mode, "_latentbridge_joined", fused)
+            product = call_with_meta(graph, fake_mode, aten.mm.default, (x, constant))
         start = 0
         for node, weight in members:
             stop = start + weight.shape[1]
             with graph.inserting_before(node):
-                part = graph.call_function(aten.slice.Tensor, (product, 1, start, stop))
-            if "val" in product.meta:
-                with fake_mode:
-                    part.meta["val"] = aten.slice.Tensor(product.meta["val"], 1, start, stop)
+                part = call_with_meta(graph, fake_mode, aten.slice.Tensor, (product, 1, start, stop))
             node.replace_all_uses_with(part)
             graph.erase_node(node)
             start = stop

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
-from latentbridge.concat_projections import constant_weight
+from latentbridge.concat_projections import call_with_meta, constant_node, constant_weight
 
 log = logging.getLogger(__name__)
 
@@ -74,33 +74,15 @@ class SplitKProducts(CustomGraphPass):
     def _split(graph: torch.fx.Graph, module: torch.fx.GraphModule, node: torch.fx.Node, x: torch.fx.Node,
                weight: torch.Tensor, count: int) -> None:
         rows, inner = x.meta["val"].shape
-        name = f"_latentbridge_split_{len([n for n in graph.nodes if n.op == 'get_attr'])}"
-        while hasattr(module, name):
-            name += "_"
-        module.register_buffer(name, weight.unflatten(0, (count, inner // count)), persistent=False)  # a view
         fake_mode = torch._guards.detect_fake_mode([x.meta["val"]])
-        steps = [
-            (aten.view.default, lambda prev: (prev, [rows, count, inner // count])),
-            (aten.permute.default, lambda prev: (prev, [1, 0, 2])),
-            (aten.bmm.default, lambda prev: (prev, slices)),
-            (aten.sum.dim_IntList, lambda prev: (prev, [0])),
-            (torch.ops.prims.convert_element_type.default, lambda prev: (prev, x.meta["val"].dtype)),
-        ]
         with graph.inserting_before(node):
-            slices = graph.get_attr(name)
-            if fake_mode is not None:
-                with fake_mode:
-                    slices.meta["val"] = fake_mode.from_tensor(getattr(module, name))
-            prev = x
-            for target, args in steps:
-                kwargs = {"dtype": torch.float32} if target is aten.sum.dim_IntList else {}
-                current = graph.call_function(target, args(prev), kwargs)
-                if fake_mode is not None:
-                    with fake_mode:
-                        values = [a.meta["val"] if isinstance(a, torch.fx.Node) else a for a in current.args]
-                        current.meta["val"] = target(*values, **kwargs)
-                prev = current
-        node.replace_all_uses_with(prev)
+            slices = constant_node(graph, module, fake_mode, "_latentbridge_split", weight.unflatten(0, (count, inner // count)))  # a view
+            parts = call_with_meta(graph, fake_mode, aten.view.default, (x, [rows, count, inner // count]))
+            parts = call_with_meta(graph, fake_mode, aten.permute.default, (parts, [1, 0, 2]))
+            products = call_with_meta(graph, fake_mode, aten.bmm.default, (parts, slices))
+            total = call_with_meta(graph, fake_mode, aten.sum.dim_IntList, (products, [0]), {"dtype": torch.float32})
+            result = call_with_meta(graph, fake_mode, torch.ops.prims.convert_element_type.default, (total, x.meta["val"].dtype))
+        node.replace_all_uses_with(result)
         graph.erase_node(node)
 
     def uuid(self) -> bytes:
