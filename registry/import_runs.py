@@ -57,6 +57,7 @@ DIGEST_TAG = "latentbridge.import_digest"
 SOURCE_TAG = "latentbridge.imported_from"
 RECORD_FILES = (PARAMS_FILE, METRICS_FILE, TAGS_FILE, STATUS_FILE)
 TARBALL_SUFFIXES = (".tgz", ".tar.gz", ".tar")
+STATUSES = sorted(RunStatus.to_string(s) for s in RunStatus.all_status())  # FAILED, FINISHED, KILLED, ...
 
 
 class RecordError(RegistryError):
@@ -176,11 +177,9 @@ def import_record(folder: Path, experiment: str | None = None, source: str | Non
     params = _json(folder / PARAMS_FILE, {})
     tags = {str(k): str(v) for k, v in _json(folder / TAGS_FILE, {}).items()}
     status_record = _json(folder / STATUS_FILE, {})
-    status = record_status(folder)
-    try:
-        RunStatus.from_string(status)
-    except Exception:  # noqa: BLE001 - mlflow raises a bare Exception subclass
-        raise RecordError(f"{folder}/status.json: unknown run status {status!r}") from None
+    status = _status(status_record)
+    if status not in STATUSES:
+        raise RecordError(f"{folder}/status.json: unknown run status {status!r}")
     metrics = read_metrics(folder / METRICS_FILE)
     name = str(params.get("name") or folder.name)
     digest = record_digest(folder)
@@ -238,9 +237,9 @@ def _unpack(tarball: Path, into: Path) -> None:
         raise RecordError(f"{tarball}: not a tarball of run records that unpacks safely ({error})") from None
 
 
-def record_status(folder: Path) -> str:
-    """The status a record says it ended in (FINISHED when it says none), as `import_record` reads it."""
-    return str(_json(Path(folder) / STATUS_FILE, {}).get("status", "FINISHED")).upper()
+def _status(status_record: dict) -> str:
+    """The status a record's status.json says it ended in (FINISHED when it says none)."""
+    return str(status_record.get("status", "FINISHED")).upper()
 
 
 def import_records(paths, experiment: str | None = None, statuses: set[str] | None = None,
@@ -249,10 +248,9 @@ def import_records(paths, experiment: str | None = None, statuses: set[str] | No
     With `statuses`, only the records whose status is one of them (e.g. {"FINISHED"}: not a run
     cut off while it ran); the sources of the others are appended to `skipped`."""
     wanted = {s.upper() for s in statuses} if statuses else None
-    names = sorted(RunStatus.to_string(s) for s in RunStatus.all_status())
     for status in sorted(wanted or ()):
-        if status not in names:
-            raise RecordError(f"unknown run status {status!r} (one of {', '.join(names)})")
+        if status not in STATUSES:
+            raise RecordError(f"unknown run status {status!r} (one of {', '.join(STATUSES)})")
     done: list[Imported] = []
     with ExitStack() as stack:
         for path in map(Path, paths):
@@ -263,9 +261,10 @@ def import_records(paths, experiment: str | None = None, statuses: set[str] | No
             else:
                 found = [(folder, None) for folder in find_records([path])]
             for folder, source in found:
-                if wanted is not None and record_status(folder) not in wanted:
+                status = _status(_json(folder / STATUS_FILE, {})) if wanted is not None else None
+                if status is not None and status not in wanted:
                     if skipped is not None:
-                        skipped.append(f"{source or folder} ({record_status(folder)})")
+                        skipped.append(f"{source or folder} ({status})")
                     continue
                 done.append(import_record(folder, experiment, source))
     return done
