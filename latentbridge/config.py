@@ -51,7 +51,7 @@ def env_switch(name: str, default: bool, choices: dict[str, Any]) -> Any:
     word = _env_word(name)
     if word in choices:
         return choices[word]
-    if word and word not in TRUE_WORDS + FALSE_WORDS:
+    if word and yes_no(word) is None:
         accepted = [*TRUE_WORDS, *FALSE_WORDS, *choices]
         raise ValueError(f"{name}={os.environ[name]!r} is not an accepted value; use one of {accepted} (or leave it unset)")
     return env_flag(name, default)
