@@ -414,6 +414,7 @@ class _Engine:
         if prefix is not self.decode_prefix and self.graphs:
             log.debug("shared prefix for decode changed; the decode steps are captured again")
             self.graphs.clear()
+            self.pool = None  # the pool dies with its last graph: capturing into it again fails an allocator assert
         self.decode_prefix = prefix
 
     def _step(self) -> None:
