@@ -79,6 +79,11 @@ unstash)
   while read -r f; do mkdir -p "$(dirname "$f")" && mv ".carry/stash/$f" "$f"; done < .carry/stashed.txt
   rm -rf .carry/stash .carry/stashed.txt; git status --short | head; exit 0 ;;
 esac
+# Triton builds its launchers with $CC: a stray shell variable of that name (session 18's `CC=<commit>`)
+# fails every run's first compile deep inside inductor, so refuse it here, by name
+if [ -n "${CC:-}" ] && ! command -v "$CC" > /dev/null; then
+  echo "CC=$CC is not a compiler on PATH, and Triton compiles with \$CC: unset CC, or name that variable otherwise"; exit 2
+fi
 OUT=${OUT:-/tmp/out}; LB=${LB:-/root/lb}; SITE=$LB/site; WAIT_S=${WAIT_S:-540}
 SUITE=${SUITE:-positive-control}; RUNS_PER_DEVICE=${RUNS_PER_DEVICE:-6}
 export PYTHONPATH=$SITE LATENTBRIDGE_CACHE=$LB/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
