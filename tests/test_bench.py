@@ -28,7 +28,8 @@ def test_random_model_matches_its_shape():
 
 def test_quick_bench_writes_aggregate_and_samples(tmp_path, mlflow_store):
     out = tmp_path / "bench"
-    code = bench.main(["--quick", "--device", "cpu", "--out", str(out), "--parts", "hardware,equality,gen,train,methods-ref,estimate", "--profile"])
+    code = bench.main(["--quick", "--device", "cpu", "--out", str(out), "--parts", "hardware,equality,gen,train,methods-ref,estimate", "--profile",
+                       "--gen-variants", "static_matmul_attention"])
     results = json.loads((out / "bench.json").read_text())
     assert code == 0 and results["errors"] == {}
     assert results["equality"]["equal"]  # the static decoder gives plain generate's tokens
@@ -40,6 +41,10 @@ def test_quick_bench_writes_aggregate_and_samples(tmp_path, mlflow_store):
     assert "aten::mm" in profile and results["train"]["profile"].endswith("train_profile.txt")
     decode_profile = (out / "gen_profile.txt").read_text()  # and of 16 eager decode steps
     assert "scaled_dot_product_attention" in decode_profile and results["gen"]["profile"].endswith("gen_profile.txt")
+    # and of each variant timed, under its own settings: two products in place of SDPA
+    variant_profile = (out / "gen_profile_static_matmul_attention.txt").read_text()
+    assert "aten::matmul" in variant_profile and "scaled_dot_product_attention" not in variant_profile
+    assert row["static_matmul_attention"]["decode_tokens_per_s"] > 0
     methods = results["methods-ref"]["methods"]
     assert set(methods) == {"source-alone", "target-alone", "bridged-4", "bridged-8", "truncated-4", "truncated-8", "relay"}
     # a short soft prefix holds far less cache than the full text prompt
@@ -69,7 +74,8 @@ def test_quick_bench_writes_aggregate_and_samples(tmp_path, mlflow_store):
     assert run.data.metrics["gen.batches.4.static.decode_tokens_per_s"] == row["static"]["decode_tokens_per_s"]
     assert run.data.tags["kind"] == "bench" and run.data.params["quick"] == "True"
     assert run.info.run_name == "bench-bench" and run.info.status == "FINISHED"
-    assert {a.path for a in client().list_artifacts(run.info.run_id, "bench")} >= {"bench/bench.json", "bench/methods_samples.jsonl"}
+    assert {a.path for a in client().list_artifacts(run.info.run_id, "bench")} >= {
+        "bench/bench.json", "bench/methods_samples.jsonl", "bench/gen_profile.txt", "bench/gen_profile_static_matmul_attention.txt"}
     assert bench.main(["--log", str(out)]) == 0  # the record written again from the folder: the same record
     (again,) = import_records([record], bench.EXPERIMENT)
     assert (again.run_id, again.created) == (first.run_id, False)

@@ -98,7 +98,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-new-tokens", type=int, default=256, help="eval-ref: new tokens forced a row")
     p.add_argument("--run-steps", type=int, default=2000)
     p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--profile", action="store_true", help="train and gen parts: also write train_profile.txt / gen_profile.txt (torch.profiler)")
+    p.add_argument("--profile", action="store_true", help="train and gen parts: also write train_profile.txt / gen_profile.txt, and gen_profile_<variant>.txt for each --gen-variants member (torch.profiler)")
     p.add_argument("--compile", action="store_true",
                    help="train part: compile the frozen models' decoder blocks (train.compile_frozen=true)")
     p.add_argument("--train-losses", default="lm,lm_kl", help="train part: comma list of lm, lm_kl")
@@ -274,9 +274,9 @@ def write_record(out: Path, results: dict) -> Path:
     reporter.set_tags({"kind": "bench", "command": results.get("command", ""), "device_name": str(machine.get("name", ""))})
     reporter.log_params({"name": f"bench-{out.resolve().name}", **results.get("args", {})})
     reporter.log_metrics(_flat_metrics({k: v for k, v in results.items() if k != "args"}), 0)
-    for name in RECORDED_FILES:
-        if (out / name).is_file():
-            reporter.log_artifact(out / name, "bench")
+    for path in [out / name for name in RECORDED_FILES] + sorted(out.glob("gen_profile_*.txt")):  # and the variants' profiles
+        if path.is_file():
+            reporter.log_artifact(path, "bench")
     return folder
 
 

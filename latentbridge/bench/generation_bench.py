@@ -144,6 +144,11 @@ def _profile(model, embeds, mask, prefix: SharedPrefix | None, device: torch.dev
     path.write_text(header + path.read_text())
 
 
+def variant_profile(profile_to: Path, variant: str) -> Path:
+    """Where the gen part writes the profile of a `STATIC_VARIANTS` member, beside `profile_to`."""
+    return profile_to.with_name(f"{profile_to.stem}_{variant}{profile_to.suffix}")
+
+
 def _never(model) -> list[int]:
     """An EOS id no step can produce: rows run the full length with plain argmax, as ours do
     with no stop rule (`min_new_tokens` would instead mask the real EOS out of the argmax)."""
@@ -232,7 +237,9 @@ def run(
     static decoder reads as a shared prefix (keys and values computed once, before the timing)
     and plain `generate` as part of each prompt. With `profile_to`, a table of where 16 decode
     steps of the static decoder at the largest batch spend their device time (no CUDA graph, so
-    each kernel is named; the prefill outside the profiler; torch.profiler) is written there.
+    each kernel is named; the prefill outside the profiler; torch.profiler) is written there, and
+    one for each variant timed, under its settings (a compiled variant's own step), at
+    `variant_profile(profile_to, name)`.
     `variants`: the `STATIC_VARIANTS` timed at the largest batch, on any device; None: all of
     them on CUDA, none elsewhere."""
 
@@ -266,6 +273,8 @@ def run(
             products = counters["inductor"]["extern_calls"]
             with mock.patch.dict(os.environ, settings):
                 variant = _ours(model, embeds, mask, new_tokens, repeats, prefix=prefix)
+                if profile_to is not None:  # its kernels by name: the step it compiled, run without a graph
+                    _profile(model, embeds, mask, prefix, device, variant_profile(profile_to, name))
             generation.release(model)
             row[name] = {k: v for k, v in variant.items() if k != "tokens"}
             # the products inductor left to aten/cuBLAS in the graphs this variant compiled (0: none
