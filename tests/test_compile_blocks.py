@@ -94,3 +94,37 @@ def test_compiling_on_a_cpu_without_a_compiler_is_refused_before_any_run(eager_a
     with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler .*train.compile_frozen=false"):
         eager.compile_blocks()
     assert all(layer._compiled_call_impl is None for layer in eager.model.base_model.layers)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_forwards_with_a_cache_leave_the_compiled_blocks_to_training(arch, tmp_path):
+    """More layers than Dynamo's recompile limit (8). The shared prefix's keys and values, and the
+    KL teacher's and content metrics' forwards that continue it, hand the blocks a cache: they run
+    the blocks eagerly (compiled, each layer was a graph of its own, and past the limit every later
+    call, training's included, ran eagerly). Training's forward then compiles, with the eager
+    model's input gradients."""
+    from latentbridge.prefix_cache import compute_prefix, continuing
+
+    torch._dynamo.reset()  # the blocks' forward is one code object for every model of this process
+    path = make_tiny_lm(tmp_path, arch=arch, tokenizer="bpe", hidden=48, layers=10, seed=3)
+    eager, compiled = load_frozen_lm(str(path)), load_frozen_lm(str(path))
+    assert compiled.compile_blocks() == 10
+    prefix_ids = eager.tokenizer(PROMPTS[0]).input_ids
+    batch = eager.tokenizer(PROMPTS, padding=True, return_tensors="pt")
+    before = _graphs()
+    teacher = []
+    for lm in (eager, compiled):
+        reader = continuing(lm, compute_prefix(lm, prefix_ids))
+        with torch.no_grad():
+            out = reader.model.base_model(inputs_embeds=lm.embed(batch.input_ids), attention_mask=batch.attention_mask)
+        teacher.append(out.last_hidden_state)
+    assert _graphs() == before, "a forward with a cache compiled the blocks"
+    torch.testing.assert_close(teacher[1], teacher[0])
+
+    grads = []
+    for lm in (eager, compiled):
+        embeds = lm.embed(batch.input_ids).detach().requires_grad_(True)
+        lm.model.base_model(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state.pow(2).mean().backward()
+        grads.append(embeds.grad)
+    assert _graphs() > before, "training's forward ran no compiled graph"
+    torch.testing.assert_close(grads[1], grads[0])
