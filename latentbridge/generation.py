@@ -782,7 +782,7 @@ def generate_tokens(
     # Compiled blocks (`FrozenLM.compile_blocks`) run eagerly here: the engine's shapes change
     # with every bucket and its decode step is captured as a CUDA graph. Only a compiled decode
     # step (`COMPILE_DECODE_ENV`) compiles, at the engine's fixed shapes (`_Engine._step`).
-    with _use_static_attention(model), torch.compiler.set_stance("force_eager"):
+    with _use_static_attention(model), FrozenLM.blocks_eager():
         synchronize(device)
         started = time.perf_counter()
         engine.prefill(embeds.to(next(model.parameters()).dtype), mask, prefix)

@@ -182,9 +182,9 @@ class FrozenLM:
         compiled graph), fusing the elementwise chains between the matrix products (norms,
         rotary embeddings, gated activations). Returns how many blocks were compiled.
 
-        Training and `hidden_states` use the compiled blocks; the generation engine runs them
-        eagerly (`torch.compiler.set_stance("force_eager")`), so evaluation outputs and its CUDA
-        graphs are what they were without compilation.
+        Training and `hidden_states` use the compiled blocks; generation and forwards with a cache
+        run them eagerly (`blocks_eager`), so evaluation outputs and its CUDA graphs are what they
+        were without compilation.
         """
         layers = getattr(self.model.base_model, "layers", None)
         if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
@@ -198,6 +198,16 @@ class FrozenLM:
             layer.compile()
         logger.info("Compiling the %d decoder blocks of %s on first use", len(layers), self.name)
         return len(layers)
+
+    @staticmethod
+    def blocks_eager():
+        """A context in which blocks compiled by `compile_blocks` run eagerly: for forwards whose
+        shapes or arguments their graphs were not traced for. Generation (its engine's shapes change
+        with every bucket) and every forward that hands the blocks a cache (`prefix_cache`): with one,
+        Dynamo guards each layer's index and the cache's layer count, so it compiled a graph a layer,
+        passed its recompile limit (8) after eight, and from then on ran every call eagerly, training's
+        forward without a cache included."""
+        return torch.compiler.set_stance("force_eager")
 
     @torch.no_grad()
     def hidden_states(

@@ -68,15 +68,6 @@ def fewshot_prefix(exemplars: Sequence) -> str:
     return prompt[: -len(ANSWER_CUE)]
 
 
-def blocks_eager():
-    """Run decoder blocks compiled by `FrozenLM.compile_blocks` eagerly, for a forward that hands
-    them a cache. Their graphs are traced without one; with one, Dynamo guards each layer's index
-    and the cache's layer count, so it compiled a graph a layer, passed its recompile limit (8)
-    after eight, and from then on ran every call eagerly, the training forward without a cache
-    included: compiled blocks bought nothing wherever a prefix was read before training."""
-    return torch.compiler.set_stance("force_eager")
-
-
 def cache_argument(model: torch.nn.Module) -> str:
     """transformers >= 5.2x calls the cache `cache`; earlier 5.x `past_key_values`."""
     params = inspect.signature(model.forward).parameters
@@ -114,7 +105,7 @@ def compute_prefix(lm: FrozenLM, ids: Sequence[int], text_ids: Sequence[int] | N
     now. `text_ids` are the ids a text starts with when it shares them (default `ids`)."""
     cache = DynamicCache()
     embeds = lm.embed(torch.tensor([list(ids)], device=lm.device))
-    with blocks_eager():
+    with FrozenLM.blocks_eager():
         lm.model.base_model(inputs_embeds=embeds, use_cache=True, **{cache_argument(lm.model): cache})
     return SharedPrefix(
         text_ids=tuple(ids if text_ids is None else text_ids),
@@ -237,7 +228,7 @@ class _ContinuingModel:
         batch = inputs_embeds.shape[0]
         mask = torch.cat([attention_mask.new_ones(batch, self._prefix.length), attention_mask], 1)
         kwargs.update(use_cache=True, **{cache_argument(self._model): self._prefix.cache(batch)})
-        with blocks_eager():
+        with FrozenLM.blocks_eager():
             return self._model.base_model(inputs_embeds=inputs_embeds, attention_mask=mask, **kwargs)
 
 
