@@ -33,7 +33,7 @@ import torch
 
 from latentbridge import prefix_cache
 from latentbridge.config import env_flag
-from latentbridge.generation import GENERATION_VERSION, compile_decode_mode, shared_prefix_decode_enabled
+from latentbridge.generation import GENERATION_VERSION, compile_decode_mode, decode_blas, shared_prefix_decode_enabled
 from latentbridge.models import FrozenLM, cache_root
 
 log = logging.getLogger(__name__)
@@ -92,14 +92,17 @@ def key_material(lm: FrozenLM, prompts: Sequence[str], max_new_tokens: int) -> d
     """What the outputs depend on. A shared prefix adds `shared_prefix` (its rounding differs in
     low precision), and `prefix_read_once` when decode reads it once for the batch (the same);
     a compiled decode step adds `compiled_decode`, its torch.compile mode (inductor's kernels round
-    their own way, each mode's its own); outputs without them keep the keys they had before these
-    existed."""
+    their own way, each mode's its own), and a CUDA decode's chosen BLAS library `decode_blas` (the
+    same); outputs without them keep the keys they had before these existed."""
     shared = {"shared_prefix": True} if prefix_cache.enabled() else {}
     if shared and shared_prefix_decode_enabled():
         shared["prefix_read_once"] = True
     mode = compile_decode_mode()
     if mode is not None:
         shared["compiled_decode"] = mode
+    blas = decode_blas()
+    if blas is not None and lm.device.type == "cuda":
+        shared["decode_blas"] = blas
     return {
         **shared,
         "model": lm.name,

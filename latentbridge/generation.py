@@ -59,6 +59,7 @@ token for token):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import logging
@@ -67,7 +68,7 @@ import re
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +89,8 @@ GRAPHS_ENV = "LATENTBRIDGE_CUDA_GRAPHS"  # a no word ("0", "off", ...) turns CUD
 DECODE_ATTENTION_ENV = "LATENTBRIDGE_DECODE_ATTENTION"  # "matmul": two batched products instead of SDPA
 SHARED_PREFIX_DECODE_ENV = "LATENTBRIDGE_SHARED_PREFIX_DECODE"  # "0": each row reads its own copy of a shared prefix
 COMPILE_DECODE_ENV = "LATENTBRIDGE_COMPILE_DECODE"  # "1": the decode step through torch.compile
+DECODE_BLAS_ENV = "LATENTBRIDGE_DECODE_BLAS"  # "cublaslt" / "cublas": the library a CUDA decode step's products use
+DECODE_BLAS_LIBRARIES = ("cublas", "cublaslt")
 FROZEN_DECODE_MODE = "default+freezing"
 FROZEN_AUTOTUNE_MODE = "max-autotune-no-cudagraphs+freezing"
 FROZEN_SPLIT_K_MODE = "default+freezing+split-k"
@@ -121,6 +124,34 @@ STOP_WINDOW = 24
 def shared_prefix_decode_enabled() -> bool:
     """Whether decode reads a shared prefix once for the batch (`SHARED_PREFIX_DECODE_ENV`)."""
     return env_flag(SHARED_PREFIX_DECODE_ENV, default=True)
+
+
+def decode_blas() -> str | None:
+    """The BLAS library a decode step's matrix products go through on CUDA (`DECODE_BLAS_ENV`):
+    None (torch's own preference, the default) or one of `DECODE_BLAS_LIBRARIES`, set for the
+    decode steps only (a captured step keeps the kernels it was captured with). Any other value
+    raises a ValueError naming it; on a CPU the setting has nothing to choose."""
+    word = os.environ.get(DECODE_BLAS_ENV, "").strip().lower()
+    if not word:
+        return None
+    if word not in DECODE_BLAS_LIBRARIES:
+        raise ValueError(f"{DECODE_BLAS_ENV}={os.environ[DECODE_BLAS_ENV]!r} is not a BLAS library the decode step "
+                         f"can use; use one of {list(DECODE_BLAS_LIBRARIES)} (or leave it unset)")
+    return word
+
+
+@contextlib.contextmanager
+def _preferred_blas(device: torch.device, library: str | None) -> Iterator[None]:
+    """torch's preferred BLAS library set to `library` for a block, on CUDA; restored after."""
+    if library is None or device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.preferred_blas_library()
+    torch.backends.cuda.preferred_blas_library(library)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.preferred_blas_library(saved)
 
 
 def compile_decode_mode() -> str | None:
@@ -297,6 +328,8 @@ class _Engine:
     use_graph: bool
     compile_mode: str | None = None
     """The torch.compile mode decode steps run through (`_compiled_step`); None: eagerly."""
+    blas: str | None = None
+    """The BLAS library decode steps' products go through on CUDA (`decode_blas`); None: torch's."""
     graphs: dict = field(default_factory=dict)
     """Width -> the decode step captured as a CUDA graph at that width (`_width`)."""
     graph_failed: bool = False
@@ -447,18 +480,19 @@ class _Engine:
 
     def decode(self, steps: int) -> None:
         """`steps` greedy steps, queued without waiting (the graphs replay asynchronously), each
-        reading the slots `_width` says."""
-        for _ in range(max(steps, 0)):
-            width = self._width()
-            if width != self.read_slots.shape[0]:
-                self.read_slots = self.slots[:width]
-            if not self.use_graph or self.graph_failed:
-                self._step()
-            elif width in self.graphs:
-                self.graphs[width].replay()
-            else:
-                self._capture(width)  # runs one real step while warming up (and compiles a compiled step)
-            self.written += 1
+        reading the slots `_width` says, their products through the engine's `blas` library."""
+        with _preferred_blas(self.device, self.blas):
+            for _ in range(max(steps, 0)):
+                width = self._width()
+                if width != self.read_slots.shape[0]:
+                    self.read_slots = self.slots[:width]
+                if not self.use_graph or self.graph_failed:
+                    self._step()
+                elif width in self.graphs:
+                    self.graphs[width].replay()
+                else:
+                    self._capture(width)  # runs one real step while warming up (and compiles a compiled step)
+                self.written += 1
 
     def _capture(self, width: int) -> None:
         side = torch.cuda.Stream(self.device)
@@ -566,23 +600,25 @@ def _graphs_wanted(device: torch.device, graphs: bool | None) -> bool:
 
 
 def _engine(
-    model: torch.nn.Module, batch: int, need: int, device: torch.device, graphs: bool, compile_mode: str | None
+    model: torch.nn.Module, batch: int, need: int, device: torch.device, graphs: bool, compile_mode: str | None,
+    blas: str | None = None,
 ) -> _Engine:
-    """The model's engine if it fits (same batch, graphs and compile mode, enough slots, at most a
-    quarter spare), else a new one."""
+    """The model's engine if it fits (same batch, graphs, compile mode and BLAS library, enough
+    slots, at most a quarter spare), else a new one."""
     current = _ENGINES.get(model)
     if (
         current is not None
         and current.batch == batch
         and current.use_graph == graphs
         and current.compile_mode == compile_mode
+        and current.blas == blas
         and need <= current.max_len <= need + max(need // 4, 128)
     ):
         return current
     del current  # released next: nothing here may hold it (a compiled engine's cache is freed by a collection)
     release(model)
     max_len = _round_up(need, 128) if device.type == "cuda" else need
-    engine = _Engine(model=model, batch=batch, max_len=max_len, device=device, use_graph=graphs, compile_mode=compile_mode)
+    engine = _Engine(model=model, batch=batch, max_len=max_len, device=device, use_graph=graphs, compile_mode=compile_mode, blas=blas)
     if engine.compiled:
         log.info("decode steps at batch %d, %d cache slots through torch.compile, mode %r (new shapes compile on the first step)",
                  batch, max_len, compile_mode)
@@ -762,7 +798,7 @@ def generate_tokens(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    engine = _engine(model, batch, start + length + max_new_tokens, device, use_graph, compile_decode_mode())
+    engine = _engine(model, batch, start + length + max_new_tokens, device, use_graph, compile_decode_mode(), decode_blas())
     rows: list[list[int]] = [[] for _ in range(batch)]
     finished = [False] * batch
     finish_step = [max_new_tokens - 1] * batch

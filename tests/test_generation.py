@@ -16,7 +16,7 @@ from latentbridge.bridge import build_inputs
 from latentbridge.concat_projections import ConcatProjections
 from latentbridge.split_k_products import SplitKProducts
 from latentbridge.generation import AnswerLineRule, generate, generate_tokens, plain_generate_tokens
-from latentbridge.models import load_frozen_lm
+from latentbridge.models import FrozenLM, load_frozen_lm
 
 PROMPTS = [
     "Q: Weng sold 12 clips in April and 7 clips in May. How many clips in total?\nA: Let's think step by step.",
@@ -482,6 +482,48 @@ def test_the_frozen_decode_step_concatenates_projections_and_reads_each_models_o
     assert split.tokens == eager[0].tokens and split.stats.compiled_decode == generation.FROZEN_SPLIT_K_MODE
     generation.release()
     torch._dynamo.reset()  # the frozen steps hold their weights as constants
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_decode_blas_library_holds_for_decode_steps_only(device, monkeypatch):
+    """`DECODE_BLAS_ENV`: a CUDA decode's products go through the library named (here cuBLASLt),
+    set for the decode steps and restored after, with the default's tokens; an engine built for one
+    library is not reused for another, and its text baselines are cached apart. On a CPU there is
+    nothing to choose: the tokens and torch's preference are untouched. A bad value names itself."""
+    from latentbridge import baseline_cache
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("choosing a CUDA BLAS library needs a GPU (run on the device machine)")
+    model = _two_layer_lm("llama", device)
+    ids = torch.randint(3, 96, (3, 10), generator=torch.Generator().manual_seed(1)).to(device)
+    mask = torch.ones_like(ids)
+    embeds = model.get_input_embeddings()(ids).detach()
+    monkeypatch.delenv(generation.DECODE_BLAS_ENV, raising=False)
+    default = generate_tokens(model, embeds, mask, 10)
+    default_engine = generation._ENGINES[model]
+    chosen, real = [], torch.backends.cuda.preferred_blas_library
+    before = real() if device == "cuda" else None
+    monkeypatch.setattr(torch.backends.cuda, "preferred_blas_library",
+                        lambda backend=None: (chosen.append(backend), real(backend))[1])
+    monkeypatch.setenv(generation.DECODE_BLAS_ENV, " cuBLASLt")
+    lt = generate_tokens(model, embeds, mask, 10)
+    assert lt.tokens == default.tokens
+    assert generation._ENGINES[model] is not default_engine and generation._ENGINES[model].blas == "cublaslt"
+    if device == "cuda":  # set for the steps, then torch's own preference again
+        assert "cublaslt" in chosen and real() == before
+    else:
+        assert chosen == []
+    generation.release(model)
+    lm = FrozenLM(name="tiny", model=model, tokenizer=None)
+    monkeypatch.setattr(baseline_cache, "weights_fingerprint", lambda model: "w")
+    monkeypatch.setattr(baseline_cache, "tokenizer_fingerprint", lambda tokenizer: "t")
+    with_lt = baseline_cache.key_material(lm, ["Q: 1?"], 8)
+    monkeypatch.delenv(generation.DECODE_BLAS_ENV)
+    assert (with_lt.get("decode_blas"), "decode_blas" in baseline_cache.key_material(lm, ["Q: 1?"], 8)) == (
+        "cublaslt" if device == "cuda" else None, False)
+    monkeypatch.setenv(generation.DECODE_BLAS_ENV, "mkl")
+    with pytest.raises(ValueError, match=f"{generation.DECODE_BLAS_ENV}='mkl' .*cublaslt"):
+        generate_tokens(model, embeds, mask, 10)
 
 
 def test_the_cuda_graph_switch_reads_yes_and_no_words_as_every_switch_does(monkeypatch):

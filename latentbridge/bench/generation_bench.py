@@ -52,6 +52,7 @@ STATIC_VARIANTS = {
     "static_compiled_frozen": ({generation.COMPILE_DECODE_ENV: "frozen"}, None),
     "static_compiled_frozen_max_autotune": ({generation.COMPILE_DECODE_ENV: "frozen-max-autotune"}, None),
     "static_compiled_frozen_split_k": ({generation.COMPILE_DECODE_ENV: "frozen-split-k"}, None),
+    "static_compiled_frozen_split_k_cublaslt": ({generation.COMPILE_DECODE_ENV: "frozen-split-k", generation.DECODE_BLAS_ENV: "cublaslt"}, None),
 }
 """The static decoder with decode choices switched by their environment variables: name ->
 (settings, where), `where` the value of `prefix_read_once` the variant runs at (None: both).
