@@ -14,7 +14,7 @@ import math
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Sequence, get_args, get_origin, get_type_hints
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,16 @@ def env_switch(name: str, default: bool, choices: dict[str, Any]) -> Any:
         accepted = [*TRUE_WORDS, *FALSE_WORDS, *choices]
         raise ValueError(f"{name}={os.environ[name]!r} is not an accepted value; use one of {accepted} (or leave it unset)")
     return env_flag(name, default)
+
+
+def env_choice(name: str, choices: Sequence[str]) -> str | None:
+    """One of `choices` (lower case) read from the environment variable `name`, case and spaces
+    ignored; None when unset or empty. Any other value raises a ValueError naming the variable,
+    the value and the accepted values."""
+    word = _env_word(name)
+    if word and word not in choices:
+        raise ValueError(f"{name}={os.environ[name]!r} is not an accepted value; use one of {list(choices)} (or leave it unset)")
+    return word or None
 
 
 def _check_choice(section: str, name: str, value: Any, allowed: tuple) -> None:

@@ -76,7 +76,7 @@ from transformers import AttentionInterface
 from transformers.cache_utils import Cache, StaticLayer
 
 from latentbridge.bridge import TargetInputs
-from latentbridge.config import env_flag, env_switch
+from latentbridge.config import env_choice, env_flag, env_switch
 from latentbridge.models import FrozenLM
 from latentbridge.prefix_cache import PrefixedInputs, SharedPrefix, cache_argument
 from latentbridge.scoring import cut_generation
@@ -131,13 +131,7 @@ def decode_blas() -> str | None:
     None (torch's own preference, the default) or one of `DECODE_BLAS_LIBRARIES`, set for the
     decode steps only (a captured step keeps the kernels it was captured with). Any other value
     raises a ValueError naming it; on a CPU the setting has nothing to choose."""
-    word = os.environ.get(DECODE_BLAS_ENV, "").strip().lower()
-    if not word:
-        return None
-    if word not in DECODE_BLAS_LIBRARIES:
-        raise ValueError(f"{DECODE_BLAS_ENV}={os.environ[DECODE_BLAS_ENV]!r} is not a BLAS library the decode step "
-                         f"can use; use one of {list(DECODE_BLAS_LIBRARIES)} (or leave it unset)")
-    return word
+    return env_choice(DECODE_BLAS_ENV, DECODE_BLAS_LIBRARIES)
 
 
 @contextlib.contextmanager
