@@ -14,9 +14,9 @@ from tiny_models import make_tiny_lm
 from latentbridge import generation
 from latentbridge.bridge import build_inputs
 from latentbridge.concat_projections import ConcatProjections
-from latentbridge.split_k_products import SplitKProducts
 from latentbridge.generation import AnswerLineRule, generate, generate_tokens, plain_generate_tokens
 from latentbridge.models import FrozenLM, load_frozen_lm
+from latentbridge.split_k_products import SplitKProducts
 
 PROMPTS = [
     "Q: Weng sold 12 clips in April and 7 clips in May. How many clips in total?\nA: Let's think step by step.",
