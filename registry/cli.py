@@ -212,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except BrokenPipeError:  # `python -m registry list | head`: the reader has what it wanted
         return quiet_broken_pipe()
-    except (RegistryError, ValueError, FileNotFoundError, RuntimeError) as error:
+    except OSError as error:  # a path it cannot use: --out naming a file, a folder it may not write, ...
+        said = f"{error.filename}: {error.strerror} (check the path: --out must be a folder that can be written)"
+        print(f"error: {said if error.filename else error}", file=sys.stderr)
+        return 2
+    except (RegistryError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -18,7 +18,7 @@ Tags: MLflow's own `mlflow.*` tags are dropped -- they describe the process that
 (user, source, git of the logging script, parent run), and `mlflow.runName` would clash with the
 name import gives the run (its `name` param, as for any record) -- except `mlflow.note.content`,
 the run's description. The tags an earlier import added (`latentbridge.import_digest`,
-`latentbridge.imported_from`) are dropped too: import sets them afresh.
+`latentbridge.import_pending`, `latentbridge.imported_from`) are dropped too: import sets them afresh.
 
 The record files hold nothing that changes between exports of the same run, so importing two
 exports of one run finds the first import (import is idempotent by content). Exporting into a
@@ -36,21 +36,20 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from registry.errors import RegistryError
 from registry.facts import is_training_run
-from registry.import_runs import DIGEST_TAG, SOURCE_TAG
-from registry.store import client, with_retries
+from registry.import_runs import DIGEST_TAG, PENDING_TAG, SOURCE_TAG
+from registry.store import client, safe_uri, with_retries
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SKIP = ("checkpoint",)
 KEPT_MLFLOW_TAGS = frozenset({"mlflow.note.content"})
-DROPPED_TAGS = frozenset({DIGEST_TAG, SOURCE_TAG})
+DROPPED_TAGS = frozenset({DIGEST_TAG, PENDING_TAG, SOURCE_TAG})
 EXPORT_FILE = "export.json"
 
 
@@ -101,16 +100,6 @@ def metric_lines(mlflow_client, run: Run) -> list[dict]:
     return [{"key": key, "value": float(value), "step": int(step)} for step, _, key, value in points]
 
 
-def _safe_uri(uri: str) -> str:
-    """The tracking URI without a password in it."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = f"{parts.username}@{host}" if parts.username else host
-    return urlunsplit(parts._replace(netloc=netloc + (f":{parts.port}" if parts.port else "")))
-
-
 def _download_artifacts(mlflow_client, run_id: str, dest: Path, skip: frozenset[str]) -> tuple[int, tuple[str, ...]]:
     """Each top-level artifact entry not in `skip` into `dest`; (files written, skipped paths)."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -152,7 +141,7 @@ def export_run(run: Run, out: Path, *, experiment: str, skip: Iterable[str] = DE
         _write_json(
             staging / EXPORT_FILE,
             {
-                "tracking_uri": _safe_uri(mlflow_client.tracking_uri),
+                "tracking_uri": safe_uri(mlflow_client.tracking_uri),
                 "experiment": experiment,
                 "experiment_id": run.info.experiment_id,
                 "run_id": run.info.run_id,
@@ -192,7 +181,7 @@ def select_runs(experiment: str, run_ids: Sequence[str] = (), run_names: Sequenc
     mlflow_client = client()
     found = with_retries(lambda: mlflow_client.get_experiment_by_name(experiment), "find experiment")
     if found is None:
-        raise ExportError(f"no MLflow experiment named {experiment!r} in {_safe_uri(mlflow_client.tracking_uri)}")
+        raise ExportError(f"no MLflow experiment named {experiment!r} in {safe_uri(mlflow_client.tracking_uri)}")
     training = [run for run in _experiment_runs(mlflow_client, found.experiment_id) if is_training_run(run)] if run_names or not run_ids else []
     if not run_ids and not run_names:
         return found.experiment_id, training
@@ -206,7 +195,7 @@ def select_runs(experiment: str, run_ids: Sequence[str] = (), run_names: Sequenc
         try:
             run = with_retries(lambda r=run_id: mlflow_client.get_run(r), "read run")
         except MlflowException:
-            raise ExportError(f"no MLflow run with id {run_id!r} in {_safe_uri(mlflow_client.tracking_uri)}") from None
+            raise ExportError(f"no MLflow run with id {run_id!r} in {safe_uri(mlflow_client.tracking_uri)}") from None
         if run.info.experiment_id != found.experiment_id:
             raise ExportError(f"run {run_id} is not in experiment {experiment!r}")
         runs.append(run)

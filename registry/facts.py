@@ -37,6 +37,7 @@ from latentbridge.metric_names import (
     compression_ratio,
 )
 from registry.errors import PreserveError
+from registry.store import safe_uri
 from registry.tags import COMMAND_TAG, CONFIG_DIFF_TAG, NOT_RECORDED, REPRODUCE_TAG, RUN_KIND_TAG
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def get_run(client: MlflowClient, run_id: str) -> Run:
     try:
         return client.get_run(run_id)
     except MlflowException:
-        raise PreserveError(f"no MLflow run with id {run_id!r} in {client.tracking_uri}") from None
+        raise PreserveError(f"no MLflow run with id {run_id!r} in {safe_uri(client.tracking_uri)}") from None
 
 
 def is_training_run(run: Run) -> bool:

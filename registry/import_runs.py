@@ -23,6 +23,12 @@ Importing is idempotent: the run carries the tag `latentbridge.import_digest`, a
 record's contents (params, metrics, tags, status and every artifact file, by relative path), so
 importing the same record again -- from any path or machine -- finds that run and changes
 nothing. A record whose contents changed is a different record and becomes a new run.
+
+The digest tag is set last, once everything else (status included) is in the run: a run without
+it is not an import. An import that fails deletes its run; one killed outright leaves a run
+tagged `latentbridge.import_pending` with the digest, which the next import of the record
+deletes before it starts again. A record folder holding a symbolic link is refused (its target,
+anywhere on the machine, would be uploaded).
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.entities import RunStatus
+from mlflow.entities import Run, RunStatus
+from mlflow.exceptions import MlflowException
 
 from latentbridge.reporting import (
     ARTIFACTS_DIR,
@@ -49,11 +56,12 @@ from latentbridge.reporting import (
 from registry.errors import RegistryError
 from registry.reporter import CURVES_FIGURE, EVAL_FOLDERS, MlflowReporter
 from registry.artifacts import upload
-from registry.store import DEFAULT_EXPERIMENT, client, experiment_id, with_retries
+from registry.store import DEFAULT_EXPERIMENT, ExperimentNameError, client, exclusive, experiment_id, with_retries
 
 log = logging.getLogger(__name__)
 
-DIGEST_TAG = "latentbridge.import_digest"
+DIGEST_TAG = "latentbridge.import_digest"  # set last: the run holds the whole record
+PENDING_TAG = "latentbridge.import_pending"  # the digest, from the run's start until it holds the whole record
 SOURCE_TAG = "latentbridge.imported_from"
 RECORD_FILES = (PARAMS_FILE, METRICS_FILE, TAGS_FILE, STATUS_FILE)
 TARBALL_SUFFIXES = (".tgz", ".tar.gz", ".tar")
@@ -96,13 +104,47 @@ def find_records(paths: list[Path] | tuple[Path, ...]) -> list[Path]:
     return found
 
 
-def _json(path: Path, default):
+def _json(path: Path) -> dict:
+    """The JSON object in record file `path` ({} when the record has no such file)."""
     if not path.is_file():
-        return default
+        return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        value = json.loads(path.read_text())
+    except ValueError as error:  # not JSON, or not text
         raise RecordError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise RecordError(
+            f"{path}: expected a JSON object ({{\"key\": value, ...}}), found {type(value).__name__} "
+            f"{json.dumps(value)[:80]}; write it as FileReporter does, or export the run again"
+        )
+    return value
+
+
+def _time(status_record: dict, key: str, path: Path) -> int | None:
+    """status.json's `key` in ms since the epoch (None when it records none), checked before
+    the import starts, so that a bad value does not stop it half done."""
+    value = status_record.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RecordError(
+            f"{path}: {key} {value!r} is not a time in ms since the epoch (a whole number, or null); "
+            f"correct it, or remove {key} to import the run without it"
+        )
+    return value or None
+
+
+def refuse_links(folder: Path) -> None:
+    """RecordError if the record folder holds symbolic links: reading it follows them, so a link
+    in artifacts/ would upload whatever file it points at (a key, say) into the store."""
+    links = sorted(p for p in Path(folder).rglob("*") if p.is_symlink())
+    if links:
+        shown = ", ".join(p.relative_to(folder).as_posix() for p in links[:3])
+        more = f" and {len(links) - 3} more" if len(links) > 3 else ""
+        raise RecordError(
+            f"{folder} holds symbolic links ({shown}{more}); a record is imported only from the files it holds: "
+            "copy it with its links dereferenced (`cp -rL`) and import the copy, or import its tarball"
+        )
 
 
 def read_metrics(path: Path) -> list[tuple[str, float, int]]:
@@ -143,17 +185,54 @@ def record_digest(folder: Path) -> str:
 
 
 # --------------------------------------------------------------------------- importing
-def find_imported(digest: str) -> str | None:
-    """The id of the run already imported from a record with this digest, if any."""
+def _tagged_runs(tag: str, digest: str, max_results: int) -> list[Run]:
+    """The active runs, in every experiment, whose tag `tag` is `digest`."""
     mlflow_client = client()
     experiments = [e.experiment_id for e in mlflow_client.search_experiments()]
     if not experiments:
-        return None
-    runs = with_retries(
-        lambda: mlflow_client.search_runs(experiments, filter_string=f"tags.`{DIGEST_TAG}` = '{digest}'", max_results=5),
+        return []
+    return with_retries(
+        lambda: mlflow_client.search_runs(experiments, filter_string=f"tags.`{tag}` = '{digest}'", max_results=max_results),
         "search imported runs",
     )
+
+
+def find_imported(digest: str) -> str | None:
+    """The id of the run already imported (whole) from a record with this digest, if any."""
+    runs = _tagged_runs(DIGEST_TAG, digest, 5)
     return min(runs, key=lambda r: r.info.start_time or 0).info.run_id if runs else None
+
+
+def _discard(mlflow_client, run_id: str) -> None:
+    """Delete a half-imported run. If that fails too it is logged, so that the error that stopped
+    the import stays the one raised; the run keeps its pending tag, and the next import deletes it."""
+    try:
+        with_retries(lambda: mlflow_client.delete_run(run_id), "delete half-imported run")
+    except Exception as error:  # noqa: BLE001 - MLflow, SQL, network: the import's own error matters more
+        log.error("cannot delete the half-imported run %s (%s); the next import of its record deletes it", run_id, error)
+
+
+def discard_leftovers(digest: str) -> list[str]:
+    """Delete the runs that imports of this record started and never finished (killed before
+    the digest tag): the ids deleted.
+
+    Deleted rather than left: such a run is a partial copy of the record (RUNNING, metrics or
+    artifacts missing) that the runs table and analysis would show beside the whole import, and
+    nothing else will ever finish or remove it. Deleting is safe because only runs tagged with
+    this record's digest as pending are touched -- never a run that merely has the same name --
+    and the caller holds the record's import lock, so no import of it is still under way (from
+    this host: two hosts importing one record into one tracking server at the same moment can
+    still collide). A deleted run can be restored (`mlflow runs restore --run-id ID`) until the
+    store is garbage-collected."""
+    mlflow_client = client()
+    gone = []
+    for run in _tagged_runs(PENDING_TAG, digest, 1000):
+        if DIGEST_TAG in run.data.tags:  # whole; only its pending tag was left behind
+            continue
+        log.warning("deleting run %s: a half-imported copy of this record, from an import that did not finish", run.info.run_id)
+        with_retries(lambda r=run.info.run_id: mlflow_client.delete_run(r), "delete half-imported run")
+        gone.append(run.info.run_id)
+    return gone
 
 
 def _log_views(reporter: MlflowReporter, artifacts: Path) -> None:
@@ -174,52 +253,64 @@ def import_record(folder: Path, experiment: str | None = None, source: str | Non
     source = source or str(folder.resolve())
     if not is_record(folder):
         raise RecordError(f"{folder} is not a run record (no params.json)")
-    params = _json(folder / PARAMS_FILE, {})
-    tags = {str(k): str(v) for k, v in _json(folder / TAGS_FILE, {}).items()}
-    status_record = _json(folder / STATUS_FILE, {})
+    refuse_links(folder)
+    params = _json(folder / PARAMS_FILE)
+    # an earlier import's bookkeeping (a record exported before export dropped it) is set afresh
+    tags = {str(k): str(v) for k, v in _json(folder / TAGS_FILE).items() if k not in (DIGEST_TAG, PENDING_TAG)}
+    status_record = _json(folder / STATUS_FILE)
     status = _status(status_record)
     if status not in STATUSES:
         raise RecordError(f"{folder}/status.json: unknown run status {status!r}")
+    start, end = (_time(status_record, key, folder / STATUS_FILE) for key in ("start_time", "end_time"))
     metrics = read_metrics(folder / METRICS_FILE)
     name = str(params.get("name") or folder.name)
     digest = record_digest(folder)
-    existing = find_imported(digest)
-    if existing:
-        found = with_retries(lambda: client().get_run(existing), "read run")
-        return Imported(folder, existing, False, found.info.status, name, source)
-
-    mlflow_client = client()
-    exp = experiment or params.get("suite") or tags.get("suite") or DEFAULT_EXPERIMENT
-    run_tags = {**tags, DIGEST_TAG: digest, SOURCE_TAG: source}
-    start = status_record.get("start_time")
-    run = with_retries(
-        lambda: mlflow_client.create_run(experiment_id(exp), start_time=int(start) if start else None,
-                                         tags={k: v for k, v in run_tags.items() if v != ""}, run_name=name),
-        "create run",
-    )
-    run_id = run.info.run_id
+    with exclusive(f"import-{digest}"):  # one import of a record at a time; a second finds the first's run
+        existing = find_imported(digest)
+        if existing:
+            found = with_retries(lambda: client().get_run(existing), "read run")
+            return Imported(folder, existing, False, found.info.status, name, source)
+        discard_leftovers(digest)
+        exp = str(experiment or params.get("suite") or tags.get("suite") or DEFAULT_EXPERIMENT)
+        try:
+            exp_id = experiment_id(exp)
+        except ExperimentNameError as error:
+            raise RecordError(f"{folder}: {'' if experiment else 'its suite, '}{error}") from None
+        mlflow_client = client()
+        run_tags = {**tags, PENDING_TAG: digest, SOURCE_TAG: source}
+        run = with_retries(
+            lambda: mlflow_client.create_run(exp_id, start_time=start, run_name=name,
+                                             tags={k: v for k, v in run_tags.items() if v != ""}),
+            "create run",
+        )
+        run_id = run.info.run_id
+        try:
+            reporter = MlflowReporter(run_id)
+            if params:
+                reporter.log_params(params)
+            by_step: dict[int, dict[str, float]] = {}
+            for key, value, step in metrics:
+                by_step.setdefault(step, {})[key] = value
+            for step in sorted(by_step):
+                reporter.log_metrics(by_step[step], step)
+            artifacts = folder / ARTIFACTS_DIR
+            if artifacts.is_dir() and any(artifacts.iterdir()):
+                upload(mlflow_client, run_id, artifacts)
+                _log_views(reporter, artifacts)
+            if status in TERMINAL_STATUSES:
+                with_retries(lambda: mlflow_client.set_terminated(run_id, status=status, end_time=end), "close run")
+            else:
+                with_retries(lambda: mlflow_client.update_run(run_id, status=status), "set status")
+            # last: from here on the run is the record's import (find_imported); before, a run killed
+            # midway is not taken for one, and its pending tag lets the next import delete it
+            with_retries(lambda: mlflow_client.set_tag(run_id, DIGEST_TAG, digest), "tag the run imported")
+        except BaseException:
+            _discard(mlflow_client, run_id)
+            raise
     try:
-        reporter = MlflowReporter(run_id)
-        if params:
-            reporter.log_params(params)
-        by_step: dict[int, dict[str, float]] = {}
-        for key, value, step in metrics:
-            by_step.setdefault(step, {})[key] = value
-        for step in sorted(by_step):
-            reporter.log_metrics(by_step[step], step)
-        artifacts = folder / ARTIFACTS_DIR
-        if artifacts.is_dir() and any(artifacts.iterdir()):
-            upload(mlflow_client, run_id, artifacts)
-            _log_views(reporter, artifacts)
-    except BaseException:
-        with_retries(lambda: mlflow_client.delete_run(run_id), "delete half-imported run")
-        raise
-    end = status_record.get("end_time")
-    if status in TERMINAL_STATUSES:
-        with_retries(lambda: mlflow_client.set_terminated(run_id, status=status, end_time=int(end) if end else None),
-                     "close run")
-    else:
-        with_retries(lambda: mlflow_client.update_run(run_id, status=status), "set status")
+        with_retries(lambda: mlflow_client.delete_tag(run_id, PENDING_TAG), "drop the run's pending tag")
+    except (MlflowException, OSError) as error:  # harmless: a run with its digest tag is whole
+        log.warning("run %s is imported but keeps its tag %s (%s)", run_id, PENDING_TAG, error)
     log.info("imported %s as run %s (%s, %d metric points)", folder, run_id, status, len(metrics))
     return Imported(folder, run_id, True, status, name, source)
 
@@ -261,7 +352,8 @@ def import_records(paths, experiment: str | None = None, statuses: set[str] | No
             else:
                 found = [(folder, None) for folder in find_records([path])]
             for folder, source in found:
-                status = _status(_json(folder / STATUS_FILE, {})) if wanted is not None else None
+                refuse_links(folder)  # before anything in it is read
+                status = _status(_json(folder / STATUS_FILE)) if wanted is not None else None
                 if status is not None and status not in wanted:
                     if skipped is not None:
                         skipped.append(f"{source or folder} ({status})")

@@ -340,6 +340,21 @@ def _final_translator(run_id: str, facts: RunFacts, final: Path | None, best: Pa
     )
 
 
+def _translator_config(run_id: str, translator: Path) -> dict:
+    """The run config the translator's translator.json keeps (the archive's config.json)."""
+    path = translator / "translator.json"
+    try:
+        config = json.loads(path.read_text())["config"]
+        if not isinstance(config, dict):
+            raise TypeError(f"its config is a {type(config).__name__}, not an object")
+    except (OSError, KeyError, TypeError, ValueError) as error:
+        raise PreserveError(
+            f"run {run_id}: its {translator.name}/translator.json holds no run config ({type(error).__name__}: {error}); "
+            "export the run again with its translator (no --skip-artifacts translator) and import that"
+        ) from None
+    return config
+
+
 def preserve(run_id: str, rules: VerdictRules | None = None) -> Preserved:
     """Archive a finished run as a registered model version (idempotent).
 
@@ -371,7 +386,13 @@ def _preserve(run_id: str, rules: VerdictRules | None) -> Preserved:
     facts = run_facts(mlflow_client, run)
     if not facts.evals:
         raise PreserveError(f"run {run_id} logged no evaluation JSONL (evals/): nothing to judge")
-    name = model_name(facts.params)
+    try:
+        name = model_name(facts.params)
+    except KeyError as missing:  # a run logged by hand, or a record whose params.json was cut down
+        raise PreserveError(
+            f"run {run_id}: its params (params.json of its record, if imported) have no {missing}, which names its "
+            "model; export the run again with its translator and its full params, and import that"
+        ) from None
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp)
         evals = _download(mlflow_client, run_id, "evals", local / "dl", required=True)
@@ -381,7 +402,7 @@ def _preserve(run_id: str, rules: VerdictRules | None) -> Preserved:
         test_dir = _download(mlflow_client, run_id, TEST_FOLDER, local / "dl", required=False)
         records = download_eval(mlflow_client, run_id, facts.final_eval, local / "final")
         facts.n_final = len(records)
-        config_record = json.loads((translator / "translator.json").read_text())["config"]
+        config_record = _translator_config(run_id, translator)
         if facts.prompt_tokens_mean is None:
             from latentbridge.config import RunConfig
 

@@ -37,13 +37,13 @@ import time
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from registry.errors import StoreError
+from registry.errors import RegistryError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,16 @@ DIRECT_STORES = frozenset({"", "file", "sqlite", "postgresql", "mysql", "mssql"}
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+
+
+def safe_uri(uri: str) -> str:
+    """The tracking URI without a password in it: what messages and files may show."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    return urlunsplit(parts._replace(netloc=netloc + (f":{parts.port}" if parts.port else "")))
 
 
 def is_server(uri: str | None = None) -> bool:
@@ -268,15 +278,37 @@ def with_retries(action: Callable[[], T], what: str, attempts: int = 10) -> T:
 # with it the UI opens the model-training view, where runs, metrics and charts are.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"
+# A new experiment's artifacts go to `<artifact root>/<name>`, so its name must be one plain path
+# component: no `/`, no `..`, no leading `.` or `-`, nothing a shell or URL reads differently.
+# Every name the project makes fits: suites (`phase2-swap`, `e2e_many`), `+` as in the name of
+# several suites analysed as one (`ablations+phase2-swap`).
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
+
+
+class ExperimentNameError(RegistryError):
+    """A new experiment's name is not safe as the folder of its artifacts."""
+
+
+def check_experiment_name(name: str) -> str:
+    """`name`, or ExperimentNameError naming it when a new experiment may not be called so."""
+    if not isinstance(name, str) or not EXPERIMENT_NAME.fullmatch(name):
+        raise ExperimentNameError(
+            f"{name!r} cannot name a new MLflow experiment (its artifacts would go to a folder of that name): "
+            "a name is 1-200 letters, digits and . _ + -, starting with a letter or digit; "
+            "give another one (`python -m registry import --experiment NAME`)"
+        )
+    return name
 
 
 def experiment_id(name: str = DEFAULT_EXPERIMENT) -> str:
     """The id of experiment `name`, created if missing (under `artifact_root()`; for a tracking
     server by default in its own artifact store), and tagged to open in the MLflow UI's
-    model-training view."""
+    model-training view. Only a safe name (`check_experiment_name`) makes a new experiment; one
+    that exists is used whatever its name."""
     mlflow_client = client()
     found = with_retries(lambda: mlflow_client.get_experiment_by_name(name), "find experiment")
     if found is None:
+        check_experiment_name(name)
         root = artifact_root()
         try:
             return mlflow_client.create_experiment(

@@ -90,6 +90,7 @@ def analyze(
     """Tables, figures and LaTeX of `suite` (or several, as one: `collect`) in `out` (with `pdf`:
     paper.pdf too, by pdflatex), logged as the suite's analysis run unless `log_to_mlflow` is False."""
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)  # a bad --out fails now, not after the (slow) collection
     data = collect(suite, rules=rules, count_prompt_tokens=count_prompt_tokens, include_unfinished=include_unfinished)
     suite = data.suite  # several suites: "a+b"
     files = write_tables(data, out)

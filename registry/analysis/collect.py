@@ -47,7 +47,7 @@ from registry.facts import (
     suite_runs,
 )
 from registry.prompt_length import try_mean_prompt_tokens
-from registry.store import client
+from registry.store import client, safe_uri
 from registry.verdict import (
     Estimate,
     EvalScores,
@@ -220,7 +220,7 @@ def collect(
     if not facts:
         known = sorted({r.data.params.get("suite") or r.data.tags.get("suite", "") for r in suite_runs(mlflow_client, experiment_ids)} - {""}) if experiment_ids else []
         raise RegistryError(
-            f"suite {suite!r} has no finished runs in {mlflow_client.tracking_uri}"
+            f"suite {suite!r} has no finished runs in {safe_uri(mlflow_client.tracking_uri)}"
             + (f" ({len(skipped)} unfinished)" if skipped else "")
             + f"; suites with runs: {known or 'none'}"
         )
