@@ -126,3 +126,20 @@ def test_a_forced_promotion_is_visible_in_tag_list_and_note(store, capsys):
         _drop_alias(store, alias)
     (listed,) = [r for r in archive_rows() if r["version"] == p.version]
     assert listed["aliases"] == "" and listed[FORCED_TAG] == ""  # only aliases it still carries are shown
+
+
+def test_an_edited_verdict_tag_does_not_change_what_the_analysis_reports(store, tmp_path):
+    from registry.analysis import analyze
+    from registry.store import client
+
+    p = store["preserved"]
+    real = _version(store).tags["verdict"]
+    client().set_model_version_tag(p.model, p.version, "verdict", "headline")  # anyone with UI access can
+    try:
+        result = analyze(SUITE, tmp_path / "out", log_to_mlflow=False, count_prompt_tokens=False)
+    finally:
+        client().set_model_version_tag(p.model, p.version, "verdict", real)
+    (run,) = result.data.runs
+    assert run.verdict == real != "headline"
+    assert run.verdict_source == f"computed (preserved as {p.model} v{p.version}, tagged headline)"
+    assert "headline" not in (tmp_path / "out" / "tables" / "main_results.tex").read_text()

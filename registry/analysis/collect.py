@@ -70,7 +70,7 @@ class SuiteRun:
     label: str  # unique display name within the suite
     verdict: str | None = None
     verdict_rule: str = ""
-    verdict_source: str = "computed"  # or "preserved as MODEL vN"
+    verdict_source: str = "computed"  # with the preserved version's verdict tag when it says otherwise
     validation: EvalScores | None = None  # of the final validation evaluation
     test: EvalScores | None = None  # of the test evaluation, when the run logged one
     preserved: str | None = None  # "MODEL/VERSION" when the run has a registered version
@@ -285,15 +285,13 @@ def collect(
                     item.test_comparisons = paired_comparisons(test_records, test_controls, rules)
                 except ValueError as error:
                     log.warning("run %s: cannot compare its test evaluation: %s", label, error)
-            if versions:
+            if versions:  # the computed verdict stands: a version's `verdict` tag is editable by anyone with UI access
                 preserved_verdict = version.tags.get("verdict")
                 if preserved_verdict and preserved_verdict != item.verdict:
                     log.warning(
-                        "run %s: preserved verdict %s differs from %s under the current rules; reporting the preserved one",
-                        label, preserved_verdict, item.verdict,
+                        "run %s: preserved as %s v%s with the verdict tag %s; under the current rules it is %s (reported)",
+                        label, version.name, version.version, preserved_verdict, item.verdict,
                     )
-                if preserved_verdict:
-                    item.verdict = preserved_verdict
-                    item.verdict_source = f"preserved as {version.name} v{version.version}"
+                    item.verdict_source = f"computed (preserved as {version.name} v{version.version}, tagged {preserved_verdict})"
             out.append(item)
     return SuiteData(suite, out, skipped, experiment_ids=sorted({r.info.experiment_id for r in chosen if r.info.run_id in kept}))
