@@ -266,14 +266,22 @@ POSITIVE_CONTROL = {
     "eval.batch_size": 64,
     "eval.max_new_tokens": 48,
 }
-SAME_MODEL = {"smollm2-self": "smollm2-135m", "gemma3-self": "gemma3-270m"}
+# The registry judges a bridge only once a positive control on its target model has passed
+# (registry/positive_control.py): the embedded models, and the reference pair's two models.
+SAME_MODEL = {
+    "smollm2-self": "smollm2-135m",
+    "gemma3-self": "gemma3-270m",
+    "llama3.1-8b-self": REFERENCE_PAIR["target_model"],
+    "mistral-7b-self": REFERENCE_PAIR["source_model"],
+}
 register(
     Suite(
         name="positive-control",
         description=(
-            "Same model on both ends (SmolLM2-135M to itself, Gemma-3-270M to itself), synthetic,"
-            " K=64: the bridge must carry the question (bits transmitted above 0, retrieval >= 0.5);"
-            " each with its no-source and trained-text controls."
+            "Same model on both ends (SmolLM2-135M, Gemma-3-270M, Llama-3.1-8B, Mistral-7B each to"
+            " itself), synthetic, K=64: the bridge must carry the question (bits transmitted above 0,"
+            " retrieval >= 0.5) before the registry judges bridges into that model; each with its"
+            " no-source and trained-text controls (--only smollm2-self,... picks the models)."
         ),
         base=POSITIVE_CONTROL,
         runs={

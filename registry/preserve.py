@@ -48,6 +48,7 @@ from latentbridge.metric_names import (
     TEST_PREFIX,
 )
 from latentbridge.models import sha256_file
+from registry import positive_control
 from registry.artifacts import upload
 from registry.errors import PreserveError, TamperedArchiveError
 from registry.facts import (
@@ -282,6 +283,7 @@ def note(
         "",
         f"## Verdict: **{verdict.verdict}**",
         f"Decided by rule `{verdict.decided_by}`: {verdict.rule}.",
+        f"Positive control: {verdict.positive_control or f'none passed on {facts.target_model} in the store'}.",
         f"Thresholds: {json.dumps(rules.to_dict(), sort_keys=True)}.",
         f"Publishable as a headline result: {headline}",
     ]
@@ -413,9 +415,11 @@ def _preserve(run_id: str, rules: VerdictRules | None) -> Preserved:
         controls = suite_controls(mlflow_client, facts, records, local / "controls")
         content = {k: facts.metrics[k] for k in (BITS, BITS_LOW, BITS_HIGH) if k in facts.metrics}
         try:
+            passed = positive_control.find(mlflow_client, facts.target_model, rules.min_bits_transmitted, rules.positive_control_min_retrieval)
             verdict = judge(
                 records, peak_bridged=facts.peak or 0.0, collapse_flags=flags, rules=rules,
                 content=content, controls=controls, is_control=facts.kind == "soft_prompt",
+                target_model=facts.target_model, positive_control=passed.text() if passed else None,
             )
         except ValueError as error:
             raise PreserveError(f"run {run_id}: {error}") from None

@@ -7,6 +7,10 @@ Rules, checked in this order (the first that holds decides; `Verdict.decided_by`
                     answers collapsed onto a few identical outputs);
   degradation       unstable: final bridged accuracy fell more than `unstable_margin` below
                     its peak;
+  no_positive_control  ablation: `require_positive_control` is on and the store holds no passed
+                    positive control on the run's target model (`registry.positive_control`: the
+                    target bridged to itself carried the question): the tool has not shown it can
+                    see content cross into this target, so it judges neither content nor accuracy;
   no_content        negative: the content metrics were measured and the interval of
                     content/bits_transmitted does not lie above 0: nothing question-specific
                     crosses the bridge (whatever its accuracy, it is a soft prompt);
@@ -87,6 +91,10 @@ class VerdictRules:
     min_bits_transmitted: float = 0.001
     # a headline needs both trained controls of the run (no-source and trained text) in its suite
     require_trained_controls: bool = True
+    # nothing but collapse and degradation is judged until a positive control on the run's target
+    # model has passed: bits above min_bits_transmitted and retrieval top-1 at least this
+    require_positive_control: bool = True
+    positive_control_min_retrieval: float = 0.5
 
     def __post_init__(self) -> None:
         if self.test not in TESTS:
@@ -95,6 +103,8 @@ class VerdictRules:
             raise ValueError(f"verdict rule confidence={self.confidence} must be in (0, 1)")
         if self.bootstrap_samples < 100:
             raise ValueError(f"verdict rule bootstrap_samples={self.bootstrap_samples} must be >= 100")
+        if not 0 <= self.positive_control_min_retrieval <= 1:
+            raise ValueError(f"verdict rule positive_control_min_retrieval={self.positive_control_min_retrieval} must be in [0, 1]")
         if self.unstable_margin < 0 or self.min_questions < 1:
             raise ValueError("verdict rules unstable_margin must be >= 0 and min_questions >= 1")
 
@@ -170,6 +180,8 @@ class Verdict:
     bits: tuple[float, float, float] | None = None
     # each trained control (and the mismatched answers) against bridged on the same questions
     comparisons: dict[str, Comparison] = field(default_factory=dict)
+    # the passed positive control the verdict relied on (`PositiveControl.text()`), None when none
+    positive_control: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -332,12 +344,16 @@ def judge(
     content: Mapping[str, float] | None = None,
     controls: Mapping[str, Sequence[bool]] | None = None,
     is_control: bool = False,
+    target_model: str = "the target",
+    positive_control: str | None = None,
 ) -> Verdict:
     """The verdict for a run whose final evaluation wrote `records` (one per question).
 
     `content`: the final evaluation's content metrics (latentbridge.content names);
     `controls`: each trained control's correctness on the same questions, e.g.
-    {"no_source": [...], "trained_text": [...]}; `is_control`: the run is such a control.
+    {"no_source": [...], "trained_text": [...]}; `is_control`: the run is such a control;
+    `positive_control`: the passed positive control on `target_model` the store holds (its
+    `registry.positive_control.PositiveControl.text()`), None when it holds none.
     """
     n = len(records)
     if n == 0:
@@ -360,7 +376,7 @@ def judge(
     comparisons = paired_comparisons(records, controls, rules)
 
     def make(verdict: str, decided_by: str, rule: str) -> Verdict:
-        return Verdict(verdict, decided_by, rule, n, b, t, s, peak, interval, p_value, flags, bits, comparisons)
+        return Verdict(verdict, decided_by, rule, n, b, t, s, peak, interval, p_value, flags, bits, comparisons, positive_control)
 
     if is_control:
         return make("control", "trained_control", "a trained control (soft tokens that read no source), not a bridge")
@@ -371,6 +387,15 @@ def judge(
             "unstable",
             "degradation",
             f"final bridged {b:.3f} is {peak - b:.3f} below its peak {peak:.3f} (margin {rules.unstable_margin})",
+        )
+    if positive_control is None and rules.require_positive_control:
+        return make(
+            "ablation",
+            "no_positive_control",
+            f"no passed positive control on {target_model} in the store: the tool has not shown it can see a question"
+            f" cross into this target, so it judges neither content nor accuracy; run the target bridged to itself"
+            f" (`python launch submit --suite positive-control`, or import its records: results/positive-control/)"
+            " or set require_positive_control=false",
         )
     if bits is not None and not bits[1] > rules.min_bits_transmitted:
         return make(

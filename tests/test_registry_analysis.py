@@ -20,7 +20,7 @@ from conftest import TINY_RUN, private_store
 
 from latentbridge.config import RunConfig
 from latentbridge.data.synthetic import synthetic_examples
-from latentbridge.metric_names import ACCURACY, BRIDGED, BRIDGED_ACCURACY, LOSS, SOURCE, TARGET, TEST_PREFIX
+from latentbridge.metric_names import ACCURACY, BITS_LOW, BRIDGED, BRIDGED_ACCURACY, LOSS, RETRIEVAL, SOURCE, TARGET, TEST_PREFIX
 
 SUITE = "paper"
 N = 200
@@ -112,11 +112,27 @@ def _fake_run(
     return run_id
 
 
+def _positive_control(root: Path, model: str, bits_low: float, retrieval: float, name: str = "tiny-self") -> str:
+    """A finished positive-control bridge of `model` to itself, as the trainer logs its test metrics."""
+    from registry.reporter import MlflowReporter
+    from registry.runs import close_run, open_run
+
+    config = RunConfig().override(f"source_model={model}", f"target_model={model}", *TINY_RUN, "suite=positive-control", f"name={name}")
+    run_id = open_run(root / name, name, "positive-control", tags={"suite": "positive-control", "git_commit": "0" * 40})
+    reporter = MlflowReporter(run_id)
+    reporter.log_params(config.flat())
+    reporter.log_metrics({TEST_PREFIX + BITS_LOW: bits_low, TEST_PREFIX + RETRIEVAL: retrieval}, 300)
+    close_run(run_id, "FINISHED")
+    return run_id
+
+
 @pytest.fixture(scope="module")
 def suite_store(tmp_path_factory, tiny_pair):
     root = tmp_path_factory.mktemp("registry_analysis")
     with private_store(root):
         source, target = tiny_pair
+        # the verdicts below are judged: the tiny target's positive control passed
+        positive = _positive_control(root / "positive-control", str(target), bits_low=12.0, retrieval=0.95)
         base = RunConfig().override(f"source_model={source}", f"target_model={target}", *TINY_RUN, f"suite={SUITE}",
                                     f"eval.num_questions={N}", "train.steps=300", "translator.num_tokens=64")
         suite_base = base.override("optim.lr=0.0003")
@@ -131,7 +147,7 @@ def suite_store(tmp_path_factory, tiny_pair):
             ids[name] = _fake_run(root / "runs", config, curve, tags, test=TEST_BRIDGED[name], lm_loss=name != NO_LM_LOSS)
         _fake_run(root / "runs", base.override("name=crashed"), [30, 40, 40, 40], {}, status="FAILED")
         _fake_run(root / "runs", base.override("name=other", "suite=elsewhere"), [30, 40, 40, 40], {"suite": "elsewhere"})
-        yield {"root": root, "ids": ids}
+        yield {"root": root, "ids": ids, "positive_control": positive}
 
 
 @pytest.fixture(scope="module")
@@ -307,7 +323,8 @@ def test_a_suite_without_test_evaluations_has_no_test_columns(suite_store):
 
     result = analyze("elsewhere", suite_store["root"] / "elsewhere", log_to_mlflow=False, count_prompt_tokens=False)
     md = (result.out / "summary.md").read_text()
-    assert "test" not in md.replace("questions", "") and "| source val | target val |" in md
+    tables = "\n".join(line for line in md.splitlines() if not line.startswith("Verdicts rely on"))  # the control's own split
+    assert "test" not in tables.replace("questions", "") and "| source val | target val |" in md
     (row,) = csv.DictReader((result.out / "summary.csv").open())
     assert row["test_step"] == row["test_bridged"] == "" and row["distinct_outputs"] != ""
     assert "Test [" not in (result.out / "tables" / "main_results.tex").read_text()
@@ -618,3 +635,38 @@ def test_several_suites_are_analysed_as_one_each_bridge_judged_by_its_own_suites
     results = {r["run"]: r for r in json.loads((result.out / "ablation_results.json").read_text())["runs"]}
     assert results["study-b/bridge"]["verdict"] == results["study-a/bridge"]["verdict"] == "headline"
     assert (result.out / "summary.md").read_text().startswith("# Suite `study-b+study-a`")
+
+
+def test_nothing_is_judged_until_the_latest_positive_control_on_the_target_passed(tmp_path, tiny_pair):
+    """A bridge that beats target-alone is no headline while the store holds no passed positive
+    control on its target: not one on another model, and not an older pass that a later
+    positive control on the same target failed (the pipeline broke since)."""
+    import time
+
+    from registry.analysis import analyze
+    from registry.verdict import VerdictRules
+
+    source, target = tiny_pair
+    config = RunConfig().override(f"source_model={source}", f"target_model={target}", *TINY_RUN, f"suite={SUITE}",
+                                  f"eval.num_questions={N}", "train.steps=300", "translator.num_tokens=64", "name=k64")
+    rules = VerdictRules.load(require_trained_controls=False)
+
+    def judged(out: str):
+        result = analyze(SUITE, tmp_path / out, rules=rules, log_to_mlflow=False, count_prompt_tokens=False)
+        (run,) = result.data.runs
+        return run.verdict, run.verdict_rule, (result.out / "summary.md").read_text()
+
+    with private_store(tmp_path):
+        _fake_run(tmp_path / "runs", config, RUNS["k64"][1], {})
+        verdict, rule, md = judged("none")
+        assert verdict == "ablation" and rule.startswith(f"no passed positive control on {target}"), rule
+        assert f"No passed positive control on {target} in the store" in md
+        _positive_control(tmp_path / "pc", str(source), bits_low=12.0, retrieval=0.95, name="source-self")
+        assert judged("another-model")[0] == "ablation"
+        time.sleep(0.01)  # start times order the controls (milliseconds)
+        _positive_control(tmp_path / "pc", str(target), bits_low=12.0, retrieval=0.95, name="target-self")
+        verdict, rule, md = judged("passed")
+        assert verdict == "headline" and "Verdicts rely on the positive control target-self" in md, rule
+        time.sleep(0.01)
+        _positive_control(tmp_path / "pc", str(target), bits_low=-0.01, retrieval=0.95, name="target-self-again")
+        assert judged("failed-later")[0] == "ablation"

@@ -31,9 +31,11 @@ def records(n: int, bridged: int, target: int, source: int, *, same_output: bool
 
 
 # The rules against target-alone alone (the order of the rules, the tests, the thresholds);
-# DEFAULTS also ask a headline for both trained controls (test_a_headline_needs_both_trained_controls).
-RULES = VerdictRules.load(require_trained_controls=False)
+# DEFAULTS also ask a headline for both trained controls (test_a_headline_needs_both_trained_controls)
+# and a passed positive control on the target (test_nothing_is_judged_before_a_positive_control_passed).
+RULES = VerdictRules.load(require_trained_controls=False, require_positive_control=False)
 DEFAULTS = VerdictRules.load()
+PASSED = "positive control tiny-self (run 0123456789ab, commit abc), passed on tiny (test: bits transmitted 40 at the low end of its interval, retrieval top-1 0.990)"
 
 
 @pytest.mark.parametrize(
@@ -72,19 +74,19 @@ def test_sparse_wins_pass_the_bootstrap_alone_but_not_both_tests():
     McNemar test does not reject; the default rule needs both."""
     sparse = records(200, 4, 0, 0)
     bootstrap_only = VerdictRules.load(**parse_assignments(["test=bootstrap", "require_trained_controls=false"]))
-    assert judge(sparse, peak_bridged=0.02, rules=bootstrap_only).verdict == "headline"
+    assert judge(sparse, peak_bridged=0.02, rules=bootstrap_only, positive_control=PASSED).verdict == "headline"
     result = judge(sparse, peak_bridged=0.02, rules=RULES)
     assert result.verdict == "ablation" and "p=0.1250" in result.rule and "excludes 0" in result.rule
 
 
 def test_thresholds_are_overridable():
     few = records(100, 70, 60, 45)
-    assert judge(few, peak_bridged=0.7, rules=VerdictRules.load(min_questions=50, require_trained_controls=False)).verdict == "headline"
+    assert judge(few, peak_bridged=0.7, rules=VerdictRules.load(min_questions=50, require_trained_controls=False), positive_control=PASSED).verdict == "headline"
     unstable = records(200, 140, 120, 90)
-    assert judge(unstable, peak_bridged=0.8, rules=VerdictRules.load(unstable_margin=0.15, require_trained_controls="off")).verdict == "headline"
+    assert judge(unstable, peak_bridged=0.8, rules=VerdictRules.load(unstable_margin=0.15, require_trained_controls="off"), positive_control=PASSED).verdict == "headline"
     mcnemar = VerdictRules.load(**parse_assignments(["test=mcnemar", "confidence=0.99", "require_trained_controls=0"]))
     assert mcnemar.test == "mcnemar" and mcnemar.confidence == 0.99
-    result = judge(unstable, peak_bridged=0.7, rules=mcnemar)
+    result = judge(unstable, peak_bridged=0.7, rules=mcnemar, positive_control=PASSED)
     assert result.verdict == "headline" and "exact McNemar" in result.rule
 
 
@@ -202,16 +204,16 @@ def test_a_headline_needs_both_trained_controls():
     run's trained no-source and trained text controls, and the rule names the missing ones."""
     bridged = records(200, 140, 120, 90)
     assert DEFAULTS.require_trained_controls
-    result = judge(bridged, peak_bridged=0.7, rules=DEFAULTS, content=CONTENT)
+    result = judge(bridged, peak_bridged=0.7, rules=DEFAULTS, positive_control=PASSED, content=CONTENT)
     assert (result.verdict, result.decided_by) == ("ablation", "no_trained_controls"), result.rule
     assert "no trained no_source or trained_text control" in result.rule and "excludes 0" in result.rule
     weak, as_good = [i < 60 for i in range(200)], [i < 140 for i in range(200)]
-    result = judge(bridged, peak_bridged=0.7, rules=DEFAULTS, content=CONTENT, controls={"no_source": weak})
+    result = judge(bridged, peak_bridged=0.7, rules=DEFAULTS, positive_control=PASSED, content=CONTENT, controls={"no_source": weak})
     assert result.decided_by == "no_trained_controls" and "no trained trained_text control" in result.rule
     both = {"no_source": weak, "trained_text": as_good}
-    assert judge(bridged, peak_bridged=0.7, rules=DEFAULTS, content=CONTENT, controls=both).verdict == "headline"
+    assert judge(bridged, peak_bridged=0.7, rules=DEFAULTS, positive_control=PASSED, content=CONTENT, controls=both).verdict == "headline"
     # the rule judges; it does not excuse: a run that fails an earlier rule keeps that verdict
-    assert judge(records(200, 110, 120, 90), peak_bridged=0.55, rules=DEFAULTS).decided_by == "between"
+    assert judge(records(200, 110, 120, 90), peak_bridged=0.55, rules=DEFAULTS, positive_control=PASSED).decided_by == "between"
 
 
 def test_the_controls_rule_reads_yes_and_no():
@@ -245,7 +247,7 @@ def test_gpu_noise_above_zero_is_not_content():
     noise = {"content/bits_transmitted": 3e-8, "content/bits_transmitted_low": 1e-9, "content/bits_transmitted_high": 6e-8}
     result = judge(records(200, 140, 120, 90), peak_bridged=0.7, rules=RULES, content=noise)
     assert result.decided_by == "no_content"
-    assert judge(records(200, 140, 120, 90), peak_bridged=0.7, rules=VerdictRules.load(min_bits_transmitted=0.0, require_trained_controls=False),
+    assert judge(records(200, 140, 120, 90), peak_bridged=0.7, rules=VerdictRules.load(min_bits_transmitted=0.0, require_trained_controls=False, require_positive_control=False),
                  content=noise).verdict == "headline"
 
 
@@ -268,3 +270,35 @@ def test_controls_are_matched_by_pair_task_k_and_training_budget_and_the_latest_
                                            other_pair, shorter, smaller])
     assert found == {"no_source": [True, True, False, False], "trained_text": [True, True, True, False]}
     assert loaded == []  # a run that is no control of this bridge (other pair, other budget) is never read
+
+
+def test_nothing_is_judged_before_a_positive_control_passed():
+    """By default a bridge whose target has no passed positive control in the store gets no
+    verdict on content or accuracy (whatever its numbers), only collapse and degradation; the rule
+    names the target and the way out, and a judged verdict names the control it relied on."""
+    bridged, both = records(200, 140, 120, 90), {"no_source": [i < 60 for i in range(200)], "trained_text": [i < 140 for i in range(200)]}
+    gated = judge(bridged, peak_bridged=0.7, rules=DEFAULTS, content=CONTENT, controls=both, target_model="org/model-x")
+    assert (gated.verdict, gated.decided_by, gated.positive_control) == ("ablation", "no_positive_control", None), gated.rule
+    assert "org/model-x" in gated.rule and "--suite positive-control" in gated.rule and "require_positive_control=false" in gated.rule
+    assert judge(bridged, peak_bridged=0.7, rules=DEFAULTS, content=NO_CONTENT, controls=both).decided_by == "no_positive_control"
+    judged = judge(bridged, peak_bridged=0.7, rules=DEFAULTS, content=CONTENT, controls=both, positive_control=PASSED)
+    assert (judged.verdict, judged.positive_control) == ("headline", PASSED)
+    # what reads the answers alone is still called, and a trained control stays a control
+    assert judge(bridged, peak_bridged=0.8, rules=DEFAULTS, content=CONTENT, controls=both).decided_by == "degradation"
+    assert judge(bridged, peak_bridged=0.7, rules=DEFAULTS, is_control=True).decided_by == "trained_control"
+    off = VerdictRules.load(**parse_assignments(["require_positive_control=no"]))
+    assert judge(bridged, peak_bridged=0.7, rules=off, content=CONTENT, controls=both).verdict == "headline"
+
+
+def test_a_positive_control_passes_on_its_test_evaluation_first():
+    from registry.positive_control import passed
+
+    final = {"content/bits_transmitted_low": 12.0, "content/retrieval_top1": 0.9}
+    assert passed(final, 0.001, 0.5) == ("validation", 12.0, 0.9)
+    # the held-out test decides when the run has one, even against a passing validation
+    assert passed({**final, "test_content/bits_transmitted_low": 0.0, "test_content/retrieval_top1": 0.9}, 0.001, 0.5) is None
+    assert passed({**final, "test_content/bits_transmitted_low": 3.0, "test_content/retrieval_top1": 0.5}, 0.001, 0.5) == ("test", 3.0, 0.5)
+    assert passed({"content/bits_transmitted_low": 12.0, "content/retrieval_top1": 0.49}, 0.001, 0.5) is None
+    assert passed({"bridged_accuracy": 0.9}, 0.001, 0.5) is None  # no content metrics: not shown
+    with pytest.raises(ValueError, match="positive_control_min_retrieval=1.5 must be in"):
+        VerdictRules.load(positive_control_min_retrieval=1.5)

@@ -25,6 +25,7 @@ from typing import Final, TypeVar
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from registry import positive_control
 from registry.errors import RegistryError
 from latentbridge.metric_names import (
     BITS,
@@ -77,6 +78,7 @@ class SuiteRun:
     comparisons: dict = field(default_factory=dict)  # control name -> verdict.Comparison
     test_comparisons: dict = field(default_factory=dict)  # the same on the test questions, when tested
     bits: tuple[float, float, float] | None = None  # content/bits_transmitted, low, high
+    positive_control: str | None = None  # the passed positive control on its target the verdict relied on
     fraction_interval: tuple[float, float] | None = None  # of content/fraction_recovered
     evaluations: dict[int, Estimate] = field(default_factory=dict)  # step -> bridged validation accuracy, from its records
     status: str = "FINISHED"  # the MLflow run status; anything else is a partial run
@@ -229,6 +231,7 @@ def collect(
         lm_loss = _metric_history(mlflow_client, fact.run_id, LM_LOSS)
         if lm_loss:
             fact.history[LM_LOSS] = lm_loss
+    positive_controls = positive_control.Lookup(mlflow_client, rules.min_bits_transmitted, rules.positive_control_min_retrieval)
     with tempfile.TemporaryDirectory() as tmp:
         evaluations_of = {  # run id -> step -> the records of that evaluation
             f.run_id: {step: download_eval(mlflow_client, f.run_id, path, Path(tmp) / f.run_id) for step, path in f.evals}
@@ -262,15 +265,17 @@ def collect(
                 fact.params, records, ((other.params, lambda o=other: records_of.get(o.run_id)) for other in candidates)
             )
             try:
+                passed = positive_controls(fact.target_model)
                 verdict = judge(
                     records, peak_bridged=fact.peak or 0.0, collapse_flags=collapse_flags(records, rules, fact.raised_flags),
                     rules=rules, content={k: fact.metrics[k] for k in (BITS, BITS_LOW, BITS_HIGH) if k in fact.metrics},
                     controls=controls, is_control=fact.kind == "soft_prompt",
+                    target_model=fact.target_model, positive_control=passed.text() if passed else None,
                 )
                 item.verdict, item.verdict_rule = verdict.verdict, verdict.rule
                 if item.partial:
                     item.verdict_rule = f"partial run ({item.status.lower()}), judged on its last evaluation (step {fact.evals[-1][0]}): {item.verdict_rule}"
-                item.comparisons, item.bits = verdict.comparisons, verdict.bits
+                item.comparisons, item.bits, item.positive_control = verdict.comparisons, verdict.bits, verdict.positive_control
                 item.validation = eval_scores(records, rules)
                 item.fraction_interval = fraction_recovered_interval(records, rules)
             except (ValueError, KeyError, TypeError) as error:

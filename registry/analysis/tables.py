@@ -150,6 +150,7 @@ def ablation_results(data: SuiteData) -> dict:
         entry.update(
             verdict_rule=run.verdict_rule,
             verdict_source=run.verdict_source,
+            positive_control=run.positive_control,
             diff_basis=run.facts.diff_basis,
             config_diff=run.facts.config_diff,
             source_model=run.facts.source_model,
@@ -273,6 +274,7 @@ def content_summary(data: SuiteData) -> dict:
                 "trained_text_accuracy": controls.get("trained_text"),
                 "verdict": run.verdict,
                 "verdict_rule": run.verdict_rule,
+                "positive_control": run.positive_control,  # the passed one on its target the verdict relied on
                 # bridged - each trained control and the mismatched soft tokens, on the final
                 # validation evaluation's questions: points, paired interval, exact McNemar p
                 **_paired_cells(run.comparisons, ""),
@@ -407,6 +409,21 @@ def _time_section(runs: Sequence[SuiteRun]) -> list[str]:
     return lines
 
 
+def positive_control_lines(data: SuiteData) -> list[str]:
+    """Which passed positive controls the bridges' verdicts relied on, and which targets had none."""
+    bridges = [r for r in data.runs if r.facts.kind != "soft_prompt" and r.verdict is not None]
+    relied = sorted({r.positive_control for r in bridges if r.positive_control})
+    missing = sorted({r.facts.target_model for r in bridges if not r.positive_control})
+    lines = [f"Verdicts rely on the {text}." for text in relied]
+    if missing:
+        lines.append(
+            f"No passed positive control on {', '.join(missing)} in the store: unless require_positive_control=false,"
+            " bridges into it are judged only for collapse and degradation (rule `no_positive_control`;"
+            " registry/positive_control.py)."
+        )
+    return [" ".join(lines), ""] if lines else []
+
+
 def markdown(data: SuiteData, rows: list[dict]) -> str:
     # the column prefix of each evaluation shown: validation, and test where a run has one
     splits = {"val": ""}
@@ -427,6 +444,7 @@ def markdown(data: SuiteData, rows: list[dict]) -> str:
         + (" *test* reports: that translator (trained to the step shown) and the text baselines on held-out"
            " test questions, evaluated once." if test else ""),
         "",
+        *positive_control_lines(data),
         f"| run | K | compression | source {labels} | target {labels} | bridged peak val (step) | bridged final val"
         + (" | bridged test (step)" if test else "") + " | degradation | verdict | changes |",
         "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if test else "") + "---:|---|---|",
