@@ -27,7 +27,13 @@ override that on Slurm. Every wait has a limit (--wait-timeout / wait --timeout)
 passes, the jobs keep running and `python launch status` follows them.
 
 Resuming: preemption, requeues and timeouts resume by themselves; a job that ends otherwise
-(a rank killed, a node lost, a crash, a cancel) is sent out again with `resume`.
+(a rank killed, a node lost, a crash, a cancel) is sent out again with `resume` (local runs
+through the same pool as at submit: the submission keeps its `--runs-per-device`).
+
+Refusals: on Slurm, `submit` first asks `sbatch --test-only` whether it takes the job script,
+so that an option it refuses (a bad --partition, --mem, --slurm-arg) is one line naming it and
+leaves nothing made; a refusal at the submission itself closes the runs it made FAILED and
+leaves LATEST naming the submission before.
 """
 
 from __future__ import annotations
@@ -35,18 +41,30 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
+import math
 import os
 import shlex
-import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from latentbridge.config import ConfigError, RunConfig, parse_assignments
-from launch.cluster import CLUSTERS, ResourceError, parse_slurm_args, resolve_cluster, resources_for, sbatch_preview
+from launch.cluster import (
+    CLUSTERS,
+    SUBMIT_AGAIN,
+    ResourceError,
+    Resources,
+    check_sbatch,
+    parse_slurm_args,
+    resolve_cluster,
+    resources_for,
+    sbatch_preview,
+    sbatch_refused,
+)
 from launch.record import (
     RecordError,
     RunEntry,
@@ -75,6 +93,26 @@ EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 1, 2, 3
 
 
 # --------------------------------------------------------------------------- parser
+def at_least(minimum: float, kind: type = int, strict: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a finite number of `kind` >= `minimum` (> with `strict`). A negative count
+    or poll would otherwise do something surprising far from the command line (`--tail -1` drops
+    the first line, `--poll -1` is a traceback, `--poll 0` polls without pause)."""
+    bound = f"{'>' if strict else '>='} {minimum:g}"
+    noun = "whole number" if kind is int else "number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {noun} {bound}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {noun} {bound}")
+        return value
+
+    parse.__name__ = f"{noun} {bound}"
+    return parse
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", default=None, help="where submissions live (default: runs/ in the repo)")
     parser.add_argument("--config", default=None,
@@ -151,15 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     logs = commands.add_parser("logs", help="print a run's job log (stdout; --err for stderr)")
     _add_ref(logs)
     logs.add_argument("--run", default=None, help="which run (default: the first)")
-    logs.add_argument("--task", type=int, default=0, help="which task/rank (default 0)")
+    logs.add_argument("--task", type=at_least(0), default=0, help="which task/rank (default 0)")
     logs.add_argument("--err", action="store_true", help="stderr instead of stdout")
-    logs.add_argument("--tail", type=int, default=100, help="last N lines (0: all)")
+    logs.add_argument("--tail", type=at_least(0), default=100, help="last N lines (0: all)")
     _add_common(logs)
 
     wait_cmd = commands.add_parser("wait", help="wait until every run of a submission is done (with a limit)")
     _add_ref(wait_cmd)
     wait_cmd.add_argument("--timeout", type=float, default=None, help="seconds (default 3600)")
-    wait_cmd.add_argument("--poll", type=float, default=5.0, help="seconds between looks at the queue")
+    wait_cmd.add_argument("--poll", type=at_least(0, float, strict=True), default=5.0,
+                          help="seconds between looks at the queue (> 0)")
     _add_common(wait_cmd)
 
     cancel = commands.add_parser("cancel", help="cancel a submission's jobs (or --run NAME ones)")
@@ -175,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(resume)
 
     listing = commands.add_parser("list", help="recent submissions")
-    listing.add_argument("-n", type=int, default=10)
+    listing.add_argument("-n", type=at_least(0), default=10, help="how many, newest first (default 10)")
     _add_common(listing)
     return parser
 
@@ -188,7 +227,9 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         for key in ("cluster", "nodes", "gpus_per_node", "partition", "account", "qos", "time", "mem",
                     "constraint", "cpus_per_task", "array_parallelism", "max_timeouts", "runs_dir")
     }
-    cli["wait_timeout"] = getattr(args, "wait_timeout", None) or getattr(args, "timeout", None)
+    # `is not None`: a --wait-timeout 0 must reach the check (> 0), not become the default
+    wait_timeout = getattr(args, "wait_timeout", None)
+    cli["wait_timeout"] = wait_timeout if wait_timeout is not None else getattr(args, "timeout", None)
     cli["slurm_args"] = parse_slurm_args(getattr(args, "slurm_arg", None))
     settings = resolve(cli, file_settings)
     export_environment(settings)  # tracking_uri, artifact_root: the environment wins over the file
@@ -368,18 +409,28 @@ def _log_config(run_id: str, run_dir: Path, config: RunConfig) -> None:
     upload(client(), run_id, _write_config(run_dir, config))
 
 
+def _only(values: list[str], configs: dict[str, RunConfig], suite: str) -> dict[str, RunConfig]:
+    """The members `--only` names (repeated or comma-separated), in the order named. One that
+    names none (`--only ,`, `--only ''`) is refused: it would make a submission with no run."""
+    names = [name.strip() for item in values for name in item.split(",") if name.strip()]
+    if not names:
+        given = " ".join(f"--only {shlex.quote(value)}" for value in values)
+        raise ConfigError(f"{given} names no run; name one or more runs of suite {suite!r} (comma-separated), "
+                          f"or leave --only out for all of them: {sorted(configs)}")
+    unknown = sorted(set(names) - set(configs))
+    if unknown:
+        raise ConfigError(f"--only names runs not in suite {suite!r}: {unknown}; runs: {sorted(configs)}")
+    return {name: configs[name] for name in dict.fromkeys(names)}
+
+
 def submit(args: argparse.Namespace) -> int:
     settings = _settings(args)
     suite = expand(get_suite(args.suite), [get_grid(name) for name in args.grid])
     configs = suite.configs(parse_assignments(args.overrides))
     if args.runs_per_device < 1:
         raise ConfigError(f"--runs-per-device {args.runs_per_device} must be >= 1")
-    if args.only:
-        args.only = [name.strip() for item in args.only for name in item.split(",") if name.strip()]
-        unknown = sorted(set(args.only) - set(configs))
-        if unknown:
-            raise ConfigError(f"--only names runs not in suite {suite.name!r}: {unknown}; runs: {sorted(configs)}")
-        configs = {name: configs[name] for name in dict.fromkeys(args.only)}  # started in the order named
+    if args.only is not None:
+        configs = _only(args.only, configs, suite.name)
     cluster = resolve_cluster(settings["cluster"])
     resources = resources_for(settings, suite.tasks, cluster)
     if suite.sequential:  # one run after another (on Slurm: an array of width 1)
@@ -415,11 +466,11 @@ def submit(args: argparse.Namespace) -> int:
             print(sbatch_preview(resources, folder / "submitit", job_name, len(configs), str(folder / "code")))
         return 0
 
-    from launch.cluster import device_slots, local_gpu_ids, make_executor, pin_gpus
-    from launch.job import JobSpec, TrainJob
+    from launch.cluster import make_executor
+    from launch.job import JobSpec
     from launch.monitor import Monitor
     from launch.monitor import wait as wait_for
-    from launch.snapshot import run_from, take_snapshot
+    from launch.snapshot import take_snapshot
 
     # records mode: no MLflow store and no mlflow import; each run gets a record under `records`
     records = Path(args.records).expanduser().resolve() / suite.name if args.records else None
@@ -427,6 +478,9 @@ def submit(args: argparse.Namespace) -> int:
         raise ConfigError(f"suite {suite.name!r} preserves each run as it finishes, which needs the MLflow store: "
                           "submit it without --records, or import the records and then preserve each run "
                           "(python -m registry preserve RUN_ID)")
+    if cluster == "slurm":  # before anything is made: an option sbatch refuses leaves nothing behind
+        planned = runs_dir / suite.name / "<stamp>"
+        check_sbatch(resources, planned / "submitit", job_name, len(configs), str(planned / "code"))
     uri, root = "", ""
     if records is None:
         from registry.runs import open_run, record_code
@@ -465,21 +519,24 @@ def submit(args: argparse.Namespace) -> int:
         id=sub_id, suite=suite.name, folder=str(folder), created=snapshot.taken_at, cluster=cluster,
         resources=resources.to_dict(), tracking_uri=uri, snapshot={k: v for k, v in vars(snapshot).items()},
         submitit_folder=str(folder / "submitit"), runs=entries, command=[*PROG.split(), *args.argv],
-        records=str(records or ""), parent_run_id=parent,
+        records=str(records or ""), parent_run_id=parent, runs_per_device=args.runs_per_device,
     )
     sub.save()
-    mark_latest(runs_dir, sub)
     executor = make_executor(resources, Path(sub.submitit_folder), job_name, snapshot.root)
     if resources.gpu_source:
         print(f"local GPUs: {resources.tasks_per_node} task(s) ({resources.gpu_source})")
 
     if cluster == "slurm":
-        with run_from(snapshot.root):
-            with executor.batch():
-                jobs = [executor.submit(TrainJob(), spec) for spec in specs]
+        try:
+            jobs = _sbatch(executor, specs, resources, snapshot.root)
+        except ResourceError as error:
+            _close_unsubmitted(sub)
+            raise ResourceError(f"{error}; submission {sub.id} queued nothing: its run(s) are closed FAILED and "
+                                "LATEST still names the submission before it") from None
         for entry, job in zip(entries, jobs):
             entry.job_id = str(job.job_id)
         sub.save()
+        mark_latest(runs_dir, sub)  # only now: LATEST never names a submission without jobs
         print(_describe(sub))
         for entry in entries:
             print(f"submitted {suite.name}/{entry.name}: job {entry.job_id}, {entry.where}, run dir {entry.run_dir}")
@@ -491,34 +548,95 @@ def submit(args: argparse.Namespace) -> int:
         states, timed_out = wait_for(Monitor(sub), wait_timeout)
         return _finish_wait(sub, states, timed_out, wait_timeout)
 
-    # local / debug: a pool of device slots (`--runs-per-device` runs on each GPU group, or on
-    # the CPU); the next run starts as soon as one ends. debug runs in this process, one by one.
+    mark_latest(runs_dir, sub)  # local / debug: the runs start one by one below; `status` follows them meanwhile
     print(_describe(sub))
-    live: dict[str, Any] = {}
-    slots = device_slots(resources, args.runs_per_device, local_gpu_ids()) if cluster == "local" else [()]
-    queue, busy = list(zip(entries, specs)), {}  # busy: slot -> run name
-    seen: dict[str, str] = {}
-    deadline = time.monotonic() + wait_timeout
-    timed_out = False
+    live, timed_out = _run_here(sub, list(zip(entries, specs)), executor, wait_timeout)
+    if cluster == "debug":
+        return _debug_report(sub, live)
+    return _finish_wait(sub, Monitor(sub, live).states(), timed_out, wait_timeout)
+
+
+def _sbatch(
+    executor: Any, specs: Sequence[Any], resources: Resources, workdir: str, where: str = SUBMIT_AGAIN
+) -> list[Any]:
+    """The jobs of `specs` sent to Slurm as ONE array, from the code snapshot `workdir`. sbatch
+    refusing them (what `check_sbatch` could not foresee: a limit of the account, a partition
+    gone since) is a ResourceError naming its message and the option to fix (`where`), not
+    submitit's traceback; submitit's own print of sbatch's message is kept out (the error has it)."""
+    from submitit.core.utils import FailedJobError
+
+    from launch.job import TrainJob
+    from launch.snapshot import run_from
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said), run_from(workdir), executor.batch():
+            jobs = [executor.submit(TrainJob(), spec) for spec in specs]
+    except FailedJobError as error:
+        raise sbatch_refused(resources, str(error) or said.getvalue(), where) from None
+    sys.stderr.write(said.getvalue())
+    return jobs
+
+
+def _close_unsubmitted(sub: Submission) -> None:
+    """Close the runs (and the parent run) of a submission sbatch refused: FAILED, not left
+    SCHEDULED with no job to ever end them. Nothing is deleted: the record, which names the
+    MLflow runs (or records) and the command that made them, stays; LATEST is not moved to it."""
+    for entry in sub.runs:
+        entry.record_status("FAILED")
+    if sub.parent_run_id:
+        from registry.runs import set_status
+
+        set_status(sub.parent_run_id, "FAILED")
+
+
+def _run_here(
+    sub: Submission, todo: Sequence[tuple[RunEntry, Any]], executor: Any, timeout: float
+) -> tuple[dict[str, Any], bool]:
+    """Run `todo` ((run entry, job spec) pairs) on this machine, for `submit` and `resume` alike:
+    a pool of device slots (the submission's `runs_per_device` runs on each group of GPUs of
+    one job's width, each run pinned to its own, or on the CPU), the next run starting as soon
+    as one ends; debug runs each in this process, one by one. A run that had a job before is
+    resumed: its earlier job id is kept and its record SCHEDULED again. Returns (the jobs by
+    run name, whether `timeout` passed before every run ended)."""
+    from launch.cluster import device_slots, local_gpu_ids, pin_gpus
+    from launch.job import TrainJob
+    from launch.monitor import Monitor
+    from launch.monitor import wait as wait_for
+    from launch.snapshot import run_from
+
+    local = sub.cluster == "local"
+    slots = device_slots(Resources(**sub.resources), sub.runs_per_device, local_gpu_ids()) if local else [()]
+    queue, busy, live, seen = list(todo), {}, {}, {}  # busy: slot -> run name; seen: the states echoed
+    deadline = time.monotonic() + timeout
     while queue or busy:
         for slot, gpus in enumerate(slots):
             if slot in busy or not queue:
                 continue
             entry, spec = queue.pop(0)
-            if cluster == "local":
+            if local:
                 pin_gpus(executor, gpus)
-            with run_from(snapshot.root):
+            with run_from(sub.snapshot["root"]):
                 job = executor.submit(TrainJob(), spec)
+            earlier = entry.job_id
+            if earlier:
+                entry.earlier_job_ids.append(earlier)
             entry.job_id, live[entry.name], busy[slot] = str(job.job_id), job, entry.name
+            if earlier:
+                entry.record_status("SCHEDULED")
             sub.save()
             where = f", GPU {','.join(map(str, gpus))}" if gpus else ""
-            print(f"started {suite.name}/{entry.name}: job {entry.job_id} ({cluster}{where}), {entry.where}")
-            if cluster == "debug":
+            if earlier:
+                print(f"resumed {sub.suite}/{entry.name}: job {entry.job_id} ({sub.cluster}{where}; was {earlier}), "
+                      f"{entry.where}, from its last checkpoint in {entry.run_dir}")
+            else:
+                print(f"started {sub.suite}/{entry.name}: job {entry.job_id} ({sub.cluster}{where}), {entry.where}")
+            if not local:  # debug: the job runs in this process, now
                 try:
                     job.result()
                 except Exception as error:  # noqa: BLE001 - reported below from the record
-                    print(f"{suite.name}/{entry.name}: failed in-process: {error}")
-        if cluster == "debug":
+                    print(f"{sub.suite}/{entry.name}: failed in-process: {error}")
+        if not local:
             busy.clear()
             continue
         states, timed_out = wait_for(
@@ -526,17 +644,15 @@ def submit(args: argparse.Namespace) -> int:
             until=lambda states: any(s.done for s in states), seen=seen,
         )
         if timed_out:
-            break
+            return live, True
         ended = {s.name for s in states if s.done}
         busy = {slot: name for slot, name in busy.items() if name not in ended}
-    if cluster == "debug":
-        return _debug_report(sub, live)
-    return _finish_wait(sub, Monitor(sub, live).states(), timed_out, wait_timeout)
+    return live, False
 
 
 def _debug_report(sub: Submission, live: dict[str, Any]) -> int:
     failures = 0
-    for entry in sub.runs:
+    for entry in [e for e in sub.runs if e.name in live]:
         try:
             result = live[entry.name].result()
         except Exception as error:  # noqa: BLE001
@@ -613,7 +729,7 @@ def wait(args: argparse.Namespace) -> int:
 
 def cancel(args: argparse.Namespace) -> int:
     from launch import slurm_queue
-    from launch.monitor import Monitor, reconcile_mlflow
+    from launch.monitor import Monitor, interrupt_local_job, reconcile_mlflow
     from launch.monitor import wait as wait_for
 
     sub, _ = _load(args)
@@ -624,21 +740,17 @@ def cancel(args: argparse.Namespace) -> int:
         slurm_queue.scancel(sorted({i.split("_")[0] for i in ids}) if whole else ids)
     elif sub.cluster == "local":
         for job_id in ids:
-            try:
-                os.kill(int(job_id), signal.SIGINT)  # submitit's local controller forwards it to the tasks
-            except (ProcessLookupError, ValueError):
-                pass
+            print(f"  job {job_id}: {interrupt_local_job(job_id)}")
     sub.cancelled = sorted(set(sub.cancelled) | {e.name for e in chosen})
     sub.save()
     print(f"cancelled {[e.name for e in chosen]} of {sub.id} (jobs {ids or 'none'})")
-    monitor = Monitor(sub)
     names = {e.name for e in chosen}
-    states, timed_out = wait_for(monitor, args.timeout, poll_s=1.0, echo=lambda line: None)
-    reconcile_mlflow(sub, [s for s in states if s.name in names])
+    # wait for the cancelled runs only: the others of the submission may stay queued for hours
+    states, timed_out = wait_for(Monitor(sub, only=names), args.timeout, poll_s=1.0, echo=lambda line: None)
+    reconcile_mlflow(sub, states)
     for state in states:
-        if state.name in names:
-            print(f"  {state.line()}")
-    return EXIT_TIMEOUT if timed_out and any(not s.done for s in states if s.name in names) else 0
+        print(f"  {state.line()}")
+    return EXIT_TIMEOUT if timed_out else 0
 
 
 def resume(args: argparse.Namespace) -> int:
@@ -647,11 +759,8 @@ def resume(args: argparse.Namespace) -> int:
     from the same frozen code, into the same run dir, so it continues the same MLflow run from
     its last checkpoint. Runs still queued or running, and finished ones, are left alone.
     The job files are unpickled only if this user owns them and others cannot write them."""
-    from launch.cluster import Resources, make_executor
-    from launch.job import TrainJob
+    from launch.cluster import make_executor
     from launch.monitor import Monitor, reconcile_mlflow, task_paths
-    from launch.monitor import wait as wait_for
-    from launch.snapshot import run_from
 
     sub, settings = _load(args)
     chosen = [sub.run(name) for name in args.run] if args.run else list(sub.runs)
@@ -674,28 +783,35 @@ def resume(args: argparse.Namespace) -> int:
     specs = [load_own_pickle(task_paths(sub, entry.job_id).submitted_pickle).args[0] for entry in todo]
     resources = Resources(**sub.resources)
     executor = make_executor(resources, Path(sub.submitit_folder), f"lb-{sub.suite}", sub.snapshot["root"])
-    array = executor.batch() if sub.cluster == "slurm" else contextlib.nullcontext()  # one array on Slurm
-    with run_from(sub.snapshot["root"]), array:
-        jobs = [executor.submit(TrainJob(), spec) for spec in specs]
-    for entry, job in zip(todo, jobs):
-        print(f"resumed {sub.suite}/{entry.name}: job {job.job_id} (was {entry.job_id}), "
-              f"{entry.where}, from its last checkpoint in {entry.run_dir}")
-        entry.earlier_job_ids.append(entry.job_id)
-        entry.job_id = str(job.job_id)
-        entry.record_status("SCHEDULED")
+    if sub.cluster == "slurm":  # one array
+        where = (f"in the resources kept by the submission ({Path(sub.folder) / 'submission.json'}) and resume "
+                 "again, or submit the runs anew with it fixed")
+        try:
+            jobs = _sbatch(executor, specs, resources, sub.snapshot["root"], where)
+        except ResourceError as error:
+            raise ResourceError(f"{error}; nothing was resubmitted: the runs of {sub.id} are as they were") from None
+        for entry, job in zip(todo, jobs):
+            print(f"resumed {sub.suite}/{entry.name}: job {job.job_id} (was {entry.job_id}), "
+                  f"{entry.where}, from its last checkpoint in {entry.run_dir}")
+            entry.earlier_job_ids.append(entry.job_id)
+            entry.job_id = str(job.job_id)
+            entry.record_status("SCHEDULED")
     if sub.parent_run_id:
         from registry.runs import set_status
 
         set_status(sub.parent_run_id, "RUNNING")
     sub.cancelled = sorted(set(sub.cancelled) - {e.name for e in todo})
     sub.save()
-    if sub.cluster != "slurm":  # the jobs are children of this process: wait for them
-        timeout = float(settings["wait_timeout"])
-        live = {entry.name: job for entry, job in zip(todo, jobs)}
-        states, timed_out = wait_for(Monitor(sub, live, only=set(live)), timeout)
-        return _finish_wait(sub, states, timed_out, timeout)
-    print(_follow_hint(sub))
-    return 0
+    if sub.cluster == "slurm":
+        print(_follow_hint(sub))
+        return 0
+    # local / debug: the jobs are children of this process, started as `submit` does (the same
+    # slot pool, `runs_per_device` a device); wait for them
+    timeout = float(settings["wait_timeout"])
+    live, timed_out = _run_here(sub, list(zip(todo, specs)), executor, timeout)
+    if sub.cluster == "debug":
+        return _debug_report(sub, live)
+    return _finish_wait(sub, Monitor(sub, live, only=set(live)).states(), timed_out, timeout)
 
 
 def list_submissions(args: argparse.Namespace) -> int:

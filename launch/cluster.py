@@ -261,6 +261,64 @@ def make_executor(
     return executor
 
 
+# Words of sbatch's refusals -> the launcher options (or launch config settings) they are about;
+# "node configuration" is what sbatch says of a job larger than any node, whichever size is too big.
+SBATCH_WORDS = {
+    "partition": ("--partition",), "account": ("--account",), "qos": ("--qos",), "mem": ("--mem",),
+    "feature": ("--constraint",), "constraint": ("--constraint",), "cpus-per-task": ("--cpus-per-task",),
+    "time": ("--time",), "gres": ("--gpus-per-node",), "gpu": ("--gpus-per-node",), "array": ("--array-parallelism",),
+    "node configuration": ("--nodes", "--gpus-per-node", "--cpus-per-task", "--mem"),
+}
+RESOURCE_OPTIONS = "--partition, --account, --qos, --mem, --constraint, --cpus-per-task, --time or a --slurm-arg"
+
+
+# the launcher option -> the Resources field that holds its value
+OPTION_FIELDS = {
+    "--partition": "partition", "--account": "account", "--qos": "qos", "--mem": "mem", "--constraint": "constraint",
+    "--cpus-per-task": "cpus_per_task", "--time": "time_min", "--nodes": "nodes", "--gpus-per-node": "gpus_per_node",
+    "--array-parallelism": "array_parallelism",
+}
+
+
+def _given(res: Resources, message: str) -> list[str]:
+    """The options (with the values given) that sbatch's `message` is about; unset ones left out."""
+    lower = message.lower()
+    options = dict.fromkeys(option for word, named in SBATCH_WORDS.items() if word in lower for option in named)
+    given = [f"{option} {getattr(res, OPTION_FIELDS[option])!r}" for option in options
+             if getattr(res, OPTION_FIELDS[option]) not in (None, "")]
+    for key, value in res.slurm_args.items():
+        if key.lower() in lower:
+            given.append(f"--slurm-arg {key!r}" if value is True else f"--slurm-arg {f'{key}={value}'!r}")
+    return given
+
+
+SUBMIT_AGAIN = "(on the command line, or in the launch config file's [submit] table) and submit again"
+
+
+def sbatch_refused(res: Resources, message: str, where: str = SUBMIT_AGAIN) -> ResourceError:
+    """sbatch's refusal as one line naming the options its message is about, with the values
+    given (`--time` in minutes), and the way out: fix them `where` they were set."""
+    text = " ".join(message.split())
+    given = _given(res, text)
+    fix = f"fix {'one of ' if len(given) > 1 else ''}{', '.join(given)}" if given else f"check {RESOURCE_OPTIONS}"
+    return ResourceError(f"sbatch refuses the job: {text or '(no message)'}; {fix} {where}")
+
+
+def check_sbatch(res: Resources, folder: Path, job_name: str, runs: int, workdir: str | None = None) -> None:
+    """Ask sbatch (`--test-only`, nothing submitted) whether it takes the script this submission
+    would write: a bad partition, memory or extra option is refused before any snapshot, run or
+    record is made (after, it would leave runs no job will ever close). It sees the environment
+    the submission will (`run_from`: an enclosing job's variables hidden)."""
+    from launch import slurm_queue
+    from launch.snapshot import hidden_while_submitting
+
+    hidden = set(hidden_while_submitting(os.environ))
+    env = {name: value for name, value in os.environ.items() if name not in hidden}
+    refusal = slurm_queue.sbatch_refusal(sbatch_preview(res, folder, job_name, runs, workdir), env)
+    if refusal:
+        raise sbatch_refused(res, refusal)
+
+
 def sbatch_preview(res: Resources, folder: Path, job_name: str, runs: int, workdir: str | None = None) -> str:
     """The sbatch script the submission would write (for --dry-run; needs no Slurm)."""
     from submitit.slurm.slurm import _make_sbatch_string  # submitit's own renderer

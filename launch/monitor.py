@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,28 @@ def _task_pids(job_id: str) -> list[int]:
         if marker in environ.split(b"\0") and _pid_alive(proc.name):
             found.append(int(proc.name))
     return found
+
+
+def interrupt_local_job(job_id: str) -> str:
+    """Interrupt (SIGINT) local job `job_id`, as Ctrl-C would: its submitit controller while it
+    runs (it stops its tasks), else the tasks it left running (a controller killed with SIGKILL
+    leaves them); never a process that merely reuses the controller's old pid. What was done,
+    in words, for the command to print."""
+    if _controller_alive(job_id):
+        targets, what = [int(job_id)], "interrupted its controller (it stops the tasks)"
+    else:
+        targets = _task_pids(job_id)
+        what = f"its controller is gone; interrupted its {len(targets)} task(s) {targets}"
+    sent = []
+    for pid in targets:
+        try:
+            os.kill(pid, signal.SIGINT)
+            sent.append(pid)
+        except ProcessLookupError:  # it ended meanwhile
+            continue
+    if not sent:
+        return "already gone (no process of it runs any more): nothing to interrupt"
+    return what
 
 
 class Monitor:
@@ -256,6 +279,8 @@ def wait(
     """Poll until `until(states)` (default: every run is done) or `timeout_s` passes:
     (states, timed_out). Never cancels. Each run's state is echoed when it changes (`seen`:
     the last state echoed per run, shared across calls)."""
+    if not poll_s > 0:  # a negative pause is a traceback in time.sleep, 0 a busy loop
+        raise ValueError(f"poll_s = {poll_s!r}: the pause between looks must be > 0 seconds")
     deadline = time.monotonic() + timeout_s
     seen = {} if seen is None else seen
     while True:

@@ -98,6 +98,7 @@ class Submission:
     cancelled: list[str] = field(default_factory=list)  # run names cancelled through `cancel`
     records: str = ""  # records mode: DIR/<suite>, the folder of the runs' records (no MLflow store)
     parent_run_id: str = ""  # the submission's parent MLflow run (several runs, MLflow store)
+    runs_per_device: int = 1  # local runs at once on each device (`submit --runs-per-device`); `resume` keeps it
 
     @property
     def job_ids(self) -> list[str]:

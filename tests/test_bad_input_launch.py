@@ -1,11 +1,17 @@
-"""A bad launch config or --wait-timeout fails with a UserConfigError naming file and key (issue 13)."""
+"""A bad launch config or --wait-timeout fails with a UserConfigError naming file and key (issue 13);
+a command-line value that would do something surprising (`--only ,`, `--wait-timeout 0`,
+`--poll -1`, `--tail -1`, `list -n -1`) is refused naming the value; an answer of Slurm's that
+is no failure ("Job 277_0 not found") is not taken for one, and a failure never has an empty message."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
+from launch import cli, slurm_queue
 from launch.user_config import UserConfigError, load_user_config, resolve
 
 
@@ -70,3 +76,71 @@ def test_command_line_wait_timeout_minus_five_is_refused_by_the_launcher(tmp_pat
     code = cli.main(["submit", "--suite", "demo", "--cluster", "local", "--dry-run", "--wait", "--wait-timeout", "-5", "--runs-dir", str(tmp_path)])
     assert code != 0
     assert "--wait-timeout" in capsys.readouterr().err
+
+
+def test_command_line_wait_timeout_zero_is_refused_not_the_default(tmp_path: Path, capsys) -> None:
+    """`--wait-timeout 0` reaches the > 0 check; it used to become the default 3600 s silently."""
+    code = cli.main(["submit", "--suite", "demo", "--cluster", "local", "--dry-run", "--wait-timeout", "0",
+                     "--runs-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE and "--wait-timeout" in err and "0.0 must be a number of seconds > 0" in err, err
+
+
+@pytest.mark.parametrize("only", [",", "", " , ", ",,"])
+def test_an_only_that_names_no_run_is_refused_listing_the_runs(tmp_path: Path, only: str) -> None:
+    """`--only ,` selected no run: an empty submission became LATEST and crashed (IndexError)."""
+    runs_dir, records = tmp_path / "runs", tmp_path / "records"
+    rc, out = run_cli(["submit", "--suite", "positive-control", "--only", only, "--cluster", "local",
+                       "--records", str(records), "--runs-dir", str(runs_dir)])
+    assert rc == cli.EXIT_USAGE, out
+    assert "names no run" in out and "leave --only out" in out and "'smollm2-self'" in out, out
+    assert not runs_dir.exists() and not records.exists()  # nothing made
+
+
+@pytest.mark.parametrize("argv, value, wanted", [
+    (["wait", "--poll", "-1"], "'-1'", "a number > 0"),
+    (["wait", "--poll", "0"], "'0'", "a number > 0"),
+    (["wait", "--poll", "nan"], "'nan'", "a number > 0"),
+    (["logs", "--tail", "-1"], "'-1'", "a whole number >= 0"),
+    (["logs", "--task", "-2"], "'-2'", "a whole number >= 0"),
+    (["list", "-n", "-1"], "'-1'", "a whole number >= 0"),
+    (["list", "-n", "two"], "'two'", "a whole number >= 0"),
+])
+def test_a_count_or_pause_out_of_range_is_refused_naming_the_value(tmp_path: Path, capsys, argv, value, wanted) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([*argv, "--runs-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and f"argument {argv[1]}: {value} is not {wanted}" in err, err
+
+
+def test_the_pause_between_looks_must_be_positive_for_library_callers_too() -> None:
+    from launch.monitor import wait
+
+    with pytest.raises(ValueError, match="poll_s = -1.0: the pause between looks must be > 0 seconds"):
+        wait(None, 10.0, poll_s=-1.0)  # refused before the monitor is asked anything
+
+
+def _answer(monkeypatch, returncode: int, stdout: str = "", stderr: str = "") -> None:
+    """Every Slurm command answers so (no Slurm needed)."""
+    answer = lambda cmd, timeout=None: subprocess.CompletedProcess(cmd, returncode, stdout, stderr)  # noqa: E731
+    monkeypatch.setattr(slurm_queue, "_run", answer)
+
+
+def test_an_array_element_slurm_no_longer_knows_is_forgotten_not_a_failure(monkeypatch) -> None:
+    """After `launch cancel --run` of a pending element of a queued array, scontrol says "Job
+    277_0 not found" on stdout (exit 1): the job is gone, as for "Invalid job id specified"."""
+    _answer(monkeypatch, 1, stdout="Job 277_0 not found\n")
+    assert slurm_queue.scontrol_job("277_0") is None
+    _answer(monkeypatch, 1, stderr="slurm_load_jobs error: Invalid job id specified\n")
+    assert slurm_queue.scontrol_job("277") is None and slurm_queue.squeue(["277_1"]) == {}
+
+
+@pytest.mark.parametrize("call", [lambda: slurm_queue.scontrol_job("277_0"), lambda: slurm_queue.squeue(["277_0"]),
+                                  lambda: slurm_queue.requeue("277_0"), lambda: slurm_queue.scancel(["277_0"])])
+def test_a_failed_slurm_command_says_its_exit_code_and_what_it_printed(monkeypatch, call) -> None:
+    _answer(monkeypatch, 1)  # it printed nothing
+    with pytest.raises(slurm_queue.SlurmCommandError, match=r"failed with exit code 1: \(it printed nothing\); check"):
+        call()
+    _answer(monkeypatch, 1, stdout="Unable to contact slurm controller (connect failure)\n")
+    with pytest.raises(slurm_queue.SlurmCommandError, match=r"exit code 1: Unable to contact slurm controller"):
+        call()

@@ -151,3 +151,138 @@ def test_a_run_out_of_gpu_memory_is_told_the_way_out():
     cublas = "RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
     assert "--runs-per-device" in failure_detail(cublas, "s/1")
     assert failure_detail("Traceback ...\nValueError: bad value", "s/1") == "ValueError: bad value"
+
+
+# --------------------------------------------------------------------------- cancel: only our own processes
+def _dead_pid() -> int:
+    """The pid of a process that has ended (and that no process has taken since)."""
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert not Path(f"/proc/{gone.pid}").exists()
+    return gone.pid
+
+
+def _local_submission(tmp_path: Path, job_ids: dict[str, str]):
+    """A local submission whose runs have these job ids and records (no MLflow), saved in tmp_path/sub."""
+    from launch.record import RunEntry, Submission, new_run_record
+
+    folder = tmp_path / "sub"
+    (folder / "submitit").mkdir(parents=True, exist_ok=True)
+    records = tmp_path / "records"
+    runs = [RunEntry(name, str(folder / name), "", job_id=job_id,
+                     record=str(new_run_record(records, folder / name, name, {"suite": "s"}, {"name": name})))
+            for name, job_id in job_ids.items()]
+    sub = Submission(id="s/1", suite="s", folder=str(folder), created="", cluster="local", resources={"cluster": "local"},
+                     tracking_uri="", snapshot={"root": str(tmp_path)}, submitit_folder=str(folder / "submitit"),
+                     runs=runs, records=str(records))
+    sub.save()
+    return sub
+
+
+def test_cancel_never_interrupts_a_process_that_reuses_the_pid_and_reaches_orphaned_tasks(tmp_path):
+    """Job a's controller is gone and its pid now belongs to an unrelated process: that process is
+    left alone. Job b's controller is gone (SIGKILLed) but its task runs on: the task is interrupted."""
+    import os
+    import subprocess
+    import sys
+
+    stranger = subprocess.Popen(["sleep", "300"])  # holds the pid job a's controller had
+    orphan_of = str(_dead_pid())
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                              env={**os.environ, "SUBMITIT_LOCAL_JOB_ID": orphan_of})  # a task of job b
+    try:
+        sub = _local_submission(tmp_path, {"a": str(stranger.pid), "b": orphan_of})
+        rc, out = _cli(["cancel", sub.folder, "--timeout", "60"])
+        assert rc == 0, out
+        assert stranger.poll() is None, "cancel interrupted a process that only reuses the job's pid"
+        assert f"job {stranger.pid}: already gone" in out, out
+        assert f"job {orphan_of}: its controller is gone; interrupted its 1 task(s) [{orphan.pid}]" in out, out
+        assert orphan.wait(timeout=60) != 0  # the task stopped (KeyboardInterrupt)
+        assert "a: CANCELLED" in out and "b: CANCELLED" in out, out
+    finally:
+        for process in (stranger, orphan):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+# --------------------------------------------------------------------------- resume: the submit's slot pool
+class _Job:
+    """A local job that has ended once it is first asked (`done`)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id, self.ended = job_id, False
+
+    def done(self) -> bool:
+        self.ended = True
+        return True
+
+
+class _Executor:
+    """Stands for submitit's LocalExecutor: records each start (the spec's run, the GPUs it was
+    pinned to, the runs still running then) and leaves the job file `resume` reads."""
+
+    ids = iter(f"fake{i}" for i in range(1000))
+
+    def __init__(self) -> None:
+        self.gpus: tuple[int, ...] = ()
+        self.jobs: list[_Job] = []
+        self.starts: list[tuple[str, tuple[int, ...], list[str]]] = []
+        self.folder: Path | None = None
+
+    def update_parameters(self, visible_gpus) -> None:
+        self.gpus = tuple(visible_gpus)
+
+    def submit(self, function, spec):
+        import pickle
+        from types import SimpleNamespace
+
+        from submitit.core.utils import JobPaths
+
+        running = [j.job_id for j in self.jobs if not j.ended]
+        job = _Job(next(self.ids))
+        path = JobPaths(self.folder, job_id=job.job_id).submitted_pickle
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pickle.dumps(SimpleNamespace(args=(spec,))))
+        self.starts.append((Path(spec.run_dir).name, self.gpus, running))
+        self.jobs.append(job)
+        return job
+
+
+def test_local_resume_runs_the_runs_per_device_pool_of_its_submit(tmp_path, monkeypatch):
+    """`--runs-per-device` is kept in the submission, and `resume` starts the runs as `submit`
+    did: two at once on the one GPU, the third once one has ended (it started all at once on GPU 0)."""
+    import launch.cluster
+
+    base = dict(item.split("=", 1) for item in TINY_RUN)
+    monkeypatch.setitem(SUITES, "local_pool3", Suite("local_pool3", "three runs", base, {"a": {}, "b": {}, "c": {}}))
+    monkeypatch.setenv("NUM_GPUS", "1")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    executors: list[_Executor] = []
+
+    def make_executor(res, folder, job_name, workdir=None):
+        executors.append(_Executor())
+        executors[-1].folder = folder
+        return executors[-1]
+
+    monkeypatch.setattr(launch.cluster, "make_executor", make_executor)
+    runs_dir = tmp_path / "runs"
+    rc, out = _cli(["submit", "--suite", "local_pool3", "--cluster", "local", "--runs-dir", str(runs_dir),
+                    "--records", str(tmp_path / "records"), "--runs-per-device", "2", "--wait-timeout", "60"])
+    assert rc == cli.EXIT_FAILED and out.count(": LOST;") == 3, out  # the fake jobs leave no result
+    sub = find(runs_dir)
+    assert sub.runs_per_device == 2
+    pool = [("a", (0,), []), ("b", (0,), [executors[0].jobs[0].job_id]), ("c", (0,), [])]
+    assert executors[0].starts == pool, executors[0].starts
+    submitted = [e.job_id for e in sub.runs]
+
+    rc, out = _cli(["resume", "--runs-dir", str(runs_dir)])
+    assert rc == cli.EXIT_FAILED, out
+    pool = [("a", (0,), []), ("b", (0,), [executors[1].jobs[0].job_id]), ("c", (0,), [])]
+    assert executors[1].starts == pool, executors[1].starts
+    sub = find(runs_dir)
+    assert [e.earlier_job_ids for e in sub.runs] == [[job_id] for job_id in submitted]
+    assert f"resumed local_pool3/a: job {sub.runs[0].job_id} (local, GPU 0; was {submitted[0]})" in out, out
