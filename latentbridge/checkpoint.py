@@ -25,7 +25,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -50,39 +50,68 @@ class TranslatorMeta:
     target_rms: float
 
 
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` a temp file beside `path`, then rename it over `path`: a crash mid-write leaves
+    the old file (or none), never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f"{TMP_MARK}{os.getpid()}")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_translator(folder: Path, translator: nn.Module, meta: TranslatorMeta) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+    """Weights, then the config, each written atomically: a crash mid-save leaves the folder's
+    earlier save whole, never half a file."""
+    folder = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in translator.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS))
+    _write_atomically(folder / WEIGHTS, lambda tmp: save_file(state, str(tmp)))
     record = {
         "config": meta.config.to_dict(),
         "source_dim": meta.source_dim,
         "target_dim": meta.target_dim,
         "target_rms": meta.target_rms,
     }
-    (folder / META).write_text(json.dumps(record, indent=2))
+    _write_atomically(folder / META, lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
     return folder
 
 
 def load_translator(folder: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TranslatorMeta]:
+    """The translator saved in `folder`; a missing, corrupt or truncated file is a CheckpointError
+    naming it."""
     folder = Path(folder)
     for name in (WEIGHTS, META):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"not a translator checkpoint: {folder / name} is missing")
-    record = json.loads((folder / META).read_text())
-    meta = TranslatorMeta(
-        config=RunConfig.from_dict(record["config"]),
-        source_dim=record["source_dim"],
-        target_dim=record["target_dim"],
-        target_rms=record["target_rms"],
-    )
+    try:
+        record = json.loads((folder / META).read_text())
+        meta = TranslatorMeta(
+            config=RunConfig.from_dict(record["config"]),
+            source_dim=int(record["source_dim"]),
+            target_dim=int(record["target_dim"]),
+            target_rms=float(record["target_rms"]),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(
+            f"translator config {folder / META} is corrupt or not of this trainer ({type(error).__name__}: "
+            f"{_first_line(str(error))}); save the translator again or restore the folder from its run's artifacts"
+        ) from None
     translator = build_translator(
         meta.config.translator,
         source_dim=meta.source_dim,
         target_dim=meta.target_dim,
         target_rms=meta.target_rms,
     )
-    translator.load_state_dict(load_file(str(folder / WEIGHTS)))
+    try:
+        weights = load_file(str(folder / WEIGHTS))
+    except Exception as error:  # safetensors raises its own SafetensorError for a bad header
+        raise CheckpointError(
+            f"translator weights {folder / WEIGHTS} are corrupt or truncated ({_first_line(str(error))}); "
+            f"restore the folder from its run's artifacts"
+        ) from None
+    translator.load_state_dict(weights)
     return translator.to(device), meta
 
 
@@ -109,10 +138,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
     """torch.save to a temp file then rename: the old checkpoint survives a crash mid-write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f"{TMP_MARK}{os.getpid()}")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    _write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 def rank_state_path(checkpoint_dir: Path, step: int, rank: int) -> Path:

@@ -7,6 +7,7 @@ import io
 import json
 
 import pytest
+import torch
 from conftest import TINY_RUN
 
 from launch import cli
@@ -78,3 +79,56 @@ def test_a_submission_record_missing_fields_is_named_with_the_way_out(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(RecordError, match="not a JSON object"):
         find(tmp_path / "runs")
+
+
+# --------------------------------------------------------------------------- translator checkpoints
+@pytest.fixture
+def saved_translator(tiny_config, tmp_path):
+    """A translator folder saved by a one-step run, and its weights."""
+    from latentbridge.checkpoint import load_translator
+    from latentbridge.train import Trainer
+
+    Trainer(tiny_config.override("train.steps=1", "train.eval_every=1"), tmp_path / "run").run()
+    folder = tmp_path / "run" / "translator"
+    translator, _ = load_translator(folder)
+    return folder, translator.state_dict()
+
+
+@pytest.mark.parametrize("name, cut", [("translator.safetensors", 0.5), ("translator.safetensors", 0.0), ("translator.json", 0.5)])
+def test_a_truncated_translator_is_named_in_one_line(saved_translator, name, cut):
+    from latentbridge.checkpoint import CheckpointError, load_translator
+
+    folder, _ = saved_translator
+    data = (folder / name).read_bytes()
+    (folder / name).write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(CheckpointError, match="corrupt") as error:
+        load_translator(folder)
+    assert str(folder / name) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_save_cut_off_mid_write_keeps_the_translator_saved_before(saved_translator, monkeypatch):
+    import latentbridge.checkpoint as checkpoint
+    from latentbridge.checkpoint import TranslatorMeta, load_translator, save_translator
+
+    folder, before = saved_translator
+    translator, meta = load_translator(folder)
+    real = checkpoint.save_file
+
+    def cut_off(state, path):
+        with open(path, "wb") as half:
+            half.write(b"\x00" * 64)  # part of the new file is on disk when the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_file", cut_off)
+    with torch.no_grad():
+        next(iter(translator.parameters())).add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        save_translator(folder, translator, TranslatorMeta(meta.config, meta.source_dim, meta.target_dim, meta.target_rms))
+    assert sorted(p.name for p in folder.iterdir()) == ["translator.json", "translator.safetensors"]  # no temp file
+    kept, _ = load_translator(folder)
+    assert all(torch.equal(before[k], v) for k, v in kept.state_dict().items())
+    monkeypatch.setattr(checkpoint, "save_file", real)
+    save_translator(folder, translator, meta)
+    after, _ = load_translator(folder)
+    changed = [k for k in before if not torch.equal(before[k], after.state_dict()[k])]
+    assert len(changed) == 1  # the new save is whole: exactly the parameter that moved differs
