@@ -107,12 +107,14 @@ def compute_losses(
     questions = [ex.question for ex in examples]
     answers = [answer_target(ex) for ex in examples]
     states, mask = bridge.encode_source(questions)
+    # the content-first curriculum's first steps train on the content terms alone (reconstruction
+    # and InfoNCE): no answer, no alignment and no flow term
+    content_only = step < weights.content_first_steps
     teacher = teacher_mask = None
-    if weights.flow_weight or weights.token_alignment_weight:
+    if (weights.flow_weight or weights.token_alignment_weight) and not content_only:
         teacher, teacher_mask = bridge.bridge_teacher(examples)
     soft, flow = translator_step(states, mask, teacher if weights.flow_weight else None, teacher_mask)
     terms: dict[str, torch.Tensor] = {}
-    content_only = step < weights.content_first_steps
     if weights.reconstruction_weight:
         retell = build_inputs(
             bridge.target,
@@ -147,13 +149,14 @@ def compute_losses(
             F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits, -1), log_target=True, reduction="batchmean"
         )
     use_info_nce = bool(weights.info_nce_weight) and (step >= warmup // 2 or content_only)
-    if use_info_nce or weights.prompt_alignment_weight:
+    use_prompt_alignment = bool(weights.prompt_alignment_weight) and not content_only
+    if use_info_nce or use_prompt_alignment:
         question_emb, question_mask = bridge.target_token_embeddings([question_block(q) for q in questions])
         if use_info_nce:
             terms["info_nce"] = info_nce(soft, question_emb, question_mask, weights.info_nce_temperature)
-        if weights.prompt_alignment_weight:
+        if use_prompt_alignment:
             terms["prompt_alignment"] = masked_mse(soft, question_emb, question_mask)
-    if weights.token_alignment_weight:
+    if teacher is not None and weights.token_alignment_weight:
         terms["token_alignment"] = masked_mse(soft, teacher, teacher_mask)
     if flow is not None:
         terms["flow"] = flow

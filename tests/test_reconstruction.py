@@ -64,6 +64,18 @@ def test_content_first_steps_leave_out_the_answer_terms_then_add_them(bridge_for
     assert late["total"].item() == pytest.approx(late["lm"].item() + 0.5 * late["reconstruction"].item(), rel=1e-5)
 
 
+
+def test_content_first_steps_leave_out_the_alignment_terms_then_add_them(bridge_for):
+    bridge, examples = bridge_for("loss.reconstruction_weight=0.5", "loss.content_first_steps=3", "loss.kl_weight=0.0",
+                                  "loss.info_nce_weight=0.0", "loss.prompt_alignment_weight=0.2",
+                                  "loss.token_alignment_weight=0.3")
+    early = compute_losses(bridge, examples, step=2, translator_step=TranslatorStep(bridge.translator))
+    late = compute_losses(bridge, examples, step=3, translator_step=TranslatorStep(bridge.translator))
+    assert set(early) == {"reconstruction", "total"}
+    assert set(late) == {"lm", "reconstruction", "prompt_alignment", "token_alignment", "total"}
+    expected = late["lm"] + 0.5 * late["reconstruction"] + 0.2 * late["prompt_alignment"] + 0.3 * late["token_alignment"]
+    assert late["total"].item() == pytest.approx(expected.item(), rel=1e-5)
+
 def test_info_nce_trains_from_the_first_step_of_a_content_first_curriculum(bridge_for):
     bridge, examples = bridge_for("loss.content_first_steps=5", "loss.kl_weight=0.0", "optim.warmup_steps=100")
     terms = compute_losses(bridge, examples, step=0, translator_step=TranslatorStep(bridge.translator))
@@ -86,3 +98,11 @@ def test_the_kl_teacher_and_the_token_alignment_teacher_are_kept_apart(bridge_fo
     assert {"lm", "kl", "token_alignment"} <= set(terms) and torch.isfinite(terms["token_alignment"])
     expected = terms["lm"] + 0.5 * terms["kl"] + 0.1 * terms["token_alignment"]
     assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_content_first_steps_leave_out_the_dit_flow_term_then_add_it(bridge_for):
+    bridge, examples = bridge_for("translator.kind=dit", "loss.flow_weight=1.0", "loss.info_nce_weight=0.1",
+                                  "loss.content_first_steps=3", "loss.kl_weight=0.0", "loss.lm_weight=0.0")
+    step = TranslatorStep(bridge.translator)
+    assert set(compute_losses(bridge, examples, step=0, translator_step=step)) == {"info_nce", "total"}
+    assert set(compute_losses(bridge, examples, step=3, translator_step=step)) == {"info_nce", "flow", "total"}
