@@ -14,7 +14,7 @@ import math
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Mapping, Sequence, get_args, get_origin, get_type_hints
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,9 @@ class LossConfig:
     # the target, reading only [BOS][soft tokens]"Q:", writes the question back: a term that
     # pays only for what the soft tokens say about the question (no answer format to learn)
     reconstruction_weight: float = 0.0
-    content_first_steps: int = 0  # curriculum: the first N steps train on the content terms alone
+    # curriculum: the first N steps train on the content terms alone (reconstruction, InfoNCE);
+    # the answer (lm, kl), alignment and flow terms join after them
+    content_first_steps: int = 0
 
     def __post_init__(self) -> None:
         _check_finite(self, "loss")
@@ -253,7 +255,7 @@ class TrainConfig:
 class EvalConfig:
     """Evaluation: which questions, how many tokens, how the target is prompted."""
 
-    num_questions: int = 500
+    num_questions: int = 200  # no more than the split holds (data.val_size for validation)
     split: Literal["validation", "test"] = "validation"  # model selection uses validation
     batch_size: int = 16
     max_new_tokens: int = 256
@@ -274,6 +276,12 @@ class EvalConfig:
         _check_positive("eval", "test_questions", self.test_questions, allow_zero=True)
         for name in ("num_questions", "batch_size", "max_new_tokens", "content_negatives"):
             _check_positive("eval", name, getattr(self, name))
+        if self.split == "test" and self.test_questions:
+            raise ConfigError(
+                f"eval.split=test picks the best translator on test questions, and eval.test_questions="
+                f"{self.test_questions} would then test it on those same questions; select on eval.split=validation"
+                " (questions held out of train), or set eval.test_questions=0"
+            )
         if self.content_metrics and (self.num_questions < 2 or self.test_questions == 1):
             raise ConfigError(
                 f"eval.content_metrics needs at least 2 questions to swap soft tokens between (got"
@@ -408,3 +416,19 @@ def apply_overrides(config: Any, overrides: dict[str, Any], prefix: str = "") ->
     for head, sub in nested.items():
         own[head] = apply_overrides(getattr(config, head), sub, f"{prefix}{head}.")
     return dataclasses.replace(config, **own)
+
+
+def check_questions_fit(config: RunConfig, held: Mapping[str, int]) -> None:
+    """Refuse a run that would evaluate fewer questions than its config says (its params would
+    claim the larger number): `held` is how many questions each split holds, where known."""
+    cfg = config.eval
+    asked = [(f"eval.num_questions={cfg.num_questions}", cfg.split, cfg.num_questions)]
+    if cfg.test_questions:
+        asked.append((f"eval.test_questions={cfg.test_questions}", "test", cfg.test_questions))
+    for setting, split, count in asked:
+        if split in held and held[split] < count:
+            grow = " (or raise data.val_size, which carves it from train)" if split == "validation" else ""
+            raise ConfigError(
+                f"{setting} asks for more questions than the {split} split holds ({held[split]}): set it to"
+                f" {held[split]} or fewer{grow}"
+            )

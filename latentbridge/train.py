@@ -42,7 +42,7 @@ from latentbridge.checkpoint import (
     save_translator,
     set_rng_state,
 )
-from latentbridge.config import OptimConfig, RunConfig
+from latentbridge.config import OptimConfig, RunConfig, check_questions_fit
 from latentbridge.data import Splits, load_splits
 from latentbridge.content import content_metrics, derangement
 from latentbridge.evaluate import bridged_answers, score, text_baselines, write_jsonl
@@ -177,6 +177,8 @@ class Trainer:
         self.best_step, self.best_accuracy, self.best_bits = -1, -1.0, float("-inf")
         self.best_state: dict[str, torch.Tensor] | None = None
         self.evals_since_best = 0
+        self.stopped_early = False  # saved: a resume after an early stop goes straight to finish()
+        self.final_metrics: dict[str, float] = {}  # of the latest evaluation (saved with the state)
         self.collapse_flags: list[str] = []
         self.last_invalid_rate: float | None = None
         self.baselines: dict[str, list[str]] | None = None
@@ -235,6 +237,8 @@ class Trainer:
                 "best_bits": self.best_bits,
                 "best_state": self.best_state,
                 "evals_since_best": self.evals_since_best,
+                "stopped_early": self.stopped_early,
+                "final_metrics": self.final_metrics,
                 "collapse_flags": self.collapse_flags,
                 "last_invalid_rate": self.last_invalid_rate,
                 "baselines": self.baselines,
@@ -263,6 +267,9 @@ class Trainer:
         self.best_bits = state.get("best_bits", float("-inf"))  # absent from states saved before the tie-break
         self.best_state, self.baselines = state["best_state"], state["baselines"]
         self.evals_since_best = state["evals_since_best"]
+        # absent from states saved before they were kept: then train on, or evaluate again at the end
+        self.stopped_early = bool(state.get("stopped_early", False))
+        self.final_metrics = dict(state.get("final_metrics") or {})
         self.collapse_flags, self.last_invalid_rate = state["collapse_flags"], state["last_invalid_rate"]
         log.info("resumed from %s at step %d", self.state_path, self.step)
         return True
@@ -403,14 +410,13 @@ class Trainer:
         cfg = self.config.train
         resumed = self.try_resume()
         if not resumed:
+            check_questions_fit(self.config, {name: len(self.splits.get(name)) for name in ("validation", "test")})
             self.reporter.log_params(self.config.flat())
             self.reporter.log_metrics(self.prompt_lengths(), 0)
-            self.evaluate()
-        self.final_metrics: dict[str, float] = {}
+            self.final_metrics = self.evaluate()
         steps = cfg.steps if self.trainable else 0
         progress = tqdm(total=steps, initial=min(self.step, steps), desc="train", disable=not distributed.is_main())
-        status = "FINISHED"
-        while self.step < steps:
+        while self.step < steps and not self.stopped_early:
             try:
                 with self.timed(TIME_TRAIN):
                     logged = self.train_step()
@@ -427,7 +433,7 @@ class Trainer:
                 self.final_metrics = self.evaluate()
                 if not last and self.should_stop_early():
                     log.info("early stop at step %d: no new best in %d evaluations", self.step, cfg.early_stop_patience)
-                    status = "EARLY_STOPPED"
+                    self.stopped_early = True
                     self.save_state()
                     break
             if self.step % cfg.checkpoint_every == 0 or last:
@@ -436,10 +442,10 @@ class Trainer:
                 self.save_state()
                 return "INTERRUPTED"
         progress.close()
-        if not self.final_metrics:  # resumed at the end, or nothing to train: evaluate now
+        if not self.final_metrics:  # resumed from a state saved before they were kept: evaluate now
             self.final_metrics = self.evaluate()
         self.finish()
-        return status
+        return "EARLY_STOPPED" if self.stopped_early else "FINISHED"
 
     def finish(self) -> None:
         """Save the final translator, restore and save the best, then test it if asked."""

@@ -52,7 +52,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from latentbridge.config import ConfigError, RunConfig, parse_assignments
+from latentbridge.config import ConfigError, RunConfig, check_questions_fit, parse_assignments
 from launch.cluster import (
     CLUSTERS,
     SUBMIT_AGAIN,
@@ -431,6 +431,14 @@ def submit(args: argparse.Namespace) -> int:
         raise ConfigError(f"--runs-per-device {args.runs_per_device} must be >= 1")
     if args.only is not None:
         configs = _only(args.only, configs, suite.name)
+    for name, config in configs.items():  # what the config alone says of its splits, before anything is made
+        held = {"validation": config.data.val_size}
+        if config.data.source == "synthetic":
+            held["test"] = config.data.synthetic_test_size
+        try:
+            check_questions_fit(config, held)
+        except ConfigError as error:
+            raise ConfigError(f"{suite.name}/{name}: {error}") from None
     cluster = resolve_cluster(settings["cluster"])
     resources = resources_for(settings, suite.tasks, cluster)
     if suite.sequential:  # one run after another (on Slurm: an array of width 1)

@@ -27,6 +27,7 @@ REFERENCE = {
     "seed": 1234,
     "data.source": "gsm8k",
     "data.num_shots": 8,
+    "data.val_size": 500,  # held out of GSM8K's train split, for the 500 validation questions
     "eval.num_questions": 500,
     "eval.split": "validation",
     "eval.max_new_tokens": 256,

@@ -97,6 +97,20 @@ def test_an_only_that_names_no_run_is_refused_listing_the_runs(tmp_path: Path, o
     assert not runs_dir.exists() and not records.exists()  # nothing made
 
 
+@pytest.mark.parametrize("override, wanted", [
+    ("eval.num_questions=300", "eval.num_questions=300 asks for more questions than the validation split holds (200)"),
+    ("eval.test_questions=900", "eval.test_questions=900 asks for more questions than the test split holds (500)"),
+])
+def test_more_questions_than_the_split_holds_are_refused_before_anything_is_made(tmp_path: Path, override, wanted) -> None:
+    """The trainer used to evaluate what the split held and log the larger number as its param."""
+    runs_dir, records = tmp_path / "runs", tmp_path / "records"
+    rc, out = run_cli(["submit", "--suite", "positive-control", "--only", "smollm2-self", "--cluster", "local",
+                       "--records", str(records), "--runs-dir", str(runs_dir), override])
+    assert rc == cli.EXIT_USAGE, out
+    assert f"positive-control/smollm2-self: {wanted}" in out and "or fewer" in out, out
+    assert not runs_dir.exists() and not records.exists()  # nothing made
+
+
 @pytest.mark.parametrize("argv, value, wanted", [
     (["wait", "--poll", "-1"], "'-1'", "a number > 0"),
     (["wait", "--poll", "0"], "'0'", "a number > 0"),

@@ -19,6 +19,7 @@ import latentbridge.train as train_module
 from latentbridge import distributed
 from latentbridge.checkpoint import CheckpointError, load_translator, rank_state_path
 from latentbridge.config import RunConfig
+from latentbridge.metric_names import BRIDGED_ACCURACY
 from latentbridge.reporting import MemoryReporter
 from latentbridge.train import Trainer
 
@@ -91,6 +92,30 @@ def test_nan_loss_stops_the_run_with_a_clear_status(tiny_config, tmp_path, monke
     result = Trainer(tiny_config, tmp_path / "run", reporter).run()
     assert result.status == "NAN_LOSS" and result.step == 0
     assert "loss is nan" in reporter.tags["stop_reason"]
+
+
+
+def test_a_crash_after_an_early_stop_resumes_to_finish_not_to_more_training(tiny_config, tmp_path, monkeypatch):
+    config = tiny_config.override("train.steps=6", "train.eval_every=1", "train.checkpoint_every=100")
+    monkeypatch.setattr(Trainer, "should_stop_early", lambda self: self.step == 2)
+
+    def crash(self):
+        raise OSError("disk full while saving the translator")
+
+    monkeypatch.setattr(Trainer, "finish", crash)
+    first = MemoryReporter()
+    with pytest.raises(OSError, match="disk full"):
+        Trainer(config, tmp_path / "run", first).run()
+    assert [s for s, _ in first.metrics["loss"]] == [1, 2]
+    monkeypatch.undo()
+
+    second = MemoryReporter()
+    resumed = Trainer(config, tmp_path / "run", second).run()
+    assert resumed.status == "EARLY_STOPPED" and resumed.step == 2
+    assert "loss" not in second.metrics  # not one step past the stop
+    assert BRIDGED_ACCURACY not in second.metrics  # the stop's evaluation is not run again
+    assert resumed.final_metrics[BRIDGED_ACCURACY] == first.metrics[BRIDGED_ACCURACY][-1][1]
+    assert (tmp_path / "run" / "best_translator").is_dir() and (tmp_path / "run" / "translator").is_dir()
 
 
 # --------------------------------------------------------------------------- per-rank state

@@ -75,3 +75,26 @@ def test_best_translator_is_tested_on_held_out_questions(tiny_config, tmp_path):
     assert test_times == {f"test_time/{phase}_s" for phase in ("baselines", "bridged", "mismatched", "content")}
     assert (folder / "artifacts" / "test" / "test_eval.jsonl").is_file()
     assert (folder / "artifacts" / "translator" / "translator.safetensors").is_file()
+
+
+def test_a_run_asking_more_questions_than_its_split_holds_is_refused_before_training(tiny_config, tmp_path):
+    import pytest
+
+    from latentbridge.config import ConfigError
+
+    reporter = MemoryReporter()
+    with pytest.raises(ConfigError, match=r"eval.num_questions=12 asks for more questions than the validation split holds \(10\)"):
+        Trainer(tiny_config.override("eval.num_questions=12"), tmp_path / "run", reporter).run()
+    assert reporter.params == {} and not reporter.metrics  # nothing logged under the claimed number
+    with pytest.raises(ConfigError, match=r"eval.test_questions=11 .* test split holds \(10\)"):
+        Trainer(tiny_config.override("eval.test_questions=11"), tmp_path / "run2").run()
+
+
+def test_selecting_on_the_test_split_and_then_testing_on_it_is_refused(tiny_config):
+    import pytest
+
+    from latentbridge.config import ConfigError
+
+    with pytest.raises(ConfigError, match="eval.split=test picks the best translator on test questions.*eval.split=validation"):
+        tiny_config.override("eval.split=test", "eval.test_questions=5")
+    assert tiny_config.override("eval.split=test").eval.split == "test"  # without a test after it: allowed
