@@ -2,7 +2,8 @@
 
 The text baselines are computed once per run; the bridge at every evaluation. Questions
 are sharded across ranks and gathered on rank 0, which writes one JSONL record a question
-and returns accuracy and invalid counts for each system.
+and returns the accuracy and the invalid fraction (the share of answers with no final
+number) of each system.
 """
 
 from __future__ import annotations

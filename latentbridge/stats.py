@@ -12,6 +12,13 @@ from typing import Sequence
 import numpy as np
 
 
+def _check(samples: int, confidence: float) -> None:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence} must be in (0, 1)")
+    if samples < 1:
+        raise ValueError(f"samples={samples}: a bootstrap interval needs at least one resample")
+
+
 def bootstrap_mean_interval(
     values: Sequence[float], samples: int = 2000, confidence: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
@@ -23,8 +30,7 @@ def bootstrap_mean_interval(
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1 or not len(array):
         raise ValueError("a bootstrap interval needs a non-empty list of numbers")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence={confidence} must be in (0, 1)")
+    _check(samples, confidence)
     rng = np.random.default_rng(seed)
     means = np.empty(samples)
     chunk = max(1, 2_000_000 // len(array))  # bound memory for large evaluations
@@ -44,11 +50,18 @@ def bootstrap_ratio_interval(
     seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile interval of sum(numerators) / sum(denominators) (a ratio of means), resampling
-    the (numerator, denominator) pairs; resamples whose denominator sum is <= 0 are dropped."""
+    the (numerator, denominator) pairs; resamples whose denominator sum is <= 0 are dropped.
+
+    (nan, nan) when sum(denominators) <= 0 itself: the ratio is then undefined (as
+    content/fraction_recovered is), and the resamples that happen to have a positive
+    denominator are no interval of it."""
     num = np.asarray(numerators, dtype=np.float64)
     den = np.asarray(denominators, dtype=np.float64)
     if num.shape != den.shape or num.ndim != 1 or not len(num):
         raise ValueError("a ratio interval needs two equal, non-empty lists of numbers")
+    _check(samples, confidence)
+    if not den.sum() > 0:
+        return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     index = rng.integers(0, len(num), size=(samples, len(num)))
     top, bottom = num[index].sum(axis=1), den[index].sum(axis=1)
