@@ -1,12 +1,16 @@
-"""Seeded bootstrap intervals, shared by the science (content metrics) and the registry (verdicts).
+"""Intervals shared by the science (content metrics) and the registry (verdicts).
 
-Every interval here is a percentile bootstrap over questions: resample the per-question values
+Means and ratios over questions get a percentile bootstrap: resample the per-question values
 with replacement, take the mean of each resample, read the quantiles. Seeded, so the same
-values always give the same interval.
+values always give the same interval. An accuracy (a share of correct answers) gets the Wilson
+score interval instead: a bootstrap of 0 correct out of 500 is [0, 0], which claims certainty
+that a study at the floor does not have; Wilson's is [0, 0.8%].
 """
 
 from __future__ import annotations
 
+import math
+from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
@@ -71,3 +75,18 @@ def bootstrap_ratio_interval(
     tail = (1 - confidence) / 2
     low, high = np.quantile(ratios, [tail, 1 - tail])
     return float(low), float(high)
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of the proportion successes / n (never zero-width at 0 or n)."""
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"a proportion needs 0 <= successes <= n and n >= 1 (got {successes} of {n})")
+    _check(1, confidence)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    # exact at the ends: the bound at p = 0 (or 1) is 0 (or 1), not a rounding error off it
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high

@@ -109,13 +109,16 @@ SAME_TASK = ("source_model", "target_model", "data.source", "data.synthetic_seed
 def control_role(control: dict[str, str], bridge: dict[str, str]) -> str | None:
     """'no_source' or 'trained_text' when the `control` run's params make it a trained control
     of the bridge whose params are `bridge` (a soft prompt on the same pair and task, trained as
-    long at the same batch size: in the bridge's prompt mode, or reading the question's text); else None."""
+    long at the same batch size: in the bridge's prompt mode, or reading the question's text); else None
+    (a soft_only soft prompt, which reads no text, beside a bridge in another mode)."""
     if control.get("translator.kind") != "soft_prompt" or bridge.get("translator.kind") == "soft_prompt":
         return None
     if any(control.get(k) != bridge.get(k) for k in SAME_TASK):
         return None
     mode = control.get("eval.prompt_mode", "soft_only")
-    return "no_source" if mode == bridge.get("eval.prompt_mode", "soft_only") else "trained_text"
+    if mode == bridge.get("eval.prompt_mode", "soft_only"):
+        return "no_source"
+    return None if mode == "soft_only" else "trained_text"
 
 
 def matched_controls(

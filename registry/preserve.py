@@ -243,7 +243,7 @@ def note(
     validation: EvalScores | None = None,
 ) -> str:
     """The preservation note: why the run exists, how to reproduce it, key metrics, verdict."""
-    ci = f" (95% bootstrap interval [{interval[0]:.3f}, {interval[1]:.3f}])" if interval else ""
+    ci = f" (95% Wilson interval [{interval[0]:.3f}, {interval[1]:.3f}])" if interval else ""
     ratio = facts.compression_ratio
     if not ratio:
         compression = f"unknown (the prompt length could not be counted; log metric {PROMPT_TOKENS_MEAN})"
@@ -424,7 +424,7 @@ def _preserve(run_id: str, rules: VerdictRules | None) -> Preserved:
         except ValueError as error:
             raise PreserveError(f"run {run_id}: {error}") from None
         bridged = [bool(r[BRIDGED]["correct"]) for r in records]
-        interval = accuracy_interval(bridged, rules.bootstrap_samples, rules.confidence, rules.seed)
+        interval = accuracy_interval(bridged, rules.confidence)
         test_file = test_dir / TEST_EVAL_FILE if test_dir is not None else None
         test_records = read_eval_jsonl(test_file) if test_file and test_file.is_file() else []
         test = eval_scores(test_records, rules) if test_records else None

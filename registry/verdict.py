@@ -54,7 +54,7 @@ import numpy as np
 from latentbridge.config import FALSE_WORDS, TRUE_WORDS, yes_no
 from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, BRIDGED, MISMATCHED, SOURCE, TARGET, EvalRecord
 from latentbridge.scoring import INVALID
-from latentbridge.stats import bootstrap_mean_interval
+from latentbridge.stats import bootstrap_mean_interval, wilson_interval
 
 VERDICTS = ("headline", "control", "ablation", "negative", "unstable")
 TESTS = ("both", "bootstrap", "mcnemar")
@@ -253,13 +253,17 @@ def paired_bootstrap(
     return bootstrap_mean_interval(diffs, samples, confidence, seed)
 
 
-def accuracy_interval(correct: Sequence[bool], samples: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Bootstrap percentile interval of an accuracy."""
-    return paired_bootstrap(correct, [False] * len(correct), samples, confidence, seed)
+def accuracy_interval(correct: Sequence[bool], confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of an accuracy (`latentbridge.stats.wilson_interval`)."""
+    if not len(correct):
+        raise ValueError("an accuracy interval needs at least one answer")
+    return wilson_interval(sum(bool(c) for c in correct), len(correct), confidence)
 
 
 def mcnemar_p(a: Sequence[bool], b: Sequence[bool]) -> float:
     """Exact two-sided McNemar p-value (binomial test on the discordant pairs)."""
+    if len(a) != len(b):
+        raise ValueError(f"McNemar's test pairs answers to the same questions: got {len(a)} and {len(b)}")
     only_a = sum(1 for x, y in zip(a, b) if x and not y)
     only_b = sum(1 for x, y in zip(a, b) if y and not x)
     n = only_a + only_b
@@ -466,7 +470,7 @@ BASELINES = (TARGET, SOURCE)
 
 
 class Estimate(NamedTuple):
-    """An accuracy and its 95% bootstrap interval over questions."""
+    """An accuracy and its Wilson score interval (at the rules' confidence)."""
 
     value: float
     low: float
@@ -474,8 +478,8 @@ class Estimate(NamedTuple):
 
 
 def estimate(correct: list[bool], rules: VerdictRules) -> Estimate:
-    """The share of `correct` answers with its bootstrap interval (`registry.verdict.accuracy_interval`)."""
-    return Estimate(sum(correct) / len(correct), *accuracy_interval(correct, rules.bootstrap_samples, rules.confidence, rules.seed))
+    """The share of `correct` answers with its interval (`registry.verdict.accuracy_interval`)."""
+    return Estimate(sum(correct) / len(correct), *accuracy_interval(correct, rules.confidence))
 
 
 @dataclass(frozen=True)
@@ -486,7 +490,7 @@ class EvalScores:
     step: int  # the training step of the translator evaluated
     n: int  # questions
     accuracy: dict[str, float]  # system -> the share of questions it answered correctly
-    intervals: dict[str, tuple[float, float]]  # system -> bootstrap interval of its accuracy
+    intervals: dict[str, tuple[float, float]]  # system -> Wilson interval of its accuracy
     invalid_rate: float  # the share of bridged answers with no final number
     versus: dict[str, Comparison]  # baseline -> bridged against it on the same questions
     distinct_outputs: int  # different texts the bridged target wrote

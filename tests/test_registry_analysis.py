@@ -431,7 +431,7 @@ def test_training_curves_plot_the_answer_nll_and_each_evaluation_with_its_interv
     assert "loss/lm" in results["k64"]["history"] and "loss/lm" not in results[NO_LM_LOSS]["history"]
     paper = (analysis.out / "paper.tex").read_text()
     assert "dashed: the total loss, for the runs that logged no \\texttt{loss/lm} (no-fixes)" in paper
-    assert "95\\% bootstrap intervals over the evaluation's questions (from its records)" in paper
+    assert "95\\% Wilson intervals over the evaluation's questions (from its records)" in paper
 
 
 def test_stability_labels_drops_in_points_on_a_percent_axis_and_marks_zero(analysis):

@@ -302,3 +302,11 @@ def test_a_positive_control_passes_on_its_test_evaluation_first():
     assert passed({"bridged_accuracy": 0.9}, 0.001, 0.5) is None  # no content metrics: not shown
     with pytest.raises(ValueError, match="positive_control_min_retrieval=1.5 must be in"):
         VerdictRules.load(positive_control_min_retrieval=1.5)
+
+
+def test_mcnemar_refuses_answer_lists_of_different_lengths():
+    """zip() would drop the unpaired tail and give a p-value of fewer questions than claimed."""
+    from registry.verdict import mcnemar_p
+
+    with pytest.raises(ValueError, match="got 5 and 4"):
+        mcnemar_p([True] * 5, [False] * 4)

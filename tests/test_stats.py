@@ -53,3 +53,34 @@ def test_both_intervals_refuse_no_resamples(samples):
         bootstrap_mean_interval([1.0, 2.0, 3.0], samples=samples)
     with pytest.raises(ValueError, match="samples"):
         bootstrap_ratio_interval([1.0, 2.0, 3.0], [1.0, 1.0, 1.0], samples=samples)
+
+
+def test_the_accuracy_interval_at_the_floor_is_not_zero_wide():
+    """0 of 500 correct: a bootstrap gives [0, 0]; Wilson's upper bound is z^2 / (n + z^2)."""
+    from latentbridge.stats import wilson_interval
+
+    low, high = wilson_interval(0, 500)
+    z2 = 1.959963984540054**2
+    assert low == 0.0 and high == pytest.approx(z2 / (500 + z2), rel=1e-9)
+    assert wilson_interval(500, 500) == pytest.approx((1 - high, 1.0), rel=1e-9)  # symmetric at the ceiling
+    assert bootstrap_mean_interval([0.0] * 500) == (0.0, 0.0)  # what the tables showed before
+
+
+@pytest.mark.parametrize("successes, n", [(1, 10), (37, 200), (250, 500), (499, 500)])
+def test_the_accuracy_interval_brackets_the_accuracy_and_narrows_with_more_questions(successes, n):
+    from latentbridge.stats import wilson_interval
+
+    low, high = wilson_interval(successes, n)
+    assert 0.0 <= low < successes / n < high <= 1.0
+    wide_low, wide_high = wilson_interval(successes, n, confidence=0.99)
+    assert wide_low < low and high < wide_high
+    more_low, more_high = wilson_interval(4 * successes, 4 * n)
+    assert more_high - more_low < high - low
+
+
+@pytest.mark.parametrize("successes, n", [(3, 0), (-1, 5), (6, 5)])
+def test_the_accuracy_interval_refuses_impossible_counts(successes, n):
+    from latentbridge.stats import wilson_interval
+
+    with pytest.raises(ValueError, match=f"got {successes} of {n}"):
+        wilson_interval(successes, n)

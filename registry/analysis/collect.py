@@ -5,7 +5,8 @@ logged at least one evaluation are kept too, judged on their last evaluation and
 `<name> [<status> at step N of M]` in every table, so a study cut short still reports what it
 saw, and nobody mistakes a partial run for a finished one. A cut-off run that was later run
 again to the end with the same params is replaced by that attempt (listed as skipped, with
-`superseded_by`).
+`superseded_by`). A partial run is never taken as a trained control of a bridge: a control cut
+off early was trained for less than the bridge it would be compared with.
 
 Each run is scored on two evaluations: its final validation evaluation (the one the verdict
 judges; validation also picked the best translator) and, when the trainer ran one, the test
@@ -231,6 +232,9 @@ def collect(
         lm_loss = _metric_history(mlflow_client, fact.run_id, LM_LOSS)
         if lm_loss:
             fact.history[LM_LOSS] = lm_loss
+    # a bridge's trained controls are finished runs (as `registry.preserve.suite_controls` takes
+    # them): a control cut off before its last step was trained for less than the bridge
+    finished = [f for f in facts if status[f.run_id] == "FINISHED"]
     positive_controls = positive_control.Lookup(mlflow_client, rules.min_bits_transmitted, rules.positive_control_min_retrieval)
     with tempfile.TemporaryDirectory() as tmp:
         evaluations_of = {  # run id -> step -> the records of that evaluation
@@ -260,7 +264,7 @@ def collect(
                 fact.prompt_tokens_mean = try_mean_prompt_tokens(
                     config_from_params(fact.params), [r["question"] for r in records]
                 )
-            candidates = own_suite_last(facts, fact.suite, lambda f: f.suite)
+            candidates = own_suite_last(finished, fact.suite, lambda f: f.suite)
             controls = matched_controls(
                 fact.params, records, ((other.params, lambda o=other: records_of.get(o.run_id)) for other in candidates)
             )

@@ -2,7 +2,7 @@
 
 Each figure is drawn at most `PRINT_WIDTH` wide and the paper includes it at its natural size,
 so no text is smaller on paper than `SMALLEST_FONT`. Accuracies are in %, each with its 95%
-bootstrap interval over questions; the text baselines are lines with their interval as a band.
+Wilson score interval over questions; the text baselines are lines with their interval as a band.
 
 - training_curves: bridged validation accuracy at each evaluation, and the answer NLL (`loss/lm`;
   the total `loss` for a run that logged no `loss/lm`) over steps;

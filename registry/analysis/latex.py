@@ -53,6 +53,15 @@ def _tabular(columns: str, header: Sequence[str], rows: Sequence[Sequence[str]],
     return "\n".join(lines)
 
 
+# what the text baselines' accuracies depend on beside the model pair: the questions asked and the prompt
+BASELINE_QUESTIONS = ("data.source", "data.synthetic_seed", "eval.split", "eval.num_questions", "data.num_shots")
+
+
+def baseline_key(facts) -> tuple[str, str, tuple[str, ...]]:
+    """(source, target, question set): runs with one key share their text baselines."""
+    return facts.source_model, facts.target_model, tuple(facts.params.get(k, "") for k in BASELINE_QUESTIONS)
+
+
 def main_results(data: SuiteData) -> str:
     """The text baselines and the chosen bridges: validation (which selects) beside test (which
     reports, where the runs were tested), with the bridge's distinct outputs and guess accuracy."""
@@ -66,15 +75,20 @@ def main_results(data: SuiteData) -> str:
     header += ["Test [95\\% CI] (step)"] if tested else []
     header += [f"Distinct{labels}", f"Guess{labels}", "Verdict"]
     cell = lambda r, name: tables.accuracy_cell(r, name, missing="--")  # noqa: E731
-    rows, seen = [], set()
-    for run in data.runs:  # the text baselines, once per model pair
+    rows, first = [], {}
+    for run in data.runs:  # the text baselines, once per model pair and question set
+        first.setdefault(baseline_key(run.facts), run)
+    # what tells the question sets apart, where the suite holds several (a task grid): named in each baseline row
+    varying = {name for i, name in enumerate(BASELINE_QUESTIONS) if len({key[2][i] for key in first}) > 1}
+    for key, run in first.items():
         f, r = run.facts, tables.summary_row(run)
-        if (f.source_model, f.target_model) in seen:
-            continue
-        seen.add((f.source_model, f.target_model))
+        questions = "".join(
+            ", " + tex(value if name == "data.source" else f"{name}={value}")
+            for name, value in zip(BASELINE_QUESTIONS, key[2]) if name in varying
+        )
         for system, model, ratio in ((SOURCE, f.source_model, "--"), (TARGET, f.target_model, "1.0$\\times$")):
             accuracies = [cell(r, columns[system]) for _, columns in splits]
-            rows.append([f"{system.title()} alone ({_model(model)})", "--", ratio, "--", *accuracies, "--", "--", "baseline"])
+            rows.append([f"{system.title()} alone ({_model(model)}{questions})", "--", ratio, "--", *accuracies, "--", "--", "baseline"])
     chosen = [r for r in data.runs if r.verdict in ("headline", "control")]
     if not chosen and data.runs:  # no publishable row: show the best run, marked by its verdict
         chosen = [max(data.runs, key=lambda r: r.facts.final if r.facts.final is not None else -1)]
@@ -84,7 +98,8 @@ def main_results(data: SuiteData) -> str:
         test = [f"{cell(r, tables.TEST_COLUMN[BRIDGED])} ({step})" if step is not None else "--"] if tested else []
         distinct = " / ".join("--" if r[p + "distinct_outputs"] is None else str(r[p + "distinct_outputs"]) for p, _ in splits)
         guess = " / ".join(_pct(r[p + "guess"]) for p, _ in splits)
-        rows.append([f"Bridge: {tex(run.label)}", str(f.K), _ratio(f.compression_ratio), _pct(f.peak),
+        role = "Control" if f.kind == "soft_prompt" else "Bridge"  # a trained soft prompt reads no source
+        rows.append([f"{role}: {tex(run.label)}", str(f.K), _ratio(f.compression_ratio), _pct(f.peak),
                      cell(r, tables.VALIDATION_COLUMN[BRIDGED]), *test, distinct, guess, tex(run.verdict or "--")])
     return _tabular("lrrr" + "r" * len(splits) + "rrl", header, rows, "no finished runs")
 
@@ -137,7 +152,7 @@ def figure_captions(data: SuiteData) -> dict[str, str]:
     hollow = f" Hollow markers: final validation accuracy, for the runs with no test evaluation ({_names(untested)})." if untested else ""
     members, left_out = k_sweep(runs)
     ks = sorted({r.facts.K for r in members})
-    sweep = ("Bridged accuracy (\\%) on the held-out test questions against the number of soft tokens $K$, with 95\\% bootstrap"
+    sweep = ("Bridged accuracy (\\%) on the held-out test questions against the number of soft tokens $K$, with 95\\% Wilson"
              " intervals, for the runs whose recorded configuration differs from the suite's base in $K$ alone." + hollow)
     if not members:
         sweep += " No run does, so the figure is empty."
@@ -148,7 +163,7 @@ def figure_captions(data: SuiteData) -> dict[str, str]:
                   " (the figure says which; Table~\\ref{tab:ablations} lists every change).")
     return {
         "training_curves": (
-            "Left: bridged validation accuracy (\\%) at each evaluation, with 95\\% bootstrap intervals over the evaluation's"
+            "Left: bridged validation accuracy (\\%) at each evaluation, with 95\\% Wilson intervals over the evaluation's"
             " questions (from its records); horizontal lines are the text baselines on the final evaluation, bands their"
             f" intervals. Right: {loss}, smoothed when logged at many steps."
         ),
@@ -159,7 +174,7 @@ def figure_captions(data: SuiteData) -> dict[str, str]:
         ),
         "sequence_length": sweep,
         "compression_quality": (
-            "Bridged accuracy (\\%) on the held-out test questions, with 95\\% bootstrap intervals, against the compression"
+            "Bridged accuracy (\\%) on the held-out test questions, with 95\\% Wilson intervals, against the compression"
             " ratio (prompt tokens the target would read as text, divided by $K$); a star is the target model alone reading"
             " the full prompt (1$\\times$). The test evaluates once the translator that validation selected, so unlike the"
             " validation peak it is not biased upward." + hollow
@@ -173,7 +188,8 @@ def figure_captions(data: SuiteData) -> dict[str, str]:
 
 def paper(data: SuiteData) -> str:
     first = data.runs[0].facts if data.runs else None
-    pair = f"{_model(first.source_model)} $\\rightarrow$ {_model(first.target_model)}" if first else ""
+    pairs = dict.fromkeys((r.facts.source_model, r.facts.target_model) for r in data.runs)  # every direction, in run order
+    pair = "; ".join(f"{_model(source)} $\\rightarrow$ {_model(target)}" for source, target in pairs)
     split = tex(first.params.get("eval.split", "")) if first else ""
     n = first.n_questions if first else 0
     tested = next((run.test for run in data.runs if run.test), None)
@@ -210,7 +226,7 @@ with statistical support on the same questions.
 \section{{Main results}}
 \begin{{table}}[H]
   \centering
-  \caption{{Accuracy (\%) of the text baselines and the bridge, with 95\% bootstrap intervals.
+  \caption{{Accuracy (\%) of the text baselines and the bridge, with 95\% Wilson score intervals.
   Validation (val) selects: its peak picks the translator and the verdict judges its final
   evaluation; test reports that translator (trained to the step shown) and the baselines on
   held-out questions. Distinct: different texts the bridged target wrote; guess: the accuracy of
@@ -237,7 +253,7 @@ See Figures~\ref{{fig:training_curves}} and~\ref{{fig:stability}}.
 \section{{Sequence length and compression}}
 \begin{{table}}[H]
   \centering
-  \caption{{Compression and quality: the bridged accuracy (\%) with its 95\% bootstrap interval on the
+  \caption{{Compression and quality: the bridged accuracy (\%) with its 95\% Wilson interval on the
   held-out test questions, or on the final validation evaluation for a run without a test (Split).}}
   \label{{tab:compression}}
   \input{{tables/compression}}

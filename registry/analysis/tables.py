@@ -2,7 +2,7 @@
 
 Validation selects (the peak picks the best translator, the verdict judges the final
 evaluation); test reports (the best translator and the text baselines on held-out questions,
-columns prefixed `test_`). Beside each accuracy: its 95% bootstrap interval, how many different
+columns prefixed `test_`). Beside each accuracy: its 95% Wilson score interval, how many different
 texts the bridged target wrote, the accuracy of giving its most common answer to every question
 ("guess"), and bridged minus each text baseline on the same questions (paired interval, exact
 McNemar p).
@@ -35,8 +35,8 @@ from latentbridge.metric_names import (
     TIME_PREFIX,
     TIMES,
 )
-from registry.analysis.collect import SuiteData, SuiteRun, own_suite_last
-from registry.facts import RunFacts, config_from_params, control_role
+from registry.analysis.collect import SuiteData, SuiteRun
+from registry.facts import RunFacts, config_from_params
 from registry.verdict import BASELINES, EvalScores
 
 # each system's accuracy column on validation (the final evaluation) and on test
@@ -230,20 +230,16 @@ def content_summary(data: SuiteData) -> dict:
     Numbers are the held-out test evaluation's (`split: test`) where the run logged one, else
     the final validation evaluation's; the controls' accuracies are on the same questions.
     """
-    by_id = {r.facts.run_id: r for r in data.runs}
     runs = []
     for run in data.runs:
         f = run.facts
         if f.kind == "soft_prompt":
             continue
-        test = TEST_PREFIX + BITS in f.metrics
+        test = TEST_PREFIX + BITS in f.metrics or TEST_PREFIX + BRIDGED_ACCURACY in f.metrics
         key = lambda name: TEST_PREFIX + name if test else name  # noqa: E731
         metric = lambda name: f.metrics.get(key(name))  # noqa: E731
-        controls = {}
-        for other in own_suite_last(list(by_id.values()), f.suite, lambda r: r.facts.suite):  # as `collect` matches them
-            role = control_role(other.facts.params, f.params)
-            if role is not None:
-                controls[role] = other.facts.metrics.get(key(BRIDGED_ACCURACY))
+        # the controls `collect` compared the bridge with (on the split reported), on the same questions
+        controls = {role: c.other for role, c in (run.test_comparisons if test else run.comparisons).items()}
         runs.append(
             {
                 "name": run.label,
@@ -289,7 +285,8 @@ def _cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4f}"
+        # 4 decimals, but never a nonzero value (a McNemar p of 1e-15) written as 0.0000
+        return f"{value:.4f}" if value == 0 or abs(value) >= 5e-5 else f"{value:.4g}"
     return str(value)
 
 
@@ -438,7 +435,7 @@ def markdown(data: SuiteData, rows: list[dict]) -> str:
     lines = [
         f"# Suite `{data.suite}`: {len(rows)} runs" + finished_part(data.runs),
         "",
-        "Accuracies in % with 95% bootstrap intervals; degradation = peak - final (points); compression ="
+        "Accuracies in % with 95% Wilson score intervals; degradation = peak - final (points); compression ="
         " prompt tokens / K (prompt tokens / (prompt tokens + K) with soft_plus_text). *val* selects: the"
         " validation peak picks the translator, and the verdict judges the final validation evaluation."
         + (" *test* reports: that translator (trained to the step shown) and the text baselines on held-out"
