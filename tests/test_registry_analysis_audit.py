@@ -151,3 +151,19 @@ def test_the_content_summary_reports_the_controls_the_verdict_compared():
     passed_over.facts.evals = []  # no eval JSONL: collect could not align it, so the verdict used `compared`
     (row,) = content_summary(SuiteData("audit", [bridge, compared, passed_over]))["runs"]
     assert (row["no_source_accuracy"], row["trained_text_accuracy"], row["bridged_minus_no_source"]) == (0.15, None, pytest.approx(0.55))
+
+
+def test_the_json_tables_hold_no_bare_nan_for_strict_readers():
+    """A NaN metric (fraction_recovered with no gap, a NaN loss) was written as bare `NaN`."""
+    import json
+    import math
+
+    import numpy as np
+
+    from registry.analysis.tables import _dump
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    text = _dump({"runs": [{"fraction": float("nan"), "loss": np.float64("inf"), "bits": 1.5, "k": (32, -math.inf)}]})
+    assert json.loads(text, parse_constant=refuse) == {"runs": [{"fraction": None, "loss": None, "bits": 1.5, "k": [32, None]}]}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -290,11 +291,27 @@ def _cell(value) -> str:
     return str(value)
 
 
+def strict_json(value):
+    """`value` with every NaN or infinite float made None: JSON has no NaN, and strict readers
+    (browsers' JSON.parse, jq) refuse Python's bare `NaN`."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def _dump(value) -> str:
+    return json.dumps(strict_json(value), indent=2, default=str, allow_nan=False) + "\n"
+
+
 def write_tables(data: SuiteData, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     rows = [summary_row(r) for r in data.runs]
     json_path = out / "ablation_results.json"
-    json_path.write_text(json.dumps(ablation_results(data), indent=2, default=str) + "\n")
+    json_path.write_text(_dump(ablation_results(data)))
     csv_path = out / "summary.csv"
     with csv_path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
@@ -303,7 +320,7 @@ def write_tables(data: SuiteData, out: Path) -> list[Path]:
     md_path = out / "summary.md"
     md_path.write_text(markdown(data, rows))
     content_path = out / CONTENT_SUMMARY
-    content_path.write_text(json.dumps(content_summary(data), indent=2, default=str) + "\n")
+    content_path.write_text(_dump(content_summary(data)))
     return [json_path, md_path, csv_path, content_path]
 
 
