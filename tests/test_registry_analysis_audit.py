@@ -167,3 +167,33 @@ def test_the_json_tables_hold_no_bare_nan_for_strict_readers():
 
     text = _dump({"runs": [{"fraction": float("nan"), "loss": np.float64("inf"), "bits": 1.5, "k": (32, -math.inf)}]})
     assert json.loads(text, parse_constant=refuse) == {"runs": [{"fraction": None, "loss": None, "bits": 1.5, "k": [32, None]}]}
+
+
+@pytest.mark.parametrize("modes, wanted", [
+    (("soft_only",), "prompt tokens / K, log scale"),
+    (("soft_plus_text",), "prompt tokens / (prompt tokens + K), log scale"),
+    (("soft_only", "soft_plus_text"), "prompt tokens / K; soft_plus_text: / (prompt tokens + K), log scale"),
+])
+def test_the_compression_axis_says_how_the_ratio_was_taken(modes, wanted):
+    """With soft_plus_text the ratio is prompt tokens / (prompt tokens + K); the axis said / K."""
+    import matplotlib.pyplot as plt
+
+    from registry.analysis.figures import compression_quality
+    from registry.verdict import Estimate
+
+    runs = []
+    for i, mode in enumerate(modes):
+        run = _run(f"r{i}", metrics={TEST_PREFIX + BRIDGED_ACCURACY: 0.4}, **{"eval.prompt_mode": mode})
+        run.facts.prompt_tokens_mean = 640.0 + i  # what the compression ratio is taken from
+        run.quality = lambda: ("test", Estimate(0.4, 0.3, 0.5))  # the tested accuracy, without records
+        runs.append(run)
+    fig = compression_quality(runs)
+    assert fig.axes[0].get_xlabel() == f"compression ratio ({wanted})"
+    plt.close(fig)
+
+
+def test_analysis_runs_live_in_the_first_experiment_made():
+    """Experiment ids were sorted as strings: "10" came before "2"."""
+    from registry.analysis.collect import _numeric_first
+
+    assert sorted(["10", "2", "1", "abc"], key=_numeric_first) == ["1", "2", "10", "abc"]

@@ -303,4 +303,9 @@ def collect(
                     )
                     item.verdict_source = f"computed (preserved as {version.name} v{version.version}, tagged {preserved_verdict})"
             out.append(item)
-    return SuiteData(suite, out, skipped, experiment_ids=sorted({r.info.experiment_id for r in chosen if r.info.run_id in kept}))
+    return SuiteData(suite, out, skipped, experiment_ids=sorted({r.info.experiment_id for r in chosen if r.info.run_id in kept}, key=_numeric_first))
+
+
+def _numeric_first(experiment_id: str) -> tuple[int, str]:
+    """MLflow's experiment ids in the order they were made ("2" before "10"), others after."""
+    return (int(experiment_id), "") if experiment_id.isdigit() else (1 << 62, experiment_id)

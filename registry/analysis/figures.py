@@ -338,7 +338,10 @@ def compression_quality(runs: Sequence[SuiteRun]) -> Figure:
         _from_zero(ax)
         fig.legend(loc="outside right upper", frameon=False)
     test = all(r.quality()[0] == "test" for r in known)
-    ax.set(xlabel="compression ratio (prompt tokens / K, log scale)",
+    modes = {r.facts.params.get("eval.prompt_mode", "soft_only") for r in known}
+    ratio = "prompt tokens / K" if "soft_plus_text" not in modes else (
+        "prompt tokens / (prompt tokens + K)" if modes == {"soft_plus_text"} else "prompt tokens / K; soft_plus_text: / (prompt tokens + K)")
+    ax.set(xlabel=f"compression ratio ({ratio}, log scale)",
            ylabel="bridged accuracy (%, " + ("held-out test" if test else "test; hollow: final val") + ")",
            title="Compression vs quality")
     return fig
