@@ -22,6 +22,10 @@ first). Logged per evaluation:
                                   questions: the share of what the text gives that the bridge gives
                                   (a constant soft prompt that sets the answer format scores above
                                   0 here, so read it beside bits_transmitted);
+  content/fraction_recovered_mismatched
+                                  the same with another question's soft tokens, (NLL(d) - NLL(c)) /
+                                  (NLL(d) - NLL(a)): what the format alone recovers. The difference
+                                  of the two is bits_transmitted over the gap, the question's share;
   content/retrieval_top1          the share of questions whose own soft tokens give their gold
                                   solution a lower NLL than every negative's (chance
                                   `content/retrieval_chance` = 1 / (negatives + 1)).
@@ -47,7 +51,16 @@ from latentbridge import distributed, prefix_cache
 from latentbridge.bridge import Bridge
 from latentbridge.data import Example
 from latentbridge.losses import answer_nll
-from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, FRACTION, RETRIEVAL, RETRIEVAL_CHANCE, ContentRecord
+from latentbridge.metric_names import (
+    BITS,
+    BITS_HIGH,
+    BITS_LOW,
+    FRACTION,
+    FRACTION_MISMATCHED,
+    RETRIEVAL,
+    RETRIEVAL_CHANCE,
+    ContentRecord,
+)
 from latentbridge.prompts import answer_target
 from latentbridge.stats import bootstrap_mean_interval
 
@@ -202,12 +215,13 @@ def summarize(nlls: Sequence[dict], others: Sequence[Sequence[int]], seed: int) 
     mean = lambda key: sum(r[key] for r in records) / len(records)  # noqa: E731
     low, high = bootstrap_mean_interval(gains, BOOTSTRAP_SAMPLES, 0.95, seed)
     gap = mean("nll_bits_no_question") - mean("nll_bits_text")
-    recovered = (mean("nll_bits_no_question") - mean("nll_bits_own")) / gap if gap > 0 else float("nan")
+    recovered = lambda nll: (mean("nll_bits_no_question") - mean(nll)) / gap if gap > 0 else float("nan")  # noqa: E731
     metrics = {
         BITS: sum(gains) / len(gains),
         BITS_LOW: low,
         BITS_HIGH: high,
-        FRACTION: recovered,
+        FRACTION: recovered("nll_bits_own"),
+        FRACTION_MISMATCHED: recovered("nll_bits_mismatched"),
         RETRIEVAL: sum(own_best) / len(own_best),
         RETRIEVAL_CHANCE: 1.0 / (len(others[0]) + 1),
     }

@@ -43,6 +43,8 @@ BITS: Final = "content/bits_transmitted"
 BITS_LOW: Final = "content/bits_transmitted_low"
 BITS_HIGH: Final = "content/bits_transmitted_high"
 FRACTION: Final = "content/fraction_recovered"
+# the same share with another question's soft tokens: what the answer format alone recovers
+FRACTION_MISMATCHED: Final = "content/fraction_recovered_mismatched"
 RETRIEVAL: Final = "content/retrieval_top1"
 RETRIEVAL_CHANCE: Final = "content/retrieval_chance"
 # the share of mismatched answers that give the gold of the question whose soft tokens were read

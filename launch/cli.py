@@ -277,7 +277,7 @@ def _follow_hint(sub: Submission) -> str:
 
 def content_line(metrics: dict[str, float]) -> str:
     """What crossed the bridge at the final evaluation, in one line ('' when not measured)."""
-    from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, FRACTION, RETRIEVAL, RETRIEVAL_CHANCE
+    from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, FRACTION, FRACTION_MISMATCHED, RETRIEVAL, RETRIEVAL_CHANCE
 
     if BITS not in metrics:
         return ""
@@ -285,7 +285,8 @@ def content_line(metrics: dict[str, float]) -> str:
     verdict = "question-specific content crosses" if low > 0 else "no question-specific content shown"
     return (
         f"what crossed the bridge: {BITS} = {metrics[BITS]:.3f} bits a question, 95% interval [{low:.3f}, {high:.3f}]"
-        f" ({verdict}); fraction recovered {metrics.get(FRACTION, float('nan')):.3f}; retrieval top-1"
+        f" ({verdict}); fraction recovered {metrics.get(FRACTION, float('nan')):.3f} (another question's soft tokens:"
+        f" {metrics.get(FRACTION_MISMATCHED, float('nan')):.3f}); retrieval top-1"
         f" {metrics.get(RETRIEVAL, float('nan')):.3f} (chance {metrics.get(RETRIEVAL_CHANCE, float('nan')):.3f})"
     )
 

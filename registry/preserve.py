@@ -36,6 +36,7 @@ from latentbridge.metric_names import (
     BITS_LOW,
     BRIDGED,
     FRACTION,
+    FRACTION_MISMATCHED,
     MISMATCHED_ACCURACY,
     MISMATCHED_FOLLOWS,
     PROMPT_TOKENS_MEAN,
@@ -160,7 +161,8 @@ def _content_lines(facts: RunFacts, verdict: Verdict, validation: EvalScores | N
         lines += [
             f"- bits transmitted: {bits:.3f} bits a question, 95% paired bootstrap interval [{low:.3f}, {high:.3f}]"
             f" ({'above 0: question-specific content crosses' if low > 0 else 'includes 0: no content shown'})",
-            f"- fraction recovered: {_fmt(m.get(FRACTION))} (of the NLL gap between no question and the full text)",
+            f"- fraction recovered: {_fmt(m.get(FRACTION))} (of the NLL gap between no question and the full text;"
+            f" another question's soft tokens: {_fmt(m.get(FRACTION_MISMATCHED))}, what the answer format alone recovers)",
             f"- retrieval top-1: {_fmt(m.get(RETRIEVAL))} (chance {_fmt(m.get(RETRIEVAL_CHANCE))})",
             f"- mismatched accuracy: {_fmt(m.get(MISMATCHED_ACCURACY))}; mismatched answers that give the soft"
             f" tokens' own question's gold: {_fmt(m.get(MISMATCHED_FOLLOWS))}",

@@ -12,7 +12,7 @@ import torch
 from latentbridge.bridge import Bridge
 from latentbridge.config import ConfigError, RunConfig
 from latentbridge.content import content_metrics, derangement, negatives, summarize
-from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, FRACTION, MISMATCHED_ACCURACY, RETRIEVAL
+from latentbridge.metric_names import BITS, BITS_HIGH, BITS_LOW, FRACTION, FRACTION_MISMATCHED, MISMATCHED_ACCURACY, RETRIEVAL
 from latentbridge.data import load_splits
 from latentbridge.prompts import ANSWER_CUE, select_exemplars
 from latentbridge.reporting import MemoryReporter
@@ -50,6 +50,9 @@ def test_summarize_in_bits_with_interval_fraction_and_retrieval():
     assert 0.0 <= result.metrics[BITS_LOW] <= 1.0 <= result.metrics[BITS_HIGH] <= 2.0
     # (d - b) / (d - a) of the means: (4 - 1.5) / (4 - 0.5)
     assert result.metrics[FRACTION] == pytest.approx(2.5 / 3.5)
+    # another question's soft tokens: (4 - 2.5) / 3.5, the format's share; the difference is the question's
+    assert result.metrics[FRACTION_MISMATCHED] == pytest.approx(1.5 / 3.5)
+    assert result.metrics[FRACTION] - result.metrics[FRACTION_MISMATCHED] == pytest.approx(result.metrics[BITS] / 3.5)
     # question 1's own NLL ties its mismatched one: a tie is not a win
     assert result.metrics[RETRIEVAL] == 0.5
     assert [r["own_ranked_first"] for r in result.records] == [True, False]
@@ -166,3 +169,14 @@ def test_negative_control_the_trained_soft_prompt_carries_nothing(tmp_path, tiny
     metrics = _only_the_source_knows(tmp_path, tiny_pair, "translator.kind=soft_prompt")
     assert metrics["loss"][-1] < metrics["loss"][0]  # it trained
     assert metrics[BITS][-1] == 0.0 and metrics[BITS_HIGH][-1] == 0.0 and metrics[RETRIEVAL][-1] == 0.0
+
+
+def test_the_launcher_prints_the_format_share_beside_the_fraction_recovered():
+    """The demo printed fraction recovered 0.618 with 0.01 bits crossing: the format, not the
+    question; the line now says what another question's soft tokens recover."""
+    from launch.cli import content_line
+
+    line = content_line({BITS: 0.01, BITS_LOW: -0.04, BITS_HIGH: 0.06, FRACTION: 0.618, FRACTION_MISMATCHED: 0.611,
+                         RETRIEVAL: 0.4, "content/retrieval_chance": 0.25})
+    assert "no question-specific content shown" in line
+    assert "fraction recovered 0.618 (another question's soft tokens: 0.611)" in line
