@@ -33,7 +33,13 @@ import torch
 
 from latentbridge import prefix_cache
 from latentbridge.config import env_flag
-from latentbridge.generation import GENERATION_VERSION, compile_decode_mode, decode_blas, shared_prefix_decode_enabled
+from latentbridge.generation import (
+    DECODE_ATTENTION_ENV,
+    GENERATION_VERSION,
+    compile_decode_mode,
+    decode_blas,
+    shared_prefix_decode_enabled,
+)
 from latentbridge.models import FrozenLM, cache_root
 
 log = logging.getLogger(__name__)
@@ -91,12 +97,15 @@ def prompts_digest(prompts: Sequence[str]) -> str:
 def key_material(lm: FrozenLM, prompts: Sequence[str], max_new_tokens: int) -> dict[str, str | int]:
     """What the outputs depend on. A shared prefix adds `shared_prefix` (its rounding differs in
     low precision), and `prefix_read_once` when decode reads it once for the batch (the same);
+    `decode_attention` when decode attention is two batched products instead of SDPA (the same);
     a compiled decode step adds `compiled_decode`, its torch.compile mode (inductor's kernels round
     their own way, each mode's its own), and a CUDA decode's chosen BLAS library `decode_blas` (the
     same); outputs without them keep the keys they had before these existed."""
     shared = {"shared_prefix": True} if prefix_cache.enabled() else {}
     if shared and shared_prefix_decode_enabled():
         shared["prefix_read_once"] = True
+    if os.environ.get(DECODE_ATTENTION_ENV) == "matmul":  # as generation reads it: two products, not SDPA
+        shared["decode_attention"] = "matmul"
     mode = compile_decode_mode()
     if mode is not None:
         shared["compiled_decode"] = mode

@@ -111,6 +111,10 @@ class DataConfig:
     synthetic_test_size: int = 500
     synthetic_seed: int = 7
     source_reads: Literal["fewshot_prompt", "question"] = "fewshot_prompt"
+    # drop train questions that repeat one in train or test, so that no question is in two splits
+    # (the synthetic generator draws both from one space: at 20,000 train questions 19 of the 500
+    # test questions were in train too). false: the splits of runs before session 20
+    drop_repeats: bool = True
 
     def __post_init__(self) -> None:
         _check_finite(self, "data")

@@ -357,7 +357,7 @@ def _open_pretrained(
             return _from_pretrained(source, dtype, local_files_only=True)
         except _READ_ERRORS as error:
             if not _is_complete(Path(source)):
-                raise
+                raise _unreadable_directory(name_or_path, Path(source), error) from error
             raise UnreadableModelFileError(
                 f"cannot read the cached conversion of {name_or_path!r} in {source} ({type(error).__name__}:"
                 f" {error}); delete the cache entry (rm -r {source}) and load the model again to rebuild it"
@@ -373,6 +373,17 @@ def _open_pretrained(
         return _from_pretrained(source, dtype, local_files_only=False)
     except (OSError, ValueError) as error:
         raise ValueError(_unknown_message(name_or_path, f"the hub could not provide it ({error})")) from error
+
+
+def _unreadable_directory(name_or_path: str, directory: Path, error: BaseException) -> UnreadableModelFileError:
+    """A local directory transformers cannot open (not a model, or files cut short): named, with the way out."""
+    ggufs = sorted(directory.glob("*.gguf"))
+    hint = f"; for the GGUF in it pass the file itself: {ggufs[0]}" if ggufs else ""
+    return UnreadableModelFileError(
+        f"cannot load {name_or_path!r} from the directory {directory} ({type(error).__name__}: {error}): it must hold"
+        " a Hugging Face model (config.json, the weights and the tokenizer files); if a download or copy was"
+        f" interrupted, fetch it again{hint}"
+    )
 
 
 def _from_pretrained(
@@ -456,7 +467,7 @@ def _converted_gguf_dir(label: str, sha256: str, materialize: Callable[[Path], P
         shutil.rmtree(scratch)
         marker = {"source": label, "sha256": sha256, "gguf": gguf_path.name, "created": time.time(), "pid": os.getpid()}
         (staging / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2))
-        staging.chmod(0o755)  # mkdtemp makes it private; a shared cache must be readable
+        _share_as_umask_allows(staging, staging / COMPLETE_MARKER)
         try:
             os.rename(staging, target)
         except OSError:
@@ -467,6 +478,20 @@ def _converted_gguf_dir(label: str, sha256: str, materialize: Callable[[Path], P
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _share_as_umask_allows(staging: Path, plain_file: Path) -> None:
+    """Give every file in `staging` the mode `plain_file` got from the umask, and `staging` that
+    mode with search permission wherever it can be read: mkdtemp makes the directory private and
+    safetensors writes the weights 0o600, so under a umask of 022 a shared cache would list files
+    that others cannot read, while a private umask (077) keeps the whole entry private."""
+    file_mode = plain_file.stat().st_mode & 0o666 | 0o600  # the owner can always rebuild or discard it
+    dir_mode = file_mode | ((file_mode & 0o444) >> 2)
+    for path in staging.rglob("*"):
+        if path.is_symlink():  # never the file it points at (the GGUF link is gone by now)
+            continue
+        path.chmod(dir_mode if path.is_dir() else file_mode)
+    staging.chmod(dir_mode)
 
 
 def _dequantize_into(gguf_path: Path, out_dir: Path, label: str) -> None:

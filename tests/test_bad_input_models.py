@@ -80,3 +80,24 @@ def test_source_layer_out_of_range_names_value_model_and_range(tiny_config, tiny
             Bridge(config, source, target, [])
     for layer in (0, 2, -1, -3):  # every hidden state the source has
         Bridge(tiny_config.override(f"translator.source_layer={layer}"), source, target, [])
+
+
+def test_unreadable_model_directory_is_named_with_the_way_out(tmp_path: Path) -> None:
+    """A local model directory whose weights were cut short (an interrupted copy) fails naming the
+    directory and what to do, as a broken GGUF or cache entry does, not with safetensors' bare
+    'invalid header length'."""
+    path = make_tiny_lm(tmp_path / "cut", tokenizer="bpe", hidden=32, layers=2)
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(UnreadableModelFileError) as caught:
+        load_frozen_lm(str(path))
+    message = str(caught.value)
+    assert str(path) in message and "again" in message and "SafetensorError" in message
+
+
+def test_directory_holding_only_a_gguf_names_the_file_to_pass(tmp_path: Path, gguf_bytes: bytes) -> None:
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    (folder / "tiny.gguf").write_bytes(gguf_bytes)
+    with pytest.raises(ValueError, match=rf"{folder}.*config\.json.*pass the file itself: {folder / 'tiny.gguf'}"):
+        load_frozen_lm(str(folder))

@@ -69,6 +69,58 @@ def test_a_hub_dataset_reads_its_mirror_when_one_is_set_and_names_what_is_missin
     monkeypatch.setenv("LATENTBRIDGE_DATASET_MIRROR", str(tmp_path))
     with pytest.raises(DataError, match=r"no .*openai/gsm8k/main/test.jsonl.*or unset LATENTBRIDGE_DATASET_MIRROR"):
         load_splits(DataConfig(source="gsm8k", val_size=10))
-    _write(folder / "test.jsonl", rows[:4])
+    _write(folder / "test.jsonl", [json.dumps({"question": f"t{i}?", "answer": f"step\n#### {i}"}) for i in range(4)])
     splits = load_splits(DataConfig(source="gsm8k", val_size=10))
     assert len(splits.test) == 4 and splits.test[2].gold == "2" and len(splits.train) + len(splits.validation) == 30
+
+
+def test_no_question_is_in_two_splits_even_when_the_sources_repeat_it(tmp_path):
+    """Train questions repeated in train or found in test are dropped before validation is carved:
+    model selection and the test score never see a question the translator trained on."""
+    rows = [{"question": f"q{i}?", "answer": f"step\n#### {i}"} for i in range(40)]
+    test_rows = rows[:3] + [{"question": "fresh?", "answer": "#### 7"}]
+    repeated = rows + rows[10:30]  # twenty questions twice: by chance some copies would land in both parts
+    train = _write(tmp_path / "train.jsonl", [json.dumps(r) for r in repeated])
+    test = _write(tmp_path / "test.jsonl", [json.dumps(r) for r in test_rows])
+    splits = load_splits(DataConfig(source="jsonl", train_file=str(train), test_file=str(test), val_size=15, num_shots=2))
+    train_q, val_q, test_q = ([ex.question for ex in part] for part in (splits.train, splits.validation, splits.test))
+    assert len(train_q) == len(set(train_q)) and not set(val_q) & set(train_q)
+    assert not set(test_q) & (set(train_q) | set(val_q)) and len(test_q) == 4
+    assert len(val_q) == 15 and len(train_q) + len(val_q) == 37  # 40 distinct, less the 3 of test
+
+
+def test_the_synthetic_splits_share_no_question():
+    """The synthetic test draws from the generator the train split draws from: the default sizes
+    repeat two train questions and one test question in train."""
+    splits = load_splits(DataConfig())
+    train_q, val_q, test_q = ({ex.question for ex in part} for part in (splits.train, splits.validation, splits.test))
+    assert len(train_q) == len(splits.train) and not val_q & train_q and not test_q & (train_q | val_q)
+    assert len(splits.test) == 500 and len(splits.validation) == 200
+
+
+def test_splits_without_repeats_are_unchanged_by_the_filtering(tmp_path):
+    """Sources that repeat nothing (GSM8K) keep the splits they had: same order, same validation."""
+    import random
+
+    rows = [json.dumps({"question": f"q{i}?", "answer": f"step\n#### {i}"}) for i in range(30)]
+    train = _write(tmp_path / "train.jsonl", rows)
+    test = _write(tmp_path / "test.jsonl", [json.dumps({"question": "t?", "answer": "#### 1"})])
+    splits = load_splits(DataConfig(source="jsonl", train_file=str(train), test_file=str(test), val_size=10, split_seed=3))
+    order = list(range(30))
+    random.Random(3).shuffle(order)
+    assert [ex.question for ex in splits.validation] == [f"q{i}?" for i in order[:10]]
+    assert [ex.question for ex in splits.train] == [f"q{i}?" for i in order[10:]]
+
+
+def test_drop_repeats_false_keeps_the_splits_of_earlier_runs():
+    """data.drop_repeats=false reproduces the splits runs before the filtering trained on (the
+    repeats kept); the default drops exactly the repeated and test-shared questions."""
+    kept = load_splits(DataConfig(drop_repeats=False))
+    dropped = load_splits(DataConfig())
+    everything = kept.train + kept.validation
+    assert len(everything) == DataConfig().synthetic_train_size  # the generator's draws, every one
+    test_q = {ex.question for ex in kept.test}
+    assert any(ex.question in test_q for ex in everything)  # the overlap the default removes
+    repeats = len(everything) - len({ex.question for ex in everything} - test_q)
+    assert len(dropped.train) + len(dropped.validation) == len(everything) - repeats
+    assert [ex.question for ex in dropped.test] == [ex.question for ex in kept.test]  # test untouched

@@ -223,6 +223,25 @@ def test_gguf_is_converted_once_then_read_from_cache(
     assert torch.equal(again.embed(torch.tensor([[1, 2, 3]])), lm.embed(torch.tensor([[1, 2, 3]])))
 
 
+@pytest.mark.parametrize(("umask", "dir_mode", "file_mode"), [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
+def test_a_cached_conversion_is_readable_as_the_umask_allows(
+    tiny_gguf: tuple[Path, Path], isolated_cache: Path, umask: int, dir_mode: int, file_mode: int
+) -> None:
+    """Every file of a conversion, the weights included (safetensors writes them 0o600), gets the
+    mode the umask gives a new file: a cache shared through a umask of 022 is readable by others,
+    a private umask keeps the directory private too."""
+    _, gguf_path = tiny_gguf
+    previous = os.umask(umask)
+    try:
+        load_frozen_lm(str(gguf_path))
+    finally:
+        os.umask(previous)
+    (cached,) = _cached_dirs(isolated_cache)
+    assert cached.stat().st_mode & 0o777 == dir_mode
+    modes = {path.name: path.stat().st_mode & 0o777 for path in cached.rglob("*") if path.is_file()}
+    assert "model.safetensors" in modes and modes == dict.fromkeys(modes, file_mode)
+
+
 def test_pending_ggufs_are_converted_side_by_side_in_their_own_processes(tmp_path: Path, isolated_cache: Path) -> None:
     import json
 

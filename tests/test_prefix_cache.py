@@ -394,6 +394,21 @@ def test_baseline_cache_keys_say_whether_the_prefix_was_shared(tiny_bridge, monk
     assert baseline_cache.key_material(bridge.target, prompts, 8) == {**unshared, "compiled_decode": "max-autotune-no-cudagraphs"}
 
 
+def test_baseline_cache_keys_say_whether_decode_attention_was_two_products(tiny_bridge, monkeypatch):
+    """LATENTBRIDGE_DECODE_ATTENTION=matmul rounds decode attention its own way (the same tokens only
+    up to rounding, as a shared prefix): its baselines are not reused for SDPA's, nor SDPA's for it;
+    the default keeps the key it had."""
+    from latentbridge import baseline_cache
+
+    bridge, _ = tiny_bridge()
+    monkeypatch.delenv(generation.DECODE_ATTENTION_ENV, raising=False)
+    sdpa, sdpa_key = baseline_cache.key_material(bridge.target, TEXTS, 8), baseline_cache.cache_key(bridge.target, TEXTS, 8)
+    assert "decode_attention" not in sdpa
+    monkeypatch.setenv(generation.DECODE_ATTENTION_ENV, "matmul")
+    assert baseline_cache.key_material(bridge.target, TEXTS, 8) == {**sdpa, "decode_attention": "matmul"}
+    assert baseline_cache.cache_key(bridge.target, TEXTS, 8) != sdpa_key
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the device machine)")
 def test_reading_the_prefix_once_under_cuda_graphs(decode_lm, monkeypatch):
     """On a GPU the decode step is a captured CUDA graph: reading the prefix once gives the tokens

@@ -46,18 +46,24 @@ def read_jsonl(path: str | Path) -> list[Example]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError(f"a record is a JSON object, got {type(record).__name__}")
-                for key in ("question", "answer"):
-                    if not isinstance(record[key], str):
-                        raise ValueError(f'"{key}" must be a string, got {record[key]!r}')
-                examples.append(Example(question=record["question"], answer=record["answer"]))
+                examples.append(_example(json.loads(line)))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
                 raise DataError(f"{path}:{number}: malformed GSM8K record ({error})") from None
     if not examples:
         raise DataError(f"data file has no records: {path}")
     return examples
+
+
+def _example(record: object) -> Example:
+    """One {"question": ..., "answer": "... #### n"} record; a ValueError says what is wrong with it."""
+    if not isinstance(record, dict):
+        raise ValueError(f"a record is a JSON object, got {type(record).__name__}")
+    for key in ("question", "answer"):
+        if key not in record:
+            raise ValueError(f'no "{key}" field (it has {", ".join(map(repr, record)) or "none"})')
+        if not isinstance(record[key], str):
+            raise ValueError(f'"{key}" must be a string, got {record[key]!r}')
+    return Example(question=record["question"], answer=record["answer"])
 
 
 def _from_hub(config: DataConfig) -> tuple[list[Example], list[Example]]:
@@ -74,15 +80,46 @@ def _from_hub(config: DataConfig) -> tuple[list[Example], list[Example]]:
         return read_jsonl(folder / "train.jsonl"), read_jsonl(folder / "test.jsonl")
     import datasets
 
-    loaded = datasets.load_dataset(config.hub_id, config.hub_config)
-    return tuple(  # type: ignore[return-value]
-        [Example(question=r["question"], answer=r["answer"]) for r in loaded[split]]
-        for split in ("train", "test")
-    )
+    name = f"the hub dataset {config.hub_id!r} ({config.hub_config!r})"
+    try:
+        loaded = datasets.load_dataset(config.hub_id, config.hub_config)
+    except (OSError, ValueError) as error:  # unreachable hub (ConnectionError), unknown id or config
+        raise DataError(
+            f"cannot load {name}: {type(error).__name__}: {error}. Where the hub is out of reach, put its train and test"
+            f" splits as JSON lines in <folder>/{config.hub_id}/{config.hub_config}/{{train,test}}.jsonl and set"
+            f" {DATASET_MIRROR_ENV}=<folder>"
+        ) from error
+    splits = []
+    for split in ("train", "test"):
+        if split not in loaded:
+            raise DataError(f"{name} has no {split!r} split (it has {', '.join(loaded)}); data.source=gsm8k needs train and test")
+        examples = []
+        for row, record in enumerate(loaded[split]):
+            try:
+                examples.append(_example(record))
+            except (KeyError, TypeError, ValueError) as error:
+                raise DataError(f"{name}, {split} row {row}: not a GSM8K record ({error})") from None
+        splits.append(examples)
+    return splits[0], splits[1]
+
+
+def _unseen(train: list[Example], test: list[Example]) -> list[Example]:
+    """Train without its repeated questions (a repeat could land in validation and train both) and
+    without test's questions (the synthetic generator draws both splits from one space, so a few
+    coincide); the order is kept, so a source that repeats nothing keeps its splits."""
+    seen = {ex.question for ex in test}
+    kept = []
+    for ex in train:
+        if ex.question not in seen:
+            seen.add(ex.question)
+            kept.append(ex)
+    if len(kept) < len(train):
+        log.warning("data: dropped %d train examples whose question repeats one in train or test", len(train) - len(kept))
+    return kept
 
 
 def load_splits(config: DataConfig) -> Splits:
-    """Train and test from the configured source; validation carved from train."""
+    """Train and test from the configured source; validation carved from train; no question in two splits."""
     if config.source == "synthetic":
         train = synthetic_examples(config.synthetic_train_size, config.synthetic_seed)
         test = synthetic_examples(config.synthetic_test_size, config.synthetic_seed + 1)
@@ -90,6 +127,8 @@ def load_splits(config: DataConfig) -> Splits:
         train, test = read_jsonl(config.train_file), read_jsonl(config.test_file)
     else:
         train, test = _from_hub(config)
+    if config.drop_repeats:
+        train = _unseen(train, test)
     if config.val_size + config.num_shots >= len(train):
         raise DataError(
             f"train split has {len(train)} examples: too few for data.val_size={config.val_size}"
