@@ -432,12 +432,11 @@ def submit(args: argparse.Namespace) -> int:
         raise ConfigError(f"--runs-per-device {args.runs_per_device} must be >= 1")
     if args.only is not None:
         configs = _only(args.only, configs, suite.name)
+    from latentbridge.data import planned_split_sizes
+
     for name, config in configs.items():  # what the config alone says of its splits, before anything is made
-        held = {"validation": config.data.val_size}
-        if config.data.source == "synthetic":
-            held["test"] = config.data.synthetic_test_size
         try:
-            check_questions_fit(config, held)
+            check_questions_fit(config, planned_split_sizes(config.data))
         except ConfigError as error:
             raise ConfigError(f"{suite.name}/{name}: {error}") from None
     cluster = resolve_cluster(settings["cluster"])

@@ -118,6 +118,15 @@ def _unseen(train: list[Example], test: list[Example]) -> list[Example]:
     return kept
 
 
+def planned_split_sizes(config: DataConfig) -> dict[str, int]:
+    """How many questions a split will hold, where the config alone says so (before any data is
+    read): validation data.val_size (carved from train); test the synthetic generator's size."""
+    sizes = {"validation": config.val_size}
+    if config.source == "synthetic":
+        sizes["test"] = config.synthetic_test_size
+    return sizes
+
+
 def load_splits(config: DataConfig) -> Splits:
     """Train and test from the configured source; validation carved from train; no question in two splits."""
     if config.source == "synthetic":
