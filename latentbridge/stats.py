@@ -16,9 +16,13 @@ from typing import Sequence
 import numpy as np
 
 
-def _check(samples: int, confidence: float) -> None:
+def _check_confidence(confidence: float) -> None:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence={confidence} must be in (0, 1)")
+
+
+def _check(samples: int, confidence: float) -> None:
+    _check_confidence(confidence)
     if samples < 1:
         raise ValueError(f"samples={samples}: a bootstrap interval needs at least one resample")
 
@@ -81,7 +85,7 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     """Wilson score interval of the proportion successes / n (never zero-width at 0 or n)."""
     if n < 1 or not 0 <= successes <= n:
         raise ValueError(f"a proportion needs 0 <= successes <= n and n >= 1 (got {successes} of {n})")
-    _check(1, confidence)
+    _check_confidence(confidence)
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
     p, z2 = successes / n, z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
